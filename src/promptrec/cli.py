@@ -1,0 +1,168 @@
+"""``promptrec`` command line: a thin layer over the library (see :mod:`promptrec.pipeline`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+import yaml
+
+app = typer.Typer(
+    help="promptrec: recommendation with language models (pretrain, prompt, predict), "
+    "evaluated leak-free with all-item ranking.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Obtain and inspect datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("promptrec").setLevel(logging.INFO)
+
+
+def _overrides(values: list[str]) -> dict:
+    out = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"--set expects key=value, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Option("--config", "-c", help="run config (YAML or JSON); see configs/")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="run directory: checkpoint, model/, metrics.json")],
+    resume: Annotated[bool, typer.Option(help="continue from OUTPUT/checkpoint")] = False,
+    set_: Annotated[list[str], typer.Option("--set", help="override a config key, e.g. --set train.epochs=3")] = [],
+    verbose: bool = False,
+) -> None:
+    """Train a P5 recommender, evaluate it and popularity on the test split, save the model."""
+    from .config import RunConfig
+    from .pipeline import train_and_evaluate
+
+    _setup_logging(verbose)
+    cfg = RunConfig.load(config)
+    if set_:
+        cfg = cfg.update(_overrides(set_))
+    train_and_evaluate(cfg, output, resume=resume)
+
+
+@app.command()
+def quickstart(
+    output: Annotated[Path, typer.Option("--output", "-o", help="run directory")] = Path("runs/quickstart"),
+    set_: Annotated[list[str], typer.Option("--set", help="override a config key")] = [],
+    verbose: bool = False,
+) -> None:
+    """Fetch MovieLens-100K, train a small model on the CPU, and compare it with popularity."""
+    from .pipeline import quickstart_config, train_and_evaluate
+
+    _setup_logging(verbose)
+    cfg = quickstart_config()
+    if set_:
+        cfg = cfg.update(_overrides(set_))
+    train_and_evaluate(cfg, output)
+
+
+@app.command()
+def evaluate(
+    model: Annotated[Path, typer.Option("--model", "-m", help="model directory written by train")],
+    loader: Annotated[Optional[str], typer.Option(help="data loader (default: the model's config)")] = None,
+    data: Annotated[Optional[str], typer.Option(help="dataset path (default: the model's config)")] = None,
+    stage: Annotated[str, typer.Option(help="valid or test")] = "test",
+    users: Annotated[int, typer.Option(help="evaluate this many users (0 = all)")] = 0,
+    output: Annotated[Optional[Path], typer.Option(help="write results JSON here")] = None,
+    verbose: bool = False,
+) -> None:
+    """Evaluate a saved model with all-item ranking on a leave-one-out split of its dataset."""
+    from .config import DataConfig
+    from .data import leave_one_out
+    from .evaluation import format_table
+    from .model import P5Recommender
+    from .pipeline import SUMMARY_KEYS, _clean, evaluate_popularity, load_data
+
+    _setup_logging(verbose)
+    rec = P5Recommender.from_pretrained(model)
+    dcfg = rec.config.data
+    dcfg = DataConfig(loader=loader or dcfg.loader, path=data if data is not None else dcfg.path, options=dcfg.options)
+    if users:
+        rec.config = rec.config.update({"eval.users": users})
+    split = leave_one_out(load_data(dcfg))
+    result = _clean(rec.evaluate(split, stage=stage))
+    pop, _ = evaluate_popularity(split, stage, k=max(rec.config.eval.ks))
+    print(format_table({"model": result, "popularity": pop}, SUMMARY_KEYS))
+    if output:
+        output.write_text(json.dumps({"model": result, "popularity": pop}, indent=2, default=str))
+
+
+@app.command()
+def recommend(
+    model: Annotated[Path, typer.Option("--model", "-m", help="model directory")],
+    user: Annotated[list[str], typer.Option("--user", "-u", help="external user id (repeatable)")],
+    k: Annotated[int, typer.Option("-k", help="number of items")] = 10,
+    history: Annotated[Optional[str], typer.Option(help="comma-separated item ids to use as the history instead of the stored one")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Top-k items for users of a saved model, with titles."""
+    from .model import P5Recommender
+
+    rec = P5Recommender.from_pretrained(model)
+    hist = {u: history.split(",") for u in user} if history else None
+    unknown = [u for u in user if not rec.history(u) and hist is None]
+    if unknown:
+        typer.echo(f"note: no stored history for {', '.join(unknown)}; recommending from an empty history", err=True)
+    recs = rec.recommend(user, k=k, histories=hist)
+    titles = rec.items["title"] if "title" in rec.items else None
+    recs["title"] = [titles.get(i) if titles is not None else None for i in recs["item_id"]]
+    if json_:
+        typer.echo(recs.to_json(orient="records"))
+        return
+    for u, g in recs.groupby("user_id", sort=False):
+        typer.echo(f"user {u}:")
+        for r in g.itertuples():
+            typer.echo(f"  {r.rank:>3}. {r.item_id:<14} {r.score:9.4f}  {r.title or ''}")
+
+
+@data_app.command("get")
+def data_get(
+    name: Annotated[str, typer.Argument(help="dataset name: ml-100k")],
+    source: Annotated[Optional[Path], typer.Option(help="a local copy (directory or zip) to use first")] = None,
+    force: bool = False,
+) -> None:
+    """Obtain a dataset into the cache (local path, the official download, or the offline mirror)."""
+    from .data.download import get_ml100k
+
+    _setup_logging(False)
+    if name != "ml-100k":
+        raise typer.BadParameter(f"unknown dataset {name!r}; available: ml-100k")
+    typer.echo(str(get_ml100k(source, force=force)))
+
+
+@data_app.command("info")
+def data_info(
+    loader: Annotated[str, typer.Option(help="data loader: p5, ml-100k, movielens, tabular")],
+    path: Annotated[Optional[str], typer.Option(help="dataset path")] = None,
+) -> None:
+    """Load a dataset and print its size and leave-one-out split sizes."""
+    from .config import DataConfig
+    from .data import leave_one_out
+    from .pipeline import load_data
+
+    data = load_data(DataConfig(loader=loader, path=path))
+    split = leave_one_out(data)
+    info = {**data.summary(), "train": len(split.train), "valid": len(split.valid), "test": len(split.test)}
+    typer.echo(json.dumps(info, indent=2))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

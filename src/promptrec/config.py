@@ -1,0 +1,121 @@
+"""Typed run configuration. Every key is documented here; unknown keys are rejected.
+
+A config file (YAML or JSON) mirrors :class:`RunConfig`; it is saved next to the weights of every
+model, with the package version, so a model directory explains how it was made.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Strict):
+    loader: str = Field("ml-100k", description="registered data loader: p5, ml-100k, movielens, tabular")
+    path: str | None = Field(
+        None, description="dataset directory or file; for ml-100k, empty = the cached default copy"
+    )
+    options: dict[str, Any] = Field(default_factory=dict, description="extra loader arguments")
+
+
+class IndexConfig(_Strict):
+    method: str = Field("collaborative", description="item indexer: random, sequential, collaborative")
+    params: dict[str, Any] = Field(default_factory=dict, description="indexer parameters (levels, base, clusters, depth, ...)")
+
+
+class ModelConfig(_Strict):
+    backbone: str = Field("t5", description="registered backbone")
+    preset: str = Field("small", description="size preset: tiny, mini, compact, small, base")
+    pretrained: str | None = Field(None, description="local transformers directory to start from")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    user_tokens: bool = Field(True, description="one vocabulary token per training user")
+    max_history: int = Field(20, ge=1, description="most recent items shown in a prompt")
+    max_words: int = Field(5000, ge=10, description="word vocabulary size (template + item text)")
+    templates: str | None = Field(None, description="template YAML file; empty = built-in P5 templates")
+
+
+class TaskConfig(_Strict):
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {"sequential": 1.0},
+        description="task family -> sampling weight: sequential, yesno, choose, rating",
+    )
+    train_candidates: int = Field(20, ge=2, description="candidate list size for 'choose' in training")
+
+    @model_validator(mode="after")
+    def _check(self) -> "TaskConfig":
+        from .tasks import TASKS
+
+        for name, w in self.weights.items():
+            TASKS.get(name)
+            if w < 0:
+                raise ValueError(f"task weight for {name!r} must be >= 0")
+        if not any(w > 0 for w in self.weights.values()):
+            raise ValueError("at least one task needs a positive weight")
+        return self
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(10, ge=0)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.05, ge=0, le=1)
+    schedule: Literal["linear", "cosine", "constant"] = "cosine"
+    grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0 disables")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    patience: int = Field(3, ge=1, description="epochs without validation NDCG@10 gain before stopping")
+    val_users: int = Field(2000, ge=0, description="validation users per epoch (0 = all)")
+    examples_per_epoch: int | None = Field(None, ge=1, description="default: one pass over training positions")
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    time_limit: float | None = Field(None, gt=0, description="stop training after this many seconds")
+    seed: int = 0
+
+
+class EvalConfig(_Strict):
+    ks: tuple[int, ...] = (5, 10, 20)
+    batch_size: int = Field(64, ge=1)
+    template: str | None = Field(None, description="sequential template id for evaluation; empty = first seen")
+    sampled_candidates: int = Field(100, ge=2, description="list size for the sampled choose evaluation")
+    unconstrained_users: int = Field(500, ge=0, description="users decoded without the trie to measure invalid outputs")
+    users: int = Field(0, ge=0, description="evaluate only this many users (0 = all)")
+
+
+class RunConfig(_Strict):
+    data: DataConfig = Field(default_factory=DataConfig)
+    index: IndexConfig = Field(default_factory=IndexConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    tasks: TaskConfig = Field(default_factory=TaskConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RunConfig":
+        text = Path(path).read_text()
+        raw = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+        return cls.model_validate(raw or {})
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def update(self, overrides: dict[str, Any]) -> "RunConfig":
+        """A copy with dotted-key overrides (``{"train.epochs": 3}``), validated like a file."""
+        raw = self.to_dict()
+        for key, value in overrides.items():
+            node = raw
+            *parents, leaf = key.split(".")
+            for p in parents:
+                if p not in node or not isinstance(node[p], dict):
+                    raise ValueError(f"unknown config key {key!r}")
+                node = node[p]
+            if leaf not in node and not isinstance(node, dict):
+                raise ValueError(f"unknown config key {key!r}")
+            node[leaf] = value
+        return RunConfig.model_validate(raw)

@@ -1,0 +1,375 @@
+"""P5-style recommender: item codes in prompts, a seq2seq LM, trie-constrained generation.
+
+``P5Recommender`` is an estimator: ``fit(split)`` fits the item index, the tokenizer and the LM
+on training data; ``recommend(user_ids, k)`` takes and returns external ids; ``save_pretrained``
+writes a directory that ``from_pretrained`` turns back into a working recommender without any
+training data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .backbones import BACKBONES
+from .config import RunConfig
+from .data import Split
+from .data.split import group_sequences
+from .generation import ItemTrie, TrieConstraint
+from .indexing import ItemIndexer, build_indexer
+from .prompts import TemplateSet
+from .recommender import RECOMMENDERS, Recommender
+from .tasks import TaskContext, rating_text
+from .tokenization import build_tokenizer
+
+WEIGHTS = "model.safetensors"
+
+
+def _batches(seq: Sequence, size: int) -> Iterable[Sequence]:
+    for i in range(0, len(seq), size):
+        yield seq[i : i + size]
+
+
+@RECOMMENDERS.register("p5")
+class P5Recommender(Recommender):
+    def __init__(self, config: RunConfig | None = None) -> None:
+        self.config = config or RunConfig()
+        self.indexer: ItemIndexer | None = None
+        self.tokenizer = None
+        self.model = None
+        self.templates = TemplateSet.load(self.config.model.templates)
+        self.items: pd.DataFrame | None = None  # catalogue with titles, for prompts and display
+        self.train_history: dict[str, list[str]] = {}
+        self.valid_item: dict[str, str] = {}
+        self.user_tokens: dict[str, str] = {}
+        self.fit_info: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------------------- building
+    def build(self, split: Split) -> "P5Recommender":
+        """Fit the item index and tokenizer on the training split and create the LM (untrained)."""
+        cfg = self.config
+        data = split.data
+        self.items = data.items[[c for c in ("title", "categories", "brand") if c in data.items]].copy()
+        self.train_history = split.train_sequences()
+        self.valid_item = dict(zip(split.valid["user_id"], split.valid["item_id"]))
+        self.indexer = build_indexer(cfg.index.method, seed=cfg.train.seed, **cfg.index.params)
+        self.indexer.fit(self.train_history, list(data.items.index), data.items)
+        users = sorted(self.train_history)
+        self.user_tokens = {u: f"<u_{i}>" for i, u in enumerate(users)} if cfg.model.user_tokens else {}
+        self.tokenizer = build_tokenizer(
+            self._corpus(split),
+            self.indexer.tokens(),
+            list(self.user_tokens.values()),
+            max_words=cfg.model.max_words,
+        )
+        self.model = BACKBONES.get(cfg.model.backbone)(
+            vocab_size=len(self.tokenizer),
+            preset=cfg.model.preset,
+            pretrained=cfg.model.pretrained,
+            dropout=cfg.model.dropout,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+        )
+        self._build_trie()
+        return self
+
+    def _corpus(self, split: Split) -> Iterable[str]:
+        for t in self.templates.templates:
+            yield t.input
+            yield t.target
+        # Item text of training items only: the vocabulary must not depend on held-out events.
+        train_items = split.train_items()
+        for col in ("title", "brand"):
+            if col in self.items:
+                yield from self.items.loc[self.items.index.isin(train_items), col].dropna().astype(str)
+        if "categories" in self.items:
+            for cats in self.items.loc[self.items.index.isin(train_items), "categories"].dropna():
+                yield " ".join(cats) if isinstance(cats, (list, tuple, np.ndarray)) else str(cats)
+
+    def _build_trie(self) -> None:
+        self.catalogue = list(self.indexer.codes)
+        self.item_pos = {item: i for i, item in enumerate(self.catalogue)}
+        vocab = self.tokenizer.get_vocab()
+        codes = [[vocab[t] for t in self.indexer.codes[i]] for i in self.catalogue]
+        self.trie = ItemTrie(codes, self.tokenizer.eos_token_id)
+        self.titles = (
+            self.items["title"].dropna().astype(str).to_dict() if "title" in self.items else {}
+        )
+
+    def context(self, sequences: Mapping[str, list[str]], ratings=None) -> TaskContext:
+        users = list(sequences)
+        return TaskContext(
+            sequences=[sequences[u] for u in users],
+            users=users,
+            catalogue=self.catalogue,
+            item_text=self.indexer.text,
+            user_text=self.user_text,
+            titles=self.titles,
+            ratings=ratings,
+            max_history=self.config.model.max_history,
+            train_candidates=self.config.tasks.train_candidates,
+        )
+
+    def user_text(self, user: str) -> str:
+        return self.user_tokens.get(user, "<unk>") if self.user_tokens else "the user"
+
+    # ------------------------------------------------------------------------------- training
+    def fit(
+        self,
+        split: Split,
+        output_dir: str | Path | None = None,
+        resume: bool = False,
+        progress: bool = True,
+    ) -> "P5Recommender":
+        from .training import train
+
+        return train(self, split, output_dir=output_dir, resume=resume, progress=progress)
+
+    # ------------------------------------------------------------------------------- prediction
+    def history(self, user: str, stage: str = "test") -> list[str]:
+        """The user's known history: training items, plus the validation item for "test"."""
+        hist = list(self.train_history.get(user, []))
+        if stage == "test" and user in self.valid_item:
+            hist.append(self.valid_item[user])
+        elif stage not in ("test", "valid"):
+            raise ValueError(f"stage must be 'valid' or 'test', got {stage!r}")
+        return hist
+
+    def _encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        enc = self.tokenizer(prompts, padding=True, return_tensors="pt", return_token_type_ids=False)
+        device = self.model.device
+        return {k: v.to(device) for k, v in enc.items()}
+
+    def _sequential_template(self, template: str | None = None):
+        tid = template or self.config.eval.template
+        return self.templates.get(tid) if tid else self.templates.family("sequential")[0]
+
+    @torch.no_grad()
+    def generate_items(
+        self,
+        prompts: list[str],
+        k: int,
+        excluded: list[list[str]] | None = None,
+        allowed: list[list[str]] | None = None,
+        constrained: bool = True,
+    ) -> list[list[tuple[str | None, float]]]:
+        """Beam search with ``k`` beams; per prompt, ``k`` (item or None if invalid, score) pairs.
+
+        Scores are sequence log-probabilities (length penalty 0: every code has the same length).
+        """
+        self.model.eval()
+        enc = self._encode(prompts)
+        processors = []
+        if constrained:
+            to_idx = lambda items: [self.item_pos[i] for i in items if i in self.item_pos]  # noqa: E731
+            processors.append(
+                TrieConstraint(
+                    self.trie,
+                    num_beams=k,
+                    excluded=[to_idx(e) for e in excluded] if excluded is not None else None,
+                    allowed=[to_idx(a) for a in allowed] if allowed is not None else None,
+                )
+            )
+        out = self.model.generate(
+            **enc,
+            num_beams=k,
+            num_return_sequences=k,
+            max_new_tokens=self.trie.depth,
+            length_penalty=0.0,
+            early_stopping=True,
+            do_sample=False,
+            logits_processor=processors,
+            return_dict_in_generate=True,
+            output_scores=True,
+        )
+        seqs = out.sequences[:, 1:].tolist()
+        scores = out.sequences_scores.float().tolist()
+        results: list[list[tuple[str | None, float]]] = []
+        for b in range(len(prompts)):
+            row = []
+            for j in range(b * k, (b + 1) * k):
+                idx = self.trie.item_of(seqs[j])
+                if constrained and (idx is None or not math.isfinite(scores[j])):
+                    continue  # fewer available items than beams: drop the padding beams
+                row.append((self.catalogue[idx] if idx is not None else None, scores[j]))
+            results.append(row)
+        return results
+
+    def recommend(
+        self,
+        user_ids: Sequence[str],
+        k: int = 10,
+        exclude_seen: bool = True,
+        stage: str = "test",
+        histories: Mapping[str, Sequence[str]] | None = None,
+        template: str | None = None,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> pd.DataFrame:
+        """Top-``k`` items per user as a table ``user_id, item_id, score, rank`` (external ids).
+
+        histories: explicit recent histories overriding the stored ones (e.g. live feedback).
+        """
+        if k < 1:
+            raise ValueError("k must be >= 1")
+        tmpl = self._sequential_template(template)
+        bs = batch_size or self.config.eval.batch_size
+        user_ids = [str(u) for u in user_ids]
+        rows = []
+        batches = list(_batches(user_ids, bs))
+        if progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc="recommend", unit="batch")
+        for batch in batches:
+            hists = [
+                list(histories[u]) if histories is not None and u in histories else self.history(u, stage)
+                for u in batch
+            ]
+            ctx = self.context({})
+            prompts = [
+                tmpl.render_input({"user": self.user_text(u), "history": ctx.history_text(h)})
+                for u, h in zip(batch, hists)
+            ]
+            res = self.generate_items(prompts, k, excluded=hists if exclude_seen else None)
+            for u, items in zip(batch, res):
+                for rank, (item, score) in enumerate(items, start=1):
+                    rows.append((u, item, score, rank))
+        return pd.DataFrame(rows, columns=["user_id", "item_id", "score", "rank"])
+
+    @torch.no_grad()
+    def _first_token_probs(self, prompts: list[str], words: list[str]) -> np.ndarray:
+        """P(word) for each of ``words`` as the first answer token, renormalised over ``words``."""
+        self.model.eval()
+        enc = self._encode(prompts)
+        start = torch.full((len(prompts), 1), self.model.config.decoder_start_token_id, device=self.model.device)
+        logits = self.model(**enc, decoder_input_ids=start).logits[:, 0, :]
+        ids = [self.tokenizer.convert_tokens_to_ids(w) for w in words]
+        return torch.softmax(logits[:, ids].float(), dim=-1).cpu().numpy()
+
+    def score(self, user_ids: Sequence[str], item_ids: Sequence[str], stage: str = "test", batch_size: int = 256) -> np.ndarray:
+        """P(yes) from the direct yes/no family for each (user, item) pair."""
+        tmpl = self.templates.family("yesno")[0]
+        ctx = self.context({})
+        out = []
+        pairs = list(zip(map(str, user_ids), map(str, item_ids)))
+        for batch in _batches(pairs, batch_size):
+            prompts = [
+                tmpl.render_input(
+                    {
+                        "user": self.user_text(u),
+                        "history": ctx.history_text(self.history(u, stage)),
+                        "item": self.indexer.text(i),
+                        "title": ctx.title(i),
+                        "answer": "",
+                    }
+                )
+                for u, i in batch
+            ]
+            out.append(self._first_token_probs(prompts, ["yes", "no"])[:, 0])
+        return np.concatenate(out) if out else np.zeros(0)
+
+    def predict_rating(self, user_ids: Sequence[str], item_ids: Sequence[str], batch_size: int = 256) -> np.ndarray:
+        """Expected star rating: sum over r of r * P(r) for the answer tokens 1..5."""
+        tmpl = self.templates.family("rating")[0]
+        ctx = self.context({})
+        stars = np.arange(1, 6, dtype=float)
+        out = []
+        pairs = list(zip(map(str, user_ids), map(str, item_ids)))
+        for batch in _batches(pairs, batch_size):
+            prompts = [
+                tmpl.render_input({"user": self.user_text(u), "item": self.indexer.text(i), "title": ctx.title(i)})
+                for u, i in batch
+            ]
+            out.append(self._first_token_probs(prompts, [rating_text(s) for s in stars]) @ stars)
+        return np.concatenate(out) if out else np.zeros(0)
+
+    # ------------------------------------------------------------------------------- evaluation
+    def evaluate(self, split: Split, stage: str = "test", progress: bool = True) -> dict[str, Any]:
+        from .lm_evaluation import evaluate_p5
+
+        return evaluate_p5(self, split, stage=stage, progress=progress)
+
+    def evaluate_users(self, split: Split, users: Sequence[str], stage: str = "valid") -> dict[str, float]:
+        """HR/NDCG on a subset of users (early stopping uses it on validation users)."""
+        from .lm_evaluation import evaluate_users
+
+        return evaluate_users(self, split, users, stage)
+
+    # ------------------------------------------------------------------------------- persistence
+    def save_pretrained(self, directory: str | Path) -> None:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "promptrec_version": __version__,
+            "recommender": "p5",
+            "config": self.config.to_dict(),
+            "fit_info": self.fit_info,
+        }
+        (d / "promptrec_config.json").write_text(json.dumps(meta, indent=2))
+        (d / "templates.yaml").write_text(self.templates.to_yaml())
+        self.indexer.save(d)
+        self.tokenizer.save_pretrained(str(d / "tokenizer"))
+        self.model.config.save_pretrained(str(d / "backbone"))
+        # Tied embeddings share storage; save one copy and let loading re-tie them.
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        if getattr(self.model.config, "tie_word_embeddings", False):
+            state = {k: v for k, v in state.items() if k not in ("lm_head.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight")}
+        save_file(state, str(d / WEIGHTS), metadata={"format": "pt", "promptrec_version": __version__})
+        hist = [(u, i, "train") for u, items in self.train_history.items() for i in items]
+        hist += [(u, i, "valid") for u, i in self.valid_item.items()]
+        pd.DataFrame(hist, columns=["user_id", "item_id", "part"]).to_parquet(d / "histories.parquet", index=False)
+        items = self.items.copy()
+        if "categories" in items:
+            items["categories"] = items["categories"].map(
+                lambda c: list(c) if isinstance(c, (list, tuple, np.ndarray)) else ([] if c is None or c != c else [str(c)])
+            )
+        items.reset_index().to_parquet(d / "items.parquet", index=False)
+        (d / "users.json").write_text(json.dumps(self.user_tokens))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | None = None) -> "P5Recommender":
+        from transformers import AutoConfig, AutoModelForSeq2SeqLM, PreTrainedTokenizerFast
+
+        d = Path(directory)
+        meta_path = d / "promptrec_config.json"
+        if not meta_path.exists():
+            raise FileNotFoundError(f"{d} is not a promptrec model directory (no promptrec_config.json)")
+        meta = json.loads(meta_path.read_text())
+        config = RunConfig.model_validate(meta["config"])
+        obj = cls(config.update({"model.templates": None}))
+        obj.config = config
+        obj.templates = TemplateSet.load(d / "templates.yaml")
+        obj.fit_info = meta.get("fit_info", {})
+        obj.indexer = ItemIndexer.load(d)
+        obj.tokenizer = PreTrainedTokenizerFast.from_pretrained(str(d / "tokenizer"))
+        bconf = AutoConfig.from_pretrained(str(d / "backbone"))
+        obj.model = AutoModelForSeq2SeqLM.from_config(bconf)
+        state = load_file(str(d / WEIGHTS))
+        missing, unexpected = obj.model.load_state_dict(state, strict=False)
+        tied = {"lm_head.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight"}
+        if unexpected or set(missing) - tied:
+            raise ValueError(f"weights do not match the backbone: missing {missing}, unexpected {unexpected}")
+        obj.model.tie_weights()
+        if device:
+            obj.model.to(device)
+        obj.model.eval()
+        hist = pd.read_parquet(d / "histories.parquet")
+        train = hist[hist["part"] == "train"]
+        obj.train_history = group_sequences(train)
+        valid = hist[hist["part"] == "valid"]
+        obj.valid_item = dict(zip(valid["user_id"], valid["item_id"]))
+        obj.items = pd.read_parquet(d / "items.parquet").set_index("item_id")
+        obj.user_tokens = json.loads((d / "users.json").read_text())
+        obj._build_trie()
+        return obj
+

@@ -1,0 +1,62 @@
+"""An offline tokenizer built from the training corpus.
+
+No hub download is possible or wanted: the vocabulary is the template words plus the words of
+item titles, categories and brands (most frequent first), the answer words, and whole tokens for
+every item code and user. It is a ``transformers`` fast tokenizer, saved with the model.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Iterable, Sequence
+
+from tokenizers import AddedToken, Tokenizer, models, normalizers, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerFast
+
+PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
+ANSWER_WORDS = ["yes", "no", "1", "2", "3", "4", "5", "none", "unknown", "title"]
+_WORD = re.compile(r"\w+|[^\w\s]")
+
+
+def words(texts: Iterable[str]) -> Counter:
+    counts: Counter = Counter()
+    for text in texts:
+        counts.update(_WORD.findall(text.lower()))
+    return counts
+
+
+def build_tokenizer(
+    corpus: Iterable[str],
+    item_tokens: Sequence[str],
+    user_tokens: Sequence[str] = (),
+    max_words: int = 5000,
+    min_count: int = 2,
+) -> PreTrainedTokenizerFast:
+    """Word-level tokenizer: ids 0/1/2 are pad/eos/unk as T5 expects, then words, then added tokens.
+
+    corpus: template text and item text (titles, categories, brands) from the training catalogue.
+    item_tokens / user_tokens: whole tokens (``<a_12>``, ``<u_7>``) matched before splitting, so
+        an item code is always exactly its tokens.
+    """
+    counts = words(corpus)
+    # Template words must survive the frequency cut even though each template appears once.
+    vocab_words = [w for w in ANSWER_WORDS]
+    vocab_words += [w for w, c in counts.most_common() if c >= min_count and w not in vocab_words]
+    vocab_words = vocab_words[:max_words]
+    vocab = {PAD: 0, EOS: 1, UNK: 2}
+    for w in vocab_words:
+        vocab.setdefault(w, len(vocab))
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    tk.normalizer = normalizers.Lowercase()
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.add_special_tokens([AddedToken(t, normalized=False) for t in (PAD, EOS, UNK)])
+    tk.add_tokens([AddedToken(t, normalized=False) for t in [*item_tokens, *user_tokens]])
+    # Encoder inputs end with </s>, as in T5 pretraining.
+    tk.post_processor = processors.TemplateProcessing(single=f"$A {EOS}", special_tokens=[(EOS, 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token=PAD, eos_token=EOS, unk_token=UNK)
+
+
+def add_tokens(tokenizer, item_tokens: Sequence[str], user_tokens: Sequence[str] = ()) -> int:
+    """Extend a pretrained tokenizer (e.g. a local t5 directory) with item and user tokens."""
+    return tokenizer.add_tokens([AddedToken(t, normalized=False) for t in [*item_tokens, *user_tokens]])

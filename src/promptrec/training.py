@@ -1,0 +1,250 @@
+"""Training loop for the P5 recommender: multitask prompt mixture, AdamW, warm-up + decay,
+gradient clipping, early stopping on validation NDCG@10, checkpoint/resume, through accelerate.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from .data.split import group_sequences
+from .tasks import TASKS, mixture_plan
+
+if TYPE_CHECKING:
+    from .data import Split
+    from .model import P5Recommender
+
+log = logging.getLogger("promptrec")
+
+
+class _MetricsLog:
+    """JSONL metrics file, mirrored to TensorBoard when it is installed."""
+
+    def __init__(self, directory: Path | None) -> None:
+        self.path = directory / "metrics.jsonl" if directory else None
+        self.tb = None
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(directory / "tensorboard"))
+            except Exception:  # tensorboard is an optional extra
+                self.tb = None
+
+    def write(self, step: int, **values: float) -> None:
+        if self.path is not None:
+            with self.path.open("a") as f:
+                f.write(json.dumps({"step": step, **values}) + "\n")
+        if self.tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, step)
+
+
+def _ratings_by_user(split: "Split", users: list[str]) -> list[list[float]] | None:
+    if not split.data.has_ratings:
+        return None
+    by_user = group_sequences(split.train, "rating")
+    return [by_user[u] for u in users]
+
+
+def train(
+    rec: "P5Recommender",
+    split: "Split",
+    output_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> "P5Recommender":
+    cfg = rec.config.train
+    out = Path(output_dir) if output_dir else None
+    ckpt = out / "checkpoint" if out else None
+    set_seed(cfg.seed)
+    t0 = time.time()
+
+    resuming = bool(resume and ckpt and (ckpt / "trainer_state.json").exists())
+    if resuming:
+        # The index, tokenizer and LM shape come from the checkpoint, so a resumed run continues
+        # exactly the run that wrote it.
+        from .model import P5Recommender
+
+        saved = P5Recommender.from_pretrained(ckpt / "model")
+        rec.indexer, rec.tokenizer, rec.model = saved.indexer, saved.tokenizer, saved.model
+        rec.items, rec.user_tokens = saved.items, saved.user_tokens
+        rec.train_history = split.train_sequences()
+        rec.valid_item = dict(zip(split.valid["user_id"], split.valid["item_id"]))
+        rec._build_trie()
+    else:
+        rec.build(split)
+
+    model = rec.model
+    users = list(rec.train_history)
+    ctx = rec.context(rec.train_history, ratings=_ratings_by_user(split, users))
+    weights = {k: v for k, v in rec.config.tasks.weights.items() if v > 0}
+    families = {name: TASKS.get(name)(ctx) for name in weights}
+    base = families["sequential"].size() if "sequential" in families else max(f.size() for f in families.values())
+    per_epoch = cfg.examples_per_epoch or base
+    steps_per_epoch = math.ceil(per_epoch / cfg.batch_size)
+    total_steps = max(1, steps_per_epoch * cfg.epochs)
+
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+    )
+    scheduler = get_scheduler(
+        "constant_with_warmup" if cfg.schedule == "constant" else cfg.schedule,
+        optimizer,
+        num_warmup_steps=int(cfg.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    rec.model = model
+    loss_fn = torch.nn.CrossEntropyLoss(ignore_index=-100, label_smoothing=cfg.label_smoothing)
+
+    state = {"epoch": -1, "step": 0, "best": -1.0, "best_epoch": -1, "bad_epochs": 0, "train_seconds": 0.0}
+    if resuming:
+        accelerator.load_state(str(ckpt / "accelerate"))
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        log.info("resuming after epoch %d (best validation NDCG@10 %.4f)", state["epoch"], state["best"])
+    best_state = None
+    if resuming and (ckpt / "best.safetensors").exists():
+        from safetensors.torch import load_file
+
+        best_state = load_file(str(ckpt / "best.safetensors"))
+
+    templates = {name: rec.templates.family(name, seen=True) for name in families}
+    tok = rec.tokenizer
+
+    def collate(batch: list[tuple[int, str, int]]) -> dict[str, torch.Tensor]:
+        inputs, targets = [], []
+        for ex_seed, fam, i in batch:
+            rng = np.random.default_rng(ex_seed)
+            fields = families[fam].example(i, rng)
+            tmpl = templates[fam][int(rng.integers(len(templates[fam])))]
+            src, tgt = tmpl.render(fields)
+            inputs.append(src)
+            targets.append(tgt)
+        enc = tok(inputs, padding=True, return_tensors="pt", return_token_type_ids=False)
+        labels = tok(targets, padding=True, return_tensors="pt", return_token_type_ids=False)["input_ids"]
+        labels[labels == tok.pad_token_id] = -100
+        enc["labels"] = labels
+        return enc
+
+    val_users = list(split.valid["user_id"])
+    if cfg.val_users and len(val_users) > cfg.val_users:
+        val_users = list(np.random.default_rng(cfg.seed).choice(val_users, cfg.val_users, replace=False))
+    mlog = _MetricsLog(out if accelerator.is_main_process else None)
+    stopped_early = False
+    for epoch in range(state["epoch"] + 1, cfg.epochs):
+        rng = np.random.default_rng([cfg.seed, epoch])
+        plan = mixture_plan(families, weights, per_epoch, rng)
+        seeds = rng.integers(0, 2**63 - 1, size=len(plan))
+        examples = [(int(s), f, i) for s, (f, i) in zip(seeds, plan)]
+        loader = DataLoader(examples, batch_size=cfg.batch_size, shuffle=False, collate_fn=collate)
+        model.train()
+        epoch_start = time.time()
+        running = 0.0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
+        for batch in bar:
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            with accelerator.autocast():
+                logits = model(**batch).logits  # (B, T_target, V)
+                loss = loss_fn(logits.float().view(-1, logits.size(-1)), batch["labels"].view(-1))
+            accelerator.backward(loss)
+            if cfg.grad_clip > 0:
+                accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state["step"] += 1
+            running = 0.98 * running + 0.02 * loss.item() if state["step"] > 1 else loss.item()
+            bar.set_postfix(loss=f"{running:.3f}")
+            if state["step"] % 50 == 0:
+                mlog.write(state["step"], loss=loss.item(), lr=scheduler.get_last_lr()[0])
+            if cfg.time_limit and state["train_seconds"] + time.time() - epoch_start > cfg.time_limit:
+                stopped_early = True
+                break
+        state["train_seconds"] += time.time() - epoch_start
+        rec.model = accelerator.unwrap_model(model)
+        val = rec.evaluate_users(split, val_users, stage="valid") if val_users else {"NDCG@10": 0.0}
+        rec.model = model
+        state["epoch"] = epoch
+        improved = val["NDCG@10"] > state["best"]
+        if improved:
+            state.update(best=val["NDCG@10"], best_epoch=epoch, bad_epochs=0)
+            best_state = {k: v.detach().cpu().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
+        else:
+            state["bad_epochs"] += 1
+        mlog.write(state["step"], epoch=epoch, val_NDCG10=val["NDCG@10"], val_HR10=val["HR@10"], train_seconds=state["train_seconds"])
+        log.info(
+            "epoch %d: loss %.4f, validation HR@10 %.4f NDCG@10 %.4f%s (%.0fs)",
+            epoch + 1, running, val["HR@10"], val["NDCG@10"], " *" if improved else "", time.time() - epoch_start,
+        )
+        if progress:
+            print(
+                f"epoch {epoch + 1}/{cfg.epochs}  loss {running:.4f}  val HR@10 {val['HR@10']:.4f}  "
+                f"NDCG@10 {val['NDCG@10']:.4f}{'  *' if improved else ''}  ({state['train_seconds']:.0f}s)",
+                flush=True,
+            )
+        if ckpt is not None and accelerator.is_main_process:
+            _save_checkpoint(rec, accelerator, ckpt, state, best_state if improved else None)
+        if stopped_early or state["bad_epochs"] >= cfg.patience:
+            break
+
+    rec.model = accelerator.unwrap_model(model)
+    if best_state is not None:
+        rec.model.load_state_dict(best_state)
+    rec.model.eval()
+    rec.fit_info = {
+        "train_seconds": round(state["train_seconds"], 2),
+        "epochs_run": state["epoch"] + 1,
+        "best_epoch": state["best_epoch"] + 1,
+        "best_valid_NDCG@10": state["best"],
+        "steps": state["step"],
+        "stopped_by_time_limit": stopped_early,
+        "wall_seconds": round(time.time() - t0, 2),
+        "device": str(accelerator.device),
+    }
+    return rec
+
+
+def _save_checkpoint(rec, accelerator: Accelerator, ckpt: Path, state: dict, best_state: dict | None) -> None:
+    from safetensors.torch import save_file
+
+    ckpt.mkdir(parents=True, exist_ok=True)
+    if not (ckpt / "model").exists():
+        model = rec.model
+        rec.model = accelerator.unwrap_model(model)
+        rec.save_pretrained(ckpt / "model")
+        rec.model = model
+    # accelerate warns that tied embeddings are stored once; that is expected for T5.
+    acc_log = logging.getLogger("accelerate.checkpointing")
+    level = acc_log.level
+    acc_log.setLevel(logging.ERROR)
+    try:
+        accelerator.save_state(str(ckpt / "accelerate"))
+    finally:
+        acc_log.setLevel(level)
+    if best_state is not None:
+        tmp = ckpt / "best.safetensors.tmp"
+        save_file({k: v.contiguous() for k, v in best_state.items()}, str(tmp))
+        shutil.move(tmp, ckpt / "best.safetensors")
+    tmp = ckpt / "trainer_state.json.tmp"
+    tmp.write_text(json.dumps(state))
+    tmp.replace(ckpt / "trainer_state.json")
