@@ -16,6 +16,9 @@ import torch
 from transformers import LogitsProcessor
 
 NEG_INF = float("-inf")
+# Beam search marks beams that could only take masked tokens with a huge negative score (-inf or,
+# in recent transformers, -1e9); anything below this is such a padding beam, never a real item.
+MASKED_SCORE = -1e8
 
 
 class ItemTrie:
@@ -149,3 +152,26 @@ class TrieConstraint(LogitsProcessor):
         mask = torch.full_like(scores, NEG_INF)
         mask[torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)] = 0.0
         return scores + mask
+
+
+def collect_beams(
+    trie: ItemTrie, sequences: list[list[int]], scores: list[float], num_beams: int, constrained: bool = True
+) -> list[list[tuple[int | None, float]]]:
+    """Group beam outputs per example as (item index or None, score), best first.
+
+    Under the constraint, padding beams (fewer available items than beams) and repeats of an
+    item are dropped; without it, every beam is kept so invalid outputs can be counted.
+    """
+    out = []
+    for b in range(len(sequences) // num_beams):
+        row: list[tuple[int | None, float]] = []
+        seen: set[int] = set()
+        for j in range(b * num_beams, (b + 1) * num_beams):
+            idx = trie.item_of(sequences[j])
+            if constrained:
+                if idx is None or scores[j] <= MASKED_SCORE or idx in seen:
+                    continue
+                seen.add(idx)
+            row.append((idx, scores[j]))
+        out.append(row)
+    return out

@@ -9,7 +9,6 @@ training data.
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -24,7 +23,7 @@ from .backbones import BACKBONES
 from .config import RunConfig
 from .data import Split
 from .data.split import group_sequences
-from .generation import ItemTrie, TrieConstraint
+from .generation import ItemTrie, TrieConstraint, collect_beams
 from .indexing import ItemIndexer, build_indexer
 from .prompts import TemplateSet
 from .recommender import RECOMMENDERS, Recommender
@@ -191,17 +190,10 @@ class P5Recommender(Recommender):
             return_dict_in_generate=True,
             output_scores=True,
         )
-        seqs = out.sequences[:, 1:].tolist()
-        scores = out.sequences_scores.float().tolist()
-        results: list[list[tuple[str | None, float]]] = []
-        for b in range(len(prompts)):
-            row = []
-            for j in range(b * k, (b + 1) * k):
-                idx = self.trie.item_of(seqs[j])
-                if constrained and (idx is None or not math.isfinite(scores[j])):
-                    continue  # fewer available items than beams: drop the padding beams
-                row.append((self.catalogue[idx] if idx is not None else None, scores[j]))
-            results.append(row)
+        beams = collect_beams(
+            self.trie, out.sequences[:, 1:].tolist(), out.sequences_scores.float().tolist(), k, constrained
+        )
+        results = [[(self.catalogue[i] if i is not None else None, s) for i, s in row] for row in beams]
         return results
 
     def recommend(
