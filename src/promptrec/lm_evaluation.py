@@ -53,7 +53,7 @@ def evaluate_p5(rec: "P5Recommender", split: "Split", stage: str = "test", progr
     if weights.get("choose", 0) > 0:
         result.update(_sampled_choose(rec, users, targets, histories, cfg.sampled_candidates, rng))
     if weights.get("yesno", 0) > 0:
-        negs = [rec.context({}).sample_negatives(rng, set(histories[u]) | {targets[u]}, 1) for u in users]
+        negs = [rec.context({}).sample_negatives(rng, set(histories[u]) | {targets[u]}, 1)[0] for u in users]
         scores = rec.score(users + users, [targets[u] for u in users] + negs, stage=stage)
         result["yesno_AUC"] = float(auc(scores, np.r_[np.ones(len(users)), np.zeros(len(users))]))
     if weights.get("rating", 0) > 0 and split.data.has_ratings:

@@ -67,6 +67,10 @@ class TaskFamily:
     def example(self, i: int, rng: np.random.Generator) -> dict[str, str]:
         raise NotImplementedError
 
+    def length(self, i: int) -> int:
+        """A cheap proxy for the prompt length of example ``i`` (used to batch similar lengths)."""
+        return 0
+
 
 class _PositionFamily(TaskFamily):
     """Families whose base examples are (user, position t >= 1) pairs of training sequences."""
@@ -80,6 +84,9 @@ class _PositionFamily(TaskFamily):
 
     def size(self) -> int:
         return len(self.user_of)
+
+    def length(self, i: int) -> int:
+        return min(int(self.pos_of[i]), self.ctx.max_history)
 
     def _at(self, i: int) -> tuple[str, list[str], int]:
         u = int(self.user_of[i])
@@ -195,3 +202,27 @@ def mixture_plan(
         plan.extend((name, int(i)) for i in idx)
     order = rng.permutation(len(plan))
     return [plan[i] for i in order]
+
+
+def length_batches(
+    plan: list[tuple[str, int]],
+    families: Mapping[str, TaskFamily],
+    batch_size: int,
+    rng: np.random.Generator,
+    window: int = 64,
+) -> list[list[int]]:
+    """Batches of plan positions with similar prompt lengths, in random order.
+
+    The plan is cut into windows of ``window`` batches; each window is sorted by length and cut
+    into batches, and all batches are shuffled. Every example is still used exactly once per
+    epoch, but padding (the cost of a batch is set by its longest prompt) shrinks a lot.
+    """
+    batches: list[list[int]] = []
+    span = batch_size * window
+    for start in range(0, len(plan), span):
+        idx = np.arange(start, min(start + span, len(plan)))
+        lengths = np.array([families[plan[i][0]].length(plan[i][1]) for i in idx])
+        idx = idx[np.argsort(lengths, kind="stable")]
+        batches += [idx[j : j + batch_size].tolist() for j in range(0, len(idx), batch_size)]
+    order = rng.permutation(len(batches))
+    return [batches[i] for i in order]

@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,7 +22,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from .data.split import group_sequences
-from .tasks import TASKS, mixture_plan
+from .tasks import TASKS, length_batches, mixture_plan
 
 if TYPE_CHECKING:
     from .data import Split
@@ -156,11 +157,16 @@ def train(
         plan = mixture_plan(families, weights, per_epoch, rng)
         seeds = rng.integers(0, 2**63 - 1, size=len(plan))
         examples = [(int(s), f, i) for s, (f, i) in zip(seeds, plan)]
-        loader = DataLoader(examples, batch_size=cfg.batch_size, shuffle=False, collate_fn=collate)
+        batches = length_batches(plan, families, cfg.batch_size, rng)
+        loader = DataLoader(examples, batch_sampler=batches, collate_fn=collate)
         model.train()
         epoch_start = time.time()
         running = 0.0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
+        # Redirected output (logs, CI) gets an update every 30 s instead of a flood of bars.
+        bar = tqdm(
+            loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False,
+            mininterval=0.1 if sys.stderr.isatty() else 30.0,
+        )
         for batch in bar:
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             with accelerator.autocast():
@@ -174,7 +180,7 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             state["step"] += 1
             running = 0.98 * running + 0.02 * loss.item() if state["step"] > 1 else loss.item()
-            bar.set_postfix(loss=f"{running:.3f}")
+            bar.set_postfix(loss=f"{running:.3f}", refresh=False)
             if state["step"] % 50 == 0:
                 mlog.write(state["step"], loss=loss.item(), lr=scheduler.get_last_lr()[0])
             if cfg.time_limit and state["train_seconds"] + time.time() - epoch_start > cfg.time_limit:
@@ -234,7 +240,7 @@ def _save_checkpoint(rec, accelerator: Accelerator, ckpt: Path, state: dict, bes
         rec.save_pretrained(ckpt / "model")
         rec.model = model
     # accelerate warns that tied embeddings are stored once; that is expected for T5.
-    acc_log = logging.getLogger("accelerate.checkpointing")
+    acc_log = logging.getLogger("accelerate.utils.other")
     level = acc_log.level
     acc_log.setLevel(logging.ERROR)
     try:

@@ -1,0 +1,61 @@
+"""The CLI end to end on a user's own CSV with a tiny model: train -> recommend -> evaluate."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from promptrec.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    rng = np.random.default_rng(0)
+    rows = [(f"u{u}", f"i{(s + t) % 15}", t) for u in range(30) for s in [int(rng.integers(15))] for t in range(6)]
+    pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]).to_csv(root / "events.csv", index=False)
+    pd.DataFrame({"item_id": [f"i{j}" for j in range(15)], "title": [f"Item number {j}" for j in range(15)]}).to_csv(
+        root / "items.csv", index=False
+    )
+    cfg = root / "run.yaml"
+    cfg.write_text(
+        f"data:\n  loader: tabular\n  path: {root / 'events.csv'}\n  options:\n    items: {root / 'items.csv'}\n"
+        "index:\n  method: sequential\nmodel:\n  preset: tiny\n"
+        "train:\n  epochs: 1\n  batch_size: 16\n  val_users: 10\neval:\n  unconstrained_users: 5\n"
+    )
+    result = runner.invoke(app, ["train", "--config", str(cfg), "--output", str(root / "run")])
+    assert result.exit_code == 0, result.output
+    return root
+
+
+def test_train_writes_model_and_metrics(trained):
+    metrics = json.loads((trained / "run" / "metrics.json").read_text())
+    assert {"HR@10", "NDCG@10", "train_seconds", "eval_seconds", "eval_users"} <= metrics["model"].keys()
+    assert "HR@10" in metrics["popularity"] and metrics["command"]
+    assert (trained / "run" / "model" / "model.safetensors").exists()
+
+
+def test_recommend_json_with_titles(trained):
+    result = runner.invoke(app, ["recommend", "--model", str(trained / "run" / "model"), "--user", "u1", "-k", "4", "--json"])
+    assert result.exit_code == 0, result.output
+    recs = json.loads(result.output)
+    assert len(recs) == 4 and all(r["title"].startswith("Item number") for r in recs)
+
+
+def test_evaluate_saved_model(trained):
+    out = trained / "eval.json"
+    result = runner.invoke(app, ["evaluate", "--model", str(trained / "run" / "model"), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "popularity" in result.output and json.loads(out.read_text())["model"]["eval_users"] == 30
+
+
+def test_unknown_config_key_is_a_clear_error(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("train:\n  epoch: 1\n")
+    result = runner.invoke(app, ["train", "--config", str(cfg), "--output", str(tmp_path / "o")])
+    assert result.exit_code != 0
+    assert "epoch" in str(result.exception) or "epoch" in result.output

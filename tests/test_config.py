@@ -1,0 +1,43 @@
+import pytest
+from pydantic import ValidationError
+
+from promptrec.config import RunConfig
+
+
+def test_unknown_key_rejected_in_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  epochs: 2\n  learning_rate: 0.1\n")
+    with pytest.raises(ValidationError, match="learning_rate"):
+        RunConfig.load(path)
+
+
+def test_unknown_top_level_key_rejected(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("trian:\n  epochs: 2\n")
+    with pytest.raises(ValidationError, match="trian"):
+        RunConfig.load(path)
+
+
+def test_override_of_unknown_key_rejected():
+    with pytest.raises((ValidationError, ValueError)):
+        RunConfig().update({"train.epochz": 3})
+    with pytest.raises(ValueError):
+        RunConfig().update({"nosection.x": 3})
+
+
+def test_bad_values_and_task_names_rejected():
+    with pytest.raises(ValidationError):
+        RunConfig().update({"train.lr": -1})
+    with pytest.raises((ValidationError, KeyError)):
+        RunConfig().update({"tasks.weights": {"sequentail": 1.0}})
+
+
+def test_round_trip_and_frozen(tmp_path):
+    cfg = RunConfig().update({"train.epochs": 3, "model.preset": "tiny"})
+    path = tmp_path / "c.json"
+    import json
+
+    path.write_text(json.dumps(cfg.to_dict()))
+    assert RunConfig.load(path) == cfg
+    with pytest.raises(ValidationError):
+        cfg.train.epochs = 4
