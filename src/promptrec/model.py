@@ -178,18 +178,20 @@ class P5Recommender(Recommender):
                     allowed=[to_idx(a) for a in allowed] if allowed is not None else None,
                 )
             )
-        out = self.model.generate(
-            **enc,
-            num_beams=k,
-            num_return_sequences=k,
-            max_new_tokens=self.trie.depth,
-            length_penalty=0.0,
-            early_stopping=True,
-            do_sample=False,
-            logits_processor=processors,
-            return_dict_in_generate=True,
-            output_scores=True,
-        )
+        bf16 = self.config.eval.precision == "bf16"
+        with torch.autocast(self.model.device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = self.model.generate(
+                **enc,
+                num_beams=k,
+                num_return_sequences=k,
+                max_new_tokens=self.trie.depth,
+                length_penalty=0.0,
+                early_stopping=True,
+                do_sample=False,
+                logits_processor=processors,
+                return_dict_in_generate=True,
+                output_scores=True,
+            )
         beams = collect_beams(
             self.trie, out.sequences[:, 1:].tolist(), out.sequences_scores.float().tolist(), k, constrained
         )
