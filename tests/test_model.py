@@ -132,3 +132,26 @@ def test_direct_and_rating_families(tmp_path):
     res = rec.evaluate(split, progress=False)
     assert "sampled25_choose_HR@1" in res or any(k.startswith("sampled") for k in res)
     assert "yesno_AUC" in res and "rating_RMSE" in res and "rating_MAE" in res
+
+
+def test_start_from_a_local_pretrained_directory(tmp_path, cyclic_split):
+    """A local transformers directory (weights + tokenizer) is the starting point; its weights
+    are kept, its tokenizer is extended with the item tokens."""
+    import torch
+
+    from promptrec.backbones import build_t5
+    from promptrec.tokenization import build_tokenizer
+
+    tok = build_tokenizer(["the user bought a thing next item history"], [], min_count=1)
+    base = build_t5(len(tok), "tiny", pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    base.save_pretrained(tmp_path / "pre")
+    tok.save_pretrained(str(tmp_path / "pre"))
+    cfg = tiny_config(**{"model.pretrained": str(tmp_path / "pre")})
+    rec = P5Recommender(cfg).build(cyclic_split)
+    assert len(rec.tokenizer) == len(tok) + len(rec.indexer.tokens())
+    assert rec.model.get_input_embeddings().weight.shape[0] == len(rec.tokenizer)
+    before = base.encoder.block[0].layer[0].SelfAttention.q.weight
+    assert torch.equal(rec.model.encoder.block[0].layer[0].SelfAttention.q.weight, before)
+    rec.fit(cyclic_split, progress=False)
+    out = rec.recommend([cyclic_split.test["user_id"][0]], k=3)
+    assert len(out) == 3

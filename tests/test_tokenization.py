@@ -17,3 +17,16 @@ def test_tokenizer_round_trips_through_save(tmp_path):
     tok.save_pretrained(str(tmp_path))
     again = PreTrainedTokenizerFast.from_pretrained(str(tmp_path))
     assert again("<a_1> b")["input_ids"] == tok("<a_1> b")["input_ids"]
+
+
+def test_every_template_word_is_in_the_vocabulary(cyclic_split):
+    from promptrec.config import RunConfig
+    from promptrec.model import P5Recommender
+    from promptrec.tokenization import words
+
+    rec = P5Recommender(RunConfig().update({"model.preset": "tiny", "index.method": "random"})).build(cyclic_split)
+    vocab = rec.tokenizer.get_vocab()
+    for t in rec.templates.templates:
+        for w in words([t.input]):
+            if w not in "{}" and w not in {"user", "history", "target", "item", "title", "candidates", "answer", "rating"}:
+                assert w in vocab, (t.id, w)

@@ -9,6 +9,7 @@ training data.
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -28,7 +29,7 @@ from .indexing import ItemIndexer, build_indexer
 from .prompts import TemplateSet
 from .recommender import RECOMMENDERS, Recommender
 from .tasks import TaskContext, rating_text
-from .tokenization import build_tokenizer
+from .tokenization import add_tokens, build_tokenizer
 
 WEIGHTS = "model.safetensors"
 
@@ -64,12 +65,22 @@ class P5Recommender(Recommender):
         self.indexer.fit(self.train_history, list(data.items.index), data.items)
         users = sorted(self.train_history)
         self.user_tokens = {u: f"<u_{i}>" for i, u in enumerate(users)} if cfg.model.user_tokens else {}
-        self.tokenizer = build_tokenizer(
-            self._corpus(split),
-            self.indexer.tokens(),
-            list(self.user_tokens.values()),
-            max_words=cfg.model.max_words,
-        )
+        if cfg.model.pretrained:
+            # A pretrained backbone keeps its own tokenizer (its ids match the weights); the item
+            # and user tokens are added to it and the embeddings grow to match.
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.pretrained)
+            add_tokens(self.tokenizer, self.indexer.tokens(), list(self.user_tokens.values()))
+        else:
+            template_text = [text for t in self.templates.templates for text in (t.input, t.target)]
+            self.tokenizer = build_tokenizer(
+                self._corpus(split),
+                self.indexer.tokens(),
+                list(self.user_tokens.values()),
+                max_words=cfg.model.max_words,
+                required=[re.sub(r"\{\w+\}", " ", text) for text in template_text],
+            )
         self.model = BACKBONES.get(cfg.model.backbone)(
             vocab_size=len(self.tokenizer),
             preset=cfg.model.preset,
@@ -82,9 +93,6 @@ class P5Recommender(Recommender):
         return self
 
     def _corpus(self, split: Split) -> Iterable[str]:
-        for t in self.templates.templates:
-            yield t.input
-            yield t.target
         # Item text of training items only: the vocabulary must not depend on held-out events.
         train_items = split.train_items()
         for col in ("title", "brand"):

@@ -32,18 +32,21 @@ def build_tokenizer(
     user_tokens: Sequence[str] = (),
     max_words: int = 5000,
     min_count: int = 2,
+    required: Iterable[str] = (),
 ) -> PreTrainedTokenizerFast:
     """Word-level tokenizer: ids 0/1/2 are pad/eos/unk as T5 expects, then words, then added tokens.
 
-    corpus: template text and item text (titles, categories, brands) from the training catalogue.
+    corpus: item text (titles, categories, brands) of the training catalogue; its most frequent
+        words (at least ``min_count`` uses) fill the vocabulary up to ``max_words``.
+    required: text whose every word is kept whatever its count (the templates: each appears once).
     item_tokens / user_tokens: whole tokens (``<a_12>``, ``<u_7>``) matched before splitting, so
         an item code is always exactly its tokens.
     """
     counts = words(corpus)
-    # Template words must survive the frequency cut even though each template appears once.
-    vocab_words = [w for w in ANSWER_WORDS]
-    vocab_words += [w for w, c in counts.most_common() if c >= min_count and w not in vocab_words]
-    vocab_words = vocab_words[:max_words]
+    vocab_words = list(dict.fromkeys([*ANSWER_WORDS, *words(required)]))
+    kept = set(vocab_words)
+    vocab_words += [w for w, c in counts.most_common() if c >= min_count and w not in kept]
+    vocab_words = vocab_words[: max(max_words, len(kept))]
     vocab = {PAD: 0, EOS: 1, UNK: 2}
     for w in vocab_words:
         vocab.setdefault(w, len(vocab))
