@@ -74,3 +74,19 @@ def test_empty_allowed_set_fails_loudly():
         TrieConstraint(trie, num_beams=2, excluded=[list(range(6))])
     with pytest.raises(ValueError, match="no catalogue item is available"):
         TrieConstraint(trie, num_beams=2, allowed=[[3]], excluded=[[3]])
+
+
+def test_fixed_length_codes_stop_without_eos():
+    trie = ItemTrie(CODES, EOS)
+    assert trie.code_length == 2 and trie.decode_steps == 2
+    assert trie.item_of([11, 13]) == 3 and trie.item_of([11]) is None
+    torch.manual_seed(0)
+    model = build_t5(20, "tiny", pad_token_id=0, eos_token_id=EOS).eval()
+    out = model.generate(
+        input_ids=torch.randint(3, 20, (2, 5)), num_beams=4, num_return_sequences=4, max_new_tokens=2,
+        length_penalty=0.0, do_sample=False, logits_processor=[TrieConstraint(trie, 4, excluded=[[0], [1]])],
+        return_dict_in_generate=True, output_scores=True,
+    )
+    per = [[i for i, _ in row] for row in collect_beams(trie, out.sequences[:, 1:].tolist(), out.sequences_scores.tolist(), 4)]
+    assert all(len(set(p)) == 4 for p in per) and 0 not in per[0] and 1 not in per[1]
+    assert ItemTrie([[10], [11, 12]], EOS).code_length is None

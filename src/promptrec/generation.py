@@ -50,6 +50,10 @@ class ItemTrie:
             self.paths.append(path)
             self.depth = max(self.depth, len(path))
         self._child_tokens = [list(ch) for ch in self.children]
+        # With equal-length (prefix-free) codes the item is known once its last token is out, so
+        # decoding can stop there and skip the step that could only emit EOS.
+        lengths = {len(p) - 1 for p in self.paths}
+        self.code_length: int | None = lengths.pop() if len(lengths) == 1 else None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -63,7 +67,11 @@ class ItemTrie:
         return node
 
     def item_of(self, tokens: Sequence[int]) -> int | None:
-        """Item index for a generated token sequence (ignoring anything after EOS), else None."""
+        """Item index for a generated token sequence, else None.
+
+        Anything after EOS is ignored; a complete code without its EOS (decoding stopped at the
+        code length) also names its item.
+        """
         node = 0
         for tok in tokens:
             node = self.children[node].get(tok)  # type: ignore[assignment]
@@ -71,7 +79,14 @@ class ItemTrie:
                 return None
             if tok == self.eos:
                 break
+        if node not in self.leaf_item:
+            node = self.children[node].get(self.eos, node)
         return self.leaf_item.get(node)
+
+    @property
+    def decode_steps(self) -> int:
+        """Generation steps needed: the code length when fixed, else the deepest code plus EOS."""
+        return self.code_length or self.depth
 
     def counts(self, items: Sequence[int]) -> Counter:
         """How many of ``items`` lie under each node (used for exclusion and candidate lists)."""

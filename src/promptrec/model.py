@@ -171,7 +171,8 @@ class P5Recommender(Recommender):
     ) -> list[list[tuple[str | None, float]]]:
         """Beam search with ``k`` beams; per prompt, ``k`` (item or None if invalid, score) pairs.
 
-        Scores are sequence log-probabilities (length penalty 0: every code has the same length).
+        Scores are sequence log-probabilities of the code tokens (length penalty 0; with
+        fixed-length codes the closing EOS, near-certain after a complete code, is not decoded).
         """
         self.model.eval()
         enc = self._encode(prompts)
@@ -192,7 +193,7 @@ class P5Recommender(Recommender):
                 **enc,
                 num_beams=k,
                 num_return_sequences=k,
-                max_new_tokens=self.trie.depth,
+                max_new_tokens=self.trie.decode_steps,
                 length_penalty=0.0,
                 early_stopping=True,
                 do_sample=False,

@@ -1,0 +1,473 @@
+"""SASRec baseline: a causal self-attention encoder over the user's item sequence.
+
+Reference:
+    W.-C. Kang, J. McAuley. "Self-Attentive Sequential Recommendation". ICDM 2018.
+Full cross-entropy training as in the strongest published SASRec numbers on this benchmark
+(see the reference table in the shared data README; e.g. Klenitskiy & Vasilev, "Turning Dross
+Into Gold Loss: is BERT4Rec really better than SASRec?", RecSys 2023).
+
+Architecture. Items are numbered 1..n_items by a seeded permutation of the catalogue (0 is
+padding), so no id carries the order of the source file, which may leak the test split.
+A sequence is left-padded to ``max_len``; its input is ``sqrt(hidden) * item embedding + learned
+position embedding`` (padding positions zeroed), then dropout, then ``blocks`` *pre-LN*
+transformer blocks (LayerNorm before self-attention and before the ReLU feed-forward of width
+``hidden``) and a final LayerNorm. Pre-LN follows the authors' released code, which normalises
+before each sub-layer; the one difference is that their attention residual adds the normalised
+query, while ``nn.TransformerEncoderLayer(norm_first=True)`` adds the block input (the standard
+pre-LN form). Attention is causal and never looks at padding keys. The item embedding table is
+shared between input and output: an item's score is the dot product of the hidden state with its
+embedding.
+
+Training. Per user, the last ``max_len + 1`` items of the *training* sequence (``split.train``
+only): inputs are all but the last, targets the same shifted by one, and every position with a
+real input is a training example. ``loss``:
+
+- ``"ce"``: full softmax cross-entropy over all items. Hidden states of the real positions are
+  gathered first, so the (positions x n_items) logits are computed only where there is a target.
+- ``"bce"``: the paper's loss, binary cross-entropy on the target and one uniformly drawn
+  negative per position (a draw equal to the target is not counted; the paper instead redraws
+  any item of the user's sequence).
+- ``"sampled"``: sampled softmax over the target and ``num_negatives`` uniform negatives shared by
+  all positions of a batch (one matmul); negatives equal to a position's target are masked.
+
+Adam with ``weight_decay``; every ``eval_every`` epochs NDCG@10 on the validation users (all, or a
+seeded sample of ``valid_users``) through :func:`~promptrec.evaluation.evaluate_rankings`; the
+best weights are kept and training stops after ``patience`` evaluations without improvement.
+The defaults are the reference run on Beauty (README: d 64, 2 blocks, 1 head, dropout 0.6, lr 5e-4,
+weight decay 1e-8, batch 512, length 50, up to 200 epochs, best epoch by validation NDCG@10).
+
+Inference. The user's history of the stage (``"valid"``: training sequence; ``"test"``: plus the
+validation item), its last ``max_len`` items, is encoded; the hidden state at the last position
+scores every item; the history is masked and ``torch.topk`` picks the answer. Users without
+history get the training popularity order (score = interaction count).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Self, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..data.split import Split
+from ..evaluation import evaluate_rankings
+from ..recommender import (
+    RECOMMENDERS,
+    STAGES,
+    Recommender,
+    check_k,
+    check_stage,
+    recommendation_frame,
+)
+
+log = logging.getLogger("promptrec")
+
+STATE_FILE = "sasrec.json"
+WEIGHTS_FILE = "sasrec.safetensors"
+LOSSES = ("ce", "bce", "sampled")
+
+# Users per block in recommend: bounds the dense (users, n_items) score matrix.
+_BLOCK = 1024
+_NO_ITEMS = np.zeros(0, dtype=np.int64)
+
+
+class SASRecNet(nn.Module):
+    """Item + position embeddings, pre-LN causal transformer blocks, final LayerNorm."""
+
+    def __init__(
+        self, n_items: int, hidden: int, blocks: int, heads: int, dropout: float, max_len: int
+    ) -> None:
+        super().__init__()
+        self.heads = heads
+        self.item_emb = nn.Embedding(n_items + 1, hidden, padding_idx=0)
+        self.pos_emb = nn.Embedding(max_len, hidden)
+        self.dropout = nn.Dropout(dropout)
+        layer = nn.TransformerEncoderLayer(
+            hidden, heads, dim_feedforward=hidden, dropout=dropout, batch_first=True,
+            norm_first=True,
+        )
+        self.encoder = nn.TransformerEncoder(
+            layer, blocks, norm=nn.LayerNorm(hidden), enable_nested_tensor=False
+        )
+        # Xavier-normal embeddings as in the authors' code; with the sqrt(hidden) input scale the
+        # item part starts at a size comparable to the position part.
+        nn.init.xavier_normal_(self.item_emb.weight)
+        nn.init.xavier_normal_(self.pos_emb.weight)
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
+
+    def item_table(self) -> torch.Tensor:
+        """Output embeddings of items 1..n_items (the input table without padding): (n_items, d)."""
+        return self.item_emb.weight[1:]
+
+    def forward(self, seqs: torch.Tensor) -> torch.Tensor:
+        """Hidden states (B, L, d) of left-padded item sequences ``seqs`` (B, L), 0 = padding."""
+        length = seqs.shape[1]
+        pad = seqs == 0  # (B, L)
+        positions = torch.arange(length, device=seqs.device)
+        x = self.item_emb(seqs) * self.item_emb.embedding_dim**0.5 + self.pos_emb(positions)
+        x = self.dropout(x.masked_fill(pad[..., None], 0.0))  # (B, L, d)
+        # True = may not attend: future keys and padding keys. Every query may see itself, so no
+        # row is fully masked (that would give NaN at padding queries, whose outputs are unused).
+        eye = torch.eye(length, dtype=torch.bool, device=seqs.device)
+        future = torch.ones(length, length, dtype=torch.bool, device=seqs.device).triu(1)
+        blocked = (future | pad[:, None, :]) & ~eye  # (B, L, L)
+        mask = blocked.repeat_interleave(self.heads, dim=0)  # (B * heads, L, L)
+        return self.encoder(x, mask=mask)  # (B, L, d)
+
+
+def sequence_loss(
+    net: SASRecNet,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    loss: str = "ce",
+    num_negatives: int = 100,
+) -> torch.Tensor:
+    """Mean next-item loss over the real positions of a batch.
+
+    ``inputs`` and ``targets`` are (B, L) item numbers, 0 where there is no example (padding).
+    Only real positions reach the output layer: their hidden states are gathered first.
+    """
+    hidden = net(inputs)  # (B, L, d)
+    real = targets > 0  # (B, L)
+    h = hidden[real]  # (N, d), N = number of real positions
+    positive = targets[real]  # (N,) item numbers 1..n_items
+    table = net.item_table()  # (n_items, d)
+    if loss == "ce":
+        logits = h @ table.T  # (N, n_items)
+        return F.cross_entropy(logits, positive - 1)
+    n_items = table.shape[0]
+    pos_logit = (h * net.item_emb(positive)).sum(-1)  # (N,)
+    if loss == "bce":
+        negative = torch.randint(1, n_items + 1, positive.shape, device=h.device)  # (N,)
+        neg_logit = (h * net.item_emb(negative)).sum(-1)  # (N,)
+        not_hit = (negative != positive).float()  # a draw of the target is no negative
+        return F.binary_cross_entropy_with_logits(
+            pos_logit, torch.ones_like(pos_logit)
+        ) + F.binary_cross_entropy_with_logits(
+            neg_logit, torch.zeros_like(neg_logit), weight=not_hit
+        )
+    if loss == "sampled":
+        negative = torch.randint(1, n_items + 1, (num_negatives,), device=h.device)  # (n_neg,)
+        neg_logits = h @ net.item_emb(negative).T  # (N, n_neg)
+        neg_logits = neg_logits.masked_fill(negative[None, :] == positive[:, None], -torch.inf)
+        logits = torch.cat([pos_logit[:, None], neg_logits], dim=1)  # (N, 1 + n_neg)
+        return F.cross_entropy(logits, torch.zeros_like(positive))
+    raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+
+
+@RECOMMENDERS.register("sasrec")
+class SASRec(Recommender):
+    """SASRec (module doc for architecture, losses and protocol).
+
+    Args:
+        hidden: embedding and hidden size d.
+        blocks: transformer blocks.
+        heads: attention heads (must divide ``hidden``).
+        dropout: on embeddings, attention weights, feed-forward and residual branches.
+        max_len: sequence length seen by the model (the last ``max_len`` items).
+        lr: Adam learning rate.
+        weight_decay: Adam's L2 term.
+        batch_size: user sequences per step.
+        epochs: maximum passes over the users.
+        eval_every: epochs between validation evaluations.
+        patience: evaluations without a better validation NDCG@10 before stopping.
+        loss: ``"ce"`` (full softmax), ``"bce"`` (one negative, the paper) or ``"sampled"``.
+        num_negatives: negatives per batch for ``loss="sampled"``.
+        valid_users: validation users sampled (seeded) for early stopping; None = all.
+        seed: seeds the item numbering, initialisation, shuffling, dropout, negatives, the sample.
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ...
+        progress: show a tqdm bar over epochs.
+    """
+
+    name = "sasrec"
+
+    def __init__(
+        self,
+        hidden: int = 64,
+        blocks: int = 2,
+        heads: int = 1,
+        dropout: float = 0.6,
+        max_len: int = 50,
+        lr: float = 5e-4,
+        weight_decay: float = 1e-8,
+        batch_size: int = 512,
+        epochs: int = 200,
+        eval_every: int = 1,
+        patience: int = 20,
+        loss: str = "ce",
+        num_negatives: int = 100,
+        valid_users: int | None = None,
+        seed: int = 0,
+        device: str = "auto",
+        progress: bool = True,
+    ) -> None:
+        for key, value in (
+            ("hidden", hidden), ("blocks", blocks), ("heads", heads), ("max_len", max_len),
+            ("batch_size", batch_size), ("epochs", epochs), ("eval_every", eval_every),
+            ("patience", patience), ("num_negatives", num_negatives),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{key} must be a positive integer, got {value!r}")
+        if hidden % heads:
+            raise ValueError(f"heads ({heads}) must divide hidden ({hidden})")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        if lr <= 0 or weight_decay < 0:
+            raise ValueError(f"need lr > 0 and weight_decay >= 0, got {lr!r}, {weight_decay!r}")
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        if valid_users is not None and valid_users < 1:
+            raise ValueError(f"valid_users must be positive or None, got {valid_users!r}")
+        self.hidden = hidden
+        self.blocks = blocks
+        self.heads = heads
+        self.dropout = float(dropout)
+        self.max_len = max_len
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+        self.batch_size = batch_size
+        self.epochs = epochs
+        self.eval_every = eval_every
+        self.patience = patience
+        self.loss = loss
+        self.num_negatives = num_negatives
+        self.valid_users = valid_users
+        self.seed = seed
+        self.device = device
+        self.progress = progress
+
+    def get_params(self) -> dict[str, Any]:
+        keys = (
+            "hidden", "blocks", "heads", "dropout", "max_len", "lr", "weight_decay",
+            "batch_size", "epochs", "eval_every", "patience", "loss", "num_negatives",
+            "valid_users", "seed", "device", "progress",
+        )
+        return {key: getattr(self, key) for key in keys}
+
+    def _torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def _new_net(self) -> SASRecNet:
+        return SASRecNet(
+            len(self.items_), self.hidden, self.blocks, self.heads, self.dropout, self.max_len
+        )
+
+    # -- fitting -------------------------------------------------------------------------------
+    def fit(self, split: Split) -> Self:
+        start = time.perf_counter()
+        rng = np.random.default_rng(self.seed)
+        catalogue = split.data.items.index.astype(str).to_numpy(dtype=object)
+        self.items_: np.ndarray = catalogue[rng.permutation(len(catalogue))]
+        self.histories_: dict[str, dict[str, list[str]]] = {s: split.history(s) for s in STAGES}
+        self._build_index()
+        cols = self._position.get_indexer(split.train["item_id"])
+        self.counts_: np.ndarray = np.bincount(cols, minlength=len(self.items_)).astype(np.float32)
+
+        # Item numbers are positions + 1 (0 = padding). The window holds the last max_len + 1
+        # items; a target counts only where its input is a real item.
+        sequences = [self._position.get_indexer(s) + 1 for s in split.train_sequences().values()]
+        window = _left_pad(sequences, self.max_len + 1)  # (U, L + 1)
+        inputs = window[:, :-1]  # (U, L)
+        targets = np.where(inputs > 0, window[:, 1:], 0)  # (U, L)
+        useful = (targets > 0).any(axis=1)  # one-item users teach nothing
+        inputs, targets = inputs[useful], targets[useful]
+
+        sample = list(split.valid["user_id"])
+        if self.valid_users is not None and len(sample) > self.valid_users:
+            sample = list(rng.choice(sample, self.valid_users, replace=False))
+
+        device = self._torch_device()
+        # Initialisation, shuffling, dropout and negatives use torch's global generator; fork it
+        # so that seeding here leaves the caller's random state untouched.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(self.seed)
+            self.net_ = self._new_net().to(device)
+            self._train(split, torch.from_numpy(inputs), torch.from_numpy(targets), sample)
+        self.fit_info_["train_seconds"] = round(time.perf_counter() - start, 2)
+        return self
+
+    def _train(
+        self, split: Split, inputs: torch.Tensor, targets: torch.Tensor, sample: list[str]
+    ) -> None:
+        net = self.net_
+        device = net.item_emb.weight.device
+        optimiser = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        best, best_epoch, best_state, bad = -1.0, 0, None, 0
+        epoch_seconds: list[float] = []
+        epochs = range(1, self.epochs + 1)
+        bar = tqdm(epochs, desc="sasrec", unit="epoch", disable=not self.progress)
+        for epoch in bar:
+            epoch_start = time.perf_counter()
+            net.train()
+            total, positions = 0.0, 0
+            for batch in torch.randperm(len(inputs)).split(self.batch_size):
+                x, y = inputs[batch].to(device), targets[batch].to(device)  # (B, L) each
+                loss = sequence_loss(net, x, y, self.loss, self.num_negatives)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                n = int((y > 0).sum())
+                total, positions = total + loss.item() * n, positions + n
+            loss_value = total / max(positions, 1)
+            epoch_seconds.append(time.perf_counter() - epoch_start)
+            if epoch % self.eval_every and epoch != self.epochs:
+                log.info(
+                    "sasrec epoch %d/%d: loss %.4f (%.1fs)",
+                    epoch, self.epochs, loss_value, epoch_seconds[-1],
+                )
+                continue
+            ndcg = self._validate(split, sample)
+            improved = ndcg > best
+            if improved:
+                best, best_epoch, bad = ndcg, epoch, 0
+                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            else:
+                bad += 1
+            bar.set_postfix(loss=f"{loss_value:.4f}", ndcg10=f"{ndcg:.4f}", refresh=False)
+            log.info(
+                "sasrec epoch %d/%d: loss %.4f, valid NDCG@10 %.4f%s (train %.1fs, total %.1fs)",
+                epoch, self.epochs, loss_value, ndcg, " *" if improved else "",
+                epoch_seconds[-1], time.perf_counter() - epoch_start,
+            )
+            if bad >= self.patience:
+                break
+        bar.close()
+        if best_state is not None:
+            net.load_state_dict(best_state)
+        net.eval()
+        self.fit_info_ = {
+            "epochs_run": epoch,
+            "best_epoch": best_epoch,
+            "best_valid_NDCG@10": best,
+            "train_seconds_per_epoch": round(float(np.mean(epoch_seconds)), 3),
+        }
+
+    def _validate(self, split: Split, sample: list[str]) -> float:
+        if not sample:
+            return 0.0
+        summary, _ = evaluate_rankings(
+            self, split, stage="valid", k=10, users=sample, metrics=("NDCG@10",)
+        )
+        return float(summary["NDCG@10"])
+
+    def _build_index(self) -> None:
+        self._position = pd.Index(self.items_)  # item id -> position; item number = position + 1
+        self._seen = {
+            stage: {u: self._position.get_indexer(h) for u, h in hist.items()}
+            for stage, hist in self.histories_.items()
+        }
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "net_"):
+            raise RuntimeError("SASRec is not fitted: call fit(split) or from_pretrained(dir)")
+
+    # -- prediction ----------------------------------------------------------------------------
+    def recommend(
+        self,
+        user_ids: Sequence[str],
+        k: int = 10,
+        exclude_seen: bool = True,
+        stage: str = "test",
+    ) -> pd.DataFrame:
+        """Top-``k`` next items given the ``stage`` history, that history excluded."""
+        self._check_fitted()
+        check_stage(stage)
+        k = check_k(k)
+        users = [user_ids] if isinstance(user_ids, str) else [str(u) for u in user_ids]
+        blocks = [
+            self._recommend_block(users[i : i + _BLOCK], k, stage, exclude_seen)
+            for i in range(0, len(users), _BLOCK)
+        ]
+        if not blocks:
+            return recommendation_frame([], [], [], [])
+        return pd.concat(blocks, ignore_index=True)
+
+    @torch.inference_mode()
+    def _recommend_block(
+        self, users: list[str], k: int, stage: str, exclude_seen: bool
+    ) -> pd.DataFrame:
+        self.net_.eval()
+        device = self.net_.item_emb.weight.device
+        seen = [self._seen[stage].get(u, _NO_ITEMS) for u in users]
+        warm = torch.tensor([len(s) > 0 for s in seen], dtype=torch.bool, device=device)  # (B,)
+        # (B, n_items); users without history keep the popularity counts (cold start).
+        scores = torch.from_numpy(self.counts_).to(device).repeat(len(users), 1)
+        if warm.any():
+            seqs = torch.from_numpy(_left_pad([s + 1 for s in seen], self.max_len)).to(device)
+            last = self.net_(seqs[warm])[:, -1]  # (B_warm, d) state after the newest item
+            scores[warm] = last @ self.net_.item_table().T
+        if exclude_seen:
+            r = np.repeat(np.arange(len(users)), [len(s) for s in seen])
+            c = np.concatenate([_NO_ITEMS, *seen])
+            scores[torch.from_numpy(r).to(device), torch.from_numpy(c).to(device)] = -torch.inf
+        return _top_k_frame(users, scores, k, self.items_)
+
+    # -- persistence (JSON + safetensors: no pickle to execute on load) -------------------------
+    def save_pretrained(self, directory: str | Path) -> None:
+        self._check_fitted()
+        path = self._write_config(directory)
+        weights = {k: v.detach().cpu().contiguous() for k, v in self.net_.state_dict().items()}
+        save_file({**weights, "counts": torch.from_numpy(self.counts_)}, str(path / WEIGHTS_FILE))
+        state = {
+            "items": self.items_.tolist(),
+            "histories": self.histories_,
+            "fit_info": self.fit_info_,
+        }
+        (path / STATE_FILE).write_text(json.dumps(state))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> Self:
+        config = cls._read_config(directory)
+        state = json.loads((Path(directory) / STATE_FILE).read_text())
+        weights = load_file(str(Path(directory) / WEIGHTS_FILE))
+        model = cls(**config["params"])
+        model.items_ = np.asarray(state["items"], dtype=object)
+        model.histories_ = {s: state["histories"][s] for s in STAGES}
+        model.fit_info_ = state["fit_info"]
+        model.counts_ = weights.pop("counts").numpy()
+        net = model._new_net()
+        net.load_state_dict(weights)
+        model.net_ = net.to(model._torch_device()).eval()
+        model._build_index()
+        return model
+
+
+def _left_pad(sequences: list[np.ndarray], length: int) -> np.ndarray:
+    """(U, length) int64 array of the last ``length`` entries of each sequence, zeros in front."""
+    out = np.zeros((len(sequences), length), dtype=np.int64)
+    kept = np.array([min(len(s), length) for s in sequences], dtype=np.int64)  # (U,)
+    rows = np.repeat(np.arange(len(sequences)), kept)
+    # Column of each kept entry: rows end at the last column, so row r starts at length - kept[r].
+    offsets = np.cumsum(kept) - kept
+    cols = np.arange(len(rows)) - offsets[rows] + length - kept[rows]
+    tails = (s[len(s) - n :] for s, n in zip(sequences, kept))
+    out[rows, cols] = np.concatenate([_NO_ITEMS, *tails])
+    return out
+
+
+def _top_k_frame(
+    users: list[str], scores: torch.Tensor, k: int, items: np.ndarray
+) -> pd.DataFrame:
+    """The contract table from (B, n_items) scores where -inf marks excluded items."""
+    values, top = torch.topk(scores, min(k, scores.shape[1]), dim=1)  # (B, k) best first
+    values, top = values.cpu().numpy(), top.cpu().numpy()
+    # Excluded items (-inf) sort last, so the kept ones of each row are its first ones.
+    r, c = np.nonzero(np.isfinite(values))
+    return recommendation_frame(
+        np.asarray(users, dtype=object)[r], items[top[r, c]], values[r, c], c + 1
+    )
+
+
+__all__ = ["LOSSES", "SASRec", "SASRecNet", "sequence_loss"]

@@ -1,0 +1,249 @@
+"""Every baseline under one contract, plus answers known by construction for each model.
+
+The contract test runs each registered baseline, with a tiny config, on the cyclic data of
+conftest.py (40 users walking a cycle of 30 items: train 6 items, then validation, then test), and
+checks the ``recommend`` table, history exclusion per stage, cold start and the save/load round
+trip. The known answers: item-kNN stays inside a user's community when communities share no item;
+BPR and SASRec learn the cycle well enough to beat popularity; item-kNN's scores equal the cosine
+sums computed by hand; SASRec's cross-entropy sees only real (non-padding) positions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from promptrec.data import InteractionData, leave_one_out
+from promptrec.evaluation import evaluate_rankings
+from promptrec.recommender import (
+    RECOMMENDATION_COLUMNS,
+    RECOMMENDERS,
+    STAGES,
+    build_recommender,
+    load_recommender,
+)
+
+# Tiny configs: each fits the cyclic data in well under a second on one thread.
+TINY = {
+    "popularity": {},
+    "itemknn": {"neighbours": 10},
+    "bpr": {"factors": 8, "epochs": 3, "batch_size": 64, "progress": False},
+    "sasrec": {"hidden": 16, "max_len": 5, "epochs": 3, "batch_size": 16, "progress": False},
+}
+CASES = [
+    *TINY.items(),
+    ("sasrec", {**TINY["sasrec"], "loss": "bce", "heads": 2}),
+    ("sasrec", {**TINY["sasrec"], "loss": "sampled", "num_negatives": 8}),
+]
+CASE_IDS = ["popularity", "itemknn", "bpr", "sasrec-ce", "sasrec-bce", "sasrec-sampled"]
+
+
+def lists(recs: pd.DataFrame) -> dict[str, list[str]]:
+    return {u: list(g) for u, g in recs.groupby("user_id", sort=False)["item_id"]}
+
+
+def test_every_baseline_has_a_contract_case() -> None:
+    import promptrec.baselines  # noqa: F401  (registers them)
+
+    baselines = {
+        name
+        for name in RECOMMENDERS
+        if RECOMMENDERS.get(name).__module__.startswith("promptrec.baselines.")
+    }
+    assert baselines == set(TINY)
+
+
+@pytest.mark.parametrize(("name", "params"), CASES, ids=CASE_IDS)
+def test_contract(name: str, params: dict, cyclic_split, tmp_path) -> None:
+    model = build_recommender(name, **params)
+    assert model.fit(cyclic_split) is model
+    catalogue = set(cyclic_split.data.items.index)
+    users = [*cyclic_split.test["user_id"][:8], "nobody"]
+    k = 5
+
+    for stage in STAGES:
+        history = cyclic_split.history(stage)
+        recs = model.recommend(users, k=k, stage=stage)
+        assert list(recs.columns) == list(RECOMMENDATION_COLUMNS)
+        assert list(dict.fromkeys(recs["user_id"])) == users  # grouped, in the order asked
+        for user, group in recs.groupby("user_id", sort=False):
+            assert group["rank"].tolist() == list(range(1, k + 1))  # exactly k: enough items left
+            assert set(group["item_id"]) <= catalogue and group["item_id"].is_unique
+            assert not set(group["item_id"]) & set(history.get(user, []))
+            assert (np.diff(group["score"].to_numpy()) <= 0).all()
+        summary, _ = evaluate_rankings(model, cyclic_split, stage=stage, k=k, metrics=["HR@5"])
+        assert summary["history_violations"] == 0 and summary["invalid_rate"] == 0
+
+    # k beyond what is left: every unseen item once; without exclusion, the whole catalogue.
+    user = users[0]
+    unseen = catalogue - set(cyclic_split.history("test")[user])
+    assert sorted(model.recommend([user], k=1000)["item_id"]) == sorted(unseen)
+    assert len(model.recommend([user], k=1000, exclude_seen=False)) == len(catalogue)
+    assert model.recommend([], k=3).empty
+    with pytest.raises(ValueError, match="k must be"):
+        model.recommend([user], k=0)
+    with pytest.raises(ValueError, match="stage"):
+        model.recommend([user], stage="train")
+
+    model.save_pretrained(tmp_path / name)
+    assert not any(p.suffix in {".pkl", ".pt", ".bin"} for p in (tmp_path / name).iterdir())
+    restored = load_recommender(tmp_path / name)
+    assert type(restored) is type(model) and restored.get_params() == model.get_params()
+    for stage in STAGES:
+        pd.testing.assert_frame_equal(
+            restored.recommend(users, k=k, stage=stage), model.recommend(users, k=k, stage=stage)
+        )
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_unfitted_and_bad_params(name: str) -> None:
+    with pytest.raises(RuntimeError, match="not fitted"):
+        build_recommender(name).recommend(["u"])
+    with pytest.raises(TypeError):
+        build_recommender(name, no_such_param=1)  # misspelled keys fail, never silently ignored
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        ("itemknn", {"neighbours": 0}),
+        ("bpr", {"factors": 0}),
+        ("bpr", {"lr": -1.0}),
+        ("sasrec", {"loss": "hinge"}),
+        ("sasrec", {"hidden": 10, "heads": 3}),
+        ("sasrec", {"dropout": 1.0}),
+    ],
+)
+def test_invalid_values_are_rejected(name: str, params: dict) -> None:
+    with pytest.raises(ValueError):
+        build_recommender(name, **params)
+
+
+# -- known answers -------------------------------------------------------------------------------
+def two_communities() -> InteractionData:
+    """40 users, each with 6 of their community's 10 items; communities "a" and "b" share none."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for u in range(40):
+        group = "a" if u < 20 else "b"
+        picked = rng.choice(10, size=6, replace=False)
+        rows += [(f"{group}-user{u}", f"{group}{i}", t) for t, i in enumerate(picked)]
+    items = pd.DataFrame({"item_id": [f"{g}{i}" for g in "ab" for i in range(10)]})
+    return InteractionData(pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]), items)
+
+
+def test_itemknn_stays_in_the_community() -> None:
+    split = leave_one_out(two_communities())
+    model = build_recommender("itemknn").fit(split)
+    users = list(split.test["user_id"])
+    for stage in STAGES:
+        recs = model.recommend(users, k=3, stage=stage)  # 4 or 5 unseen items in each community
+        assert len(recs) == 3 * len(users)
+        assert (recs["item_id"].str[0] == recs["user_id"].str[0]).all()
+        assert (recs["score"] > 0).all()
+
+
+def test_itemknn_scores_are_the_hand_computed_cosine_sums() -> None:
+    # Two-item users stay wholly in training. Users of a = {u1, u3, u4}, b = {u1, u2},
+    # c = {u2, u3}, d = {u4}.
+    pairs = ["u1 a", "u1 b", "u2 b", "u2 c", "u3 a", "u3 c", "u4 a", "u4 d"]
+    interactions = pd.DataFrame([p.split() for p in pairs], columns=["user_id", "item_id"])
+    interactions["timestamp"] = range(len(pairs))
+    split = leave_one_out(InteractionData(interactions, pd.DataFrame({"item_id": list("abcd")})))
+    for shrinkage in (0.0, 1.0):
+        model = build_recommender("itemknn", shrinkage=shrinkage).fit(split)
+        scores = model.recommend(["u1"], k=2, stage="test").set_index("item_id")["score"]
+
+        def cos(common: int, n_i: int, n_j: int) -> float:
+            return common / (math.sqrt(n_i * n_j) + shrinkage)
+
+        # u1 saw a, b: c scores sim(a,c) + sim(b,c), d scores sim(a,d) + sim(b,d) = sim(a,d).
+        assert scores["c"] == pytest.approx(cos(1, 3, 2) + cos(1, 2, 2))
+        assert scores["d"] == pytest.approx(cos(1, 3, 1))
+    # One neighbour per item: a keeps only its best neighbour (d, 1/sqrt(3) > c, b 1/sqrt(6)).
+    model = build_recommender("itemknn", neighbours=1).fit(split)
+    assert model.similarity_.getnnz(axis=1).tolist() == [1, 1, 1, 1]
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        ("bpr", {"factors": 16, "lr": 0.05, "epochs": 40, "batch_size": 64}),
+        ("sasrec", {"hidden": 16, "dropout": 0.1, "lr": 5e-3, "epochs": 40, "batch_size": 64}),
+    ],
+    ids=["bpr", "sasrec-ce"],
+)
+def test_learners_beat_popularity_on_the_cycle(name: str, params: dict, cyclic_split) -> None:
+    def hr5(model) -> float:
+        return evaluate_rankings(model, cyclic_split, k=5, metrics=["HR@5"])[0]["HR@5"]
+
+    popular = hr5(build_recommender("popularity").fit(cyclic_split))
+    model = build_recommender(name, progress=False, **params).fit(cyclic_split)
+    assert popular < 0.3  # the cycle has no popular items to exploit
+    assert hr5(model) > popular + 0.4
+    assert model.fit_info_["best_valid_NDCG@10"] > 0.5
+
+
+@pytest.mark.parametrize("name", ["bpr", "sasrec"])
+def test_training_is_seeded_and_leaves_the_global_rng_alone(name: str, cyclic_split) -> None:
+    def run(seed: int) -> pd.DataFrame:
+        model = build_recommender(name, seed=seed, **{**TINY[name], "epochs": 2})
+        return model.fit(cyclic_split).recommend(list(cyclic_split.test["user_id"]), k=5)
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    first = run(0)
+    assert torch.equal(torch.rand(3), expected)
+    pd.testing.assert_frame_equal(first, run(0))
+    assert not first.equals(run(1))
+
+
+def test_sasrec_ce_feeds_only_real_positions_to_the_softmax(cyclic_split, monkeypatch) -> None:
+    from promptrec.baselines import sasrec
+
+    rows: list[tuple[int, ...]] = []
+    original = F.cross_entropy
+
+    def spy(logits: torch.Tensor, target: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        rows.append(tuple(logits.shape))
+        return original(logits, target, *args, **kwargs)
+
+    monkeypatch.setattr(sasrec.F, "cross_entropy", spy)
+
+    # A hand-made batch: 3 + 6 + 1 real target positions out of 3 x 6.
+    net = sasrec.SASRecNet(n_items=30, hidden=16, blocks=1, heads=1, dropout=0.0, max_len=6)
+    inputs = torch.tensor([[0, 0, 0, 4, 5, 6], [1, 2, 3, 4, 5, 6], [0, 0, 0, 0, 0, 9]])
+    targets = torch.tensor([[0, 0, 0, 5, 6, 7], [2, 3, 4, 5, 6, 7], [0, 0, 0, 0, 0, 10]])
+    loss = sasrec.sequence_loss(net, inputs, targets, loss="ce")
+    assert rows == [(10, 30)]
+    hidden = net(inputs)[targets > 0]  # (10, d)
+    expected = original(hidden @ net.item_emb.weight[1:].T, targets[targets > 0] - 1)
+    assert loss.item() == pytest.approx(expected.item())
+
+    # Through fit: 40 users with 6 training items and max_len 3 -> 3 positions each, one batch.
+    rows.clear()
+    build_recommender("sasrec", hidden=16, max_len=3, epochs=1, batch_size=64, progress=False).fit(
+        cyclic_split
+    )
+    assert rows == [(40 * 3, 30)]
+
+
+def test_sasrec_encoder_is_causal_and_ignores_padding() -> None:
+    from promptrec.baselines.sasrec import SASRecNet
+
+    torch.manual_seed(0)
+    net = SASRecNet(n_items=30, hidden=16, blocks=2, heads=2, dropout=0.0, max_len=6).eval()
+    seqs = torch.tensor([[0, 0, 3, 4, 5, 6], [0, 0, 0, 0, 0, 7]])
+    changed = seqs.clone()
+    changed[0, 4] = 9
+    with torch.no_grad():
+        out, out_changed = net(seqs), net(changed)
+    assert torch.isfinite(out).all()  # padding queries see themselves: no NaN rows
+    assert torch.equal(out[0, :4], out_changed[0, :4])  # earlier positions never see later items
+    assert not torch.allclose(out[0, 4:], out_changed[0, 4:])
