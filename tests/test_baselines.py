@@ -173,7 +173,7 @@ def test_itemknn_scores_are_the_hand_computed_cosine_sums() -> None:
 @pytest.mark.parametrize(
     ("name", "params"),
     [
-        ("bpr", {"factors": 16, "lr": 0.05, "epochs": 40, "batch_size": 64}),
+        ("bpr", {"factors": 16, "lr": 0.02, "epochs": 100, "batch_size": 64}),
         ("sasrec", {"hidden": 16, "dropout": 0.1, "lr": 5e-3, "epochs": 40, "batch_size": 64}),
     ],
     ids=["bpr", "sasrec-ce"],
@@ -202,6 +202,18 @@ def test_training_is_seeded_and_leaves_the_global_rng_alone(name: str, cyclic_sp
     assert torch.equal(torch.rand(3), expected)
     pd.testing.assert_frame_equal(first, run(0))
     assert not first.equals(run(1))
+
+
+@pytest.mark.parametrize("name", ["bpr", "sasrec"])
+def test_without_validation_users_every_epoch_is_trained(name: str) -> None:
+    # Two-item users only: nobody is evaluated, so there is nothing to stop early on.
+    pairs = [(f"u{u}", f"i{(u + t) % 6}", t) for u in range(12) for t in range(2)]
+    interactions = pd.DataFrame(pairs, columns=["user_id", "item_id", "timestamp"])
+    items = pd.DataFrame({"item_id": [f"i{n}" for n in range(6)]})
+    split = leave_one_out(InteractionData(interactions, items))
+    model = build_recommender(name, **{**TINY[name], "epochs": 4, "patience": 1}).fit(split)
+    assert model.fit_info_["epochs_run"] == 4 and model.fit_info_["best_valid_NDCG@10"] is None
+    assert len(model.recommend(["u0"], k=3)) == 3
 
 
 def test_sasrec_ce_feeds_only_real_positions_to_the_softmax(cyclic_split, monkeypatch) -> None:

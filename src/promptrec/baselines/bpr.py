@@ -174,7 +174,7 @@ class BPR(Recommender):
             torch.manual_seed(self.seed)
             self.net_ = MatrixFactorisation(n_users, n_items, self.factors).to(device)
             self._train(split, users, items, positives, sample, rng, device)
-        self.fit_info_["train_seconds"] = round(time.perf_counter() - start, 2)
+        self.fit_info_["fit_seconds"] = round(time.perf_counter() - start, 2)
         return self
 
     def _train(
@@ -210,7 +210,9 @@ class BPR(Recommender):
                 optimiser.step()
                 total += loss.item() * len(batch)
             loss_value = total / max(len(users), 1)
-            if epoch % self.eval_every and epoch != self.epochs:
+            # Without validation users there is nothing to stop on: every epoch is trained
+            # and the last weights are kept.
+            if not sample or (epoch % self.eval_every and epoch != self.epochs):
                 log.info(
                     "bpr epoch %d/%d: loss %.4f (%.1fs)",
                     epoch, self.epochs, loss_value, time.perf_counter() - epoch_start,
@@ -234,12 +236,16 @@ class BPR(Recommender):
         bar.close()
         if best_state is not None:
             net.load_state_dict(best_state)
+        else:
+            best_epoch = epoch
         net.eval()
-        self.fit_info_ = {"epochs_run": epoch, "best_epoch": best_epoch, "best_valid_NDCG@10": best}
+        self.fit_info_ = {
+            "epochs_run": epoch,
+            "best_epoch": best_epoch,
+            "best_valid_NDCG@10": best if best_state is not None else None,
+        }
 
     def _validate(self, split: Split, sample: list[str]) -> float:
-        if not sample:
-            return 0.0
         summary, _ = evaluate_rankings(
             self, split, stage="valid", k=10, users=sample, metrics=("NDCG@10",)
         )

@@ -12,9 +12,9 @@ A sequence is left-padded to ``max_len``; its input is ``sqrt(hidden) * item emb
 position embedding`` (padding positions zeroed), then dropout, then ``blocks`` *pre-LN*
 transformer blocks (LayerNorm before self-attention and before the ReLU feed-forward of width
 ``hidden``) and a final LayerNorm. Pre-LN follows the authors' released code, which normalises
-before each sub-layer; the one difference is that their attention residual adds the normalised
-query, while ``nn.TransformerEncoderLayer(norm_first=True)`` adds the block input (the standard
-pre-LN form). Attention is causal and never looks at padding keys. The item embedding table is
+before each sub-layer; ``nn.TransformerEncoderLayer(norm_first=True)`` is the standard pre-LN
+form, which differs in details only (their residuals add the *normalised* sub-layer input, and
+their attention keys are not normalised). Attention is causal and never looks at padding keys. The item embedding table is
 shared between input and output: an item's score is the dot product of the hidden state with its
 embedding.
 
@@ -98,8 +98,9 @@ class SASRecNet(nn.Module):
         self.encoder = nn.TransformerEncoder(
             layer, blocks, norm=nn.LayerNorm(hidden), enable_nested_tensor=False
         )
-        # Xavier-normal embeddings as in the authors' code; with the sqrt(hidden) input scale the
-        # item part starts at a size comparable to the position part.
+        # Xavier-initialised embeddings as in the authors' code (normal form, as in its common
+        # PyTorch port); with the sqrt(hidden) input scale the item part starts at a size
+        # comparable to the position part.
         nn.init.xavier_normal_(self.item_emb.weight)
         nn.init.xavier_normal_(self.pos_emb.weight)
         with torch.no_grad():
@@ -295,7 +296,7 @@ class SASRec(Recommender):
             torch.manual_seed(self.seed)
             self.net_ = self._new_net().to(device)
             self._train(split, torch.from_numpy(inputs), torch.from_numpy(targets), sample)
-        self.fit_info_["train_seconds"] = round(time.perf_counter() - start, 2)
+        self.fit_info_["fit_seconds"] = round(time.perf_counter() - start, 2)
         return self
 
     def _train(
@@ -322,7 +323,9 @@ class SASRec(Recommender):
                 total, positions = total + loss.item() * n, positions + n
             loss_value = total / max(positions, 1)
             epoch_seconds.append(time.perf_counter() - epoch_start)
-            if epoch % self.eval_every and epoch != self.epochs:
+            # Without validation users there is nothing to stop on: every epoch is trained
+            # and the last weights are kept.
+            if not sample or (epoch % self.eval_every and epoch != self.epochs):
                 log.info(
                     "sasrec epoch %d/%d: loss %.4f (%.1fs)",
                     epoch, self.epochs, loss_value, epoch_seconds[-1],
@@ -346,17 +349,17 @@ class SASRec(Recommender):
         bar.close()
         if best_state is not None:
             net.load_state_dict(best_state)
+        else:
+            best_epoch = epoch
         net.eval()
         self.fit_info_ = {
             "epochs_run": epoch,
             "best_epoch": best_epoch,
-            "best_valid_NDCG@10": best,
+            "best_valid_NDCG@10": best if best_state is not None else None,
             "train_seconds_per_epoch": round(float(np.mean(epoch_seconds)), 3),
         }
 
     def _validate(self, split: Split, sample: list[str]) -> float:
-        if not sample:
-            return 0.0
         summary, _ = evaluate_rankings(
             self, split, stage="valid", k=10, users=sample, metrics=("NDCG@10",)
         )
