@@ -40,7 +40,7 @@ def train(
     config: Annotated[Path, typer.Option("--config", "-c", help="run config (YAML or JSON); see configs/")],
     output: Annotated[Path, typer.Option("--output", "-o", help="run directory: checkpoint, model/, metrics.json")],
     resume: Annotated[bool, typer.Option(help="continue from OUTPUT/checkpoint")] = False,
-    set_: Annotated[list[str], typer.Option("--set", help="override a config key, e.g. --set train.epochs=3")] = [],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a config key, e.g. --set train.epochs=3")] = None,
     verbose: bool = False,
 ) -> None:
     """Train a P5 recommender, evaluate it and popularity on the test split, save the model."""
@@ -57,7 +57,7 @@ def train(
 @app.command()
 def quickstart(
     output: Annotated[Path, typer.Option("--output", "-o", help="run directory")] = Path("runs/quickstart"),
-    set_: Annotated[list[str], typer.Option("--set", help="override a config key")] = [],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a config key")] = None,
     verbose: bool = False,
 ) -> None:
     """Fetch MovieLens-100K, train a small model on the CPU, and compare it with popularity."""
