@@ -108,6 +108,20 @@ def test_ties_follow_the_seed_not_the_ids() -> None:
     assert order(0)[1:] != sorted(order(0)[1:])
 
 
+def test_fast_ranking_matches_the_generic_one(model) -> None:
+    # MostPopular ranks by slicing its popularity order instead of scoring every item; the generic
+    # ScoringRecommender path on its _scores (ties to the lower column) must give the same table.
+    from promptrec.recommender import ScoringRecommender
+
+    users = ["u1", "u2", "u3", "u4", "u5", "nobody"]
+    for stage in ("valid", "test"):
+        for k in (1, 3, 7, 10):
+            for exclude_seen in (True, False):
+                fast = model.recommend(users, k=k, exclude_seen=exclude_seen, stage=stage)
+                generic = ScoringRecommender._recommend_block(model, users, k, stage, exclude_seen)
+                pd.testing.assert_frame_equal(fast, generic)
+
+
 def test_save_load_round_trip(model, split, tmp_path) -> None:
     model.save_pretrained(tmp_path / "pop")
     restored = load_recommender(tmp_path / "pop")

@@ -16,12 +16,16 @@ A fitted model is saved with ``save_pretrained(dir)`` into a self-sufficient dir
 ``promptrec_config.json`` names the registered recommender (key ``"recommender"``), so
 :func:`load_recommender` can restore it without the training pipeline. The file is not called
 ``config.json`` so that it never collides with a Hugging Face backbone config.
+
+Models that score every catalogue item (the baselines) derive from :class:`ScoringRecommender`,
+which implements ``recommend`` once on top of their ``_scores``.
 """
 
 from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from itertools import chain
 from pathlib import Path
 from typing import Any, ClassVar, Self, Sequence
 
@@ -39,9 +43,11 @@ CONFIG_FILE = "promptrec_config.json"
 # name -> Recommender subclass; each model registers itself in its own module.
 RECOMMENDERS: Registry[type["Recommender"]] = Registry("recommender")
 
-# Modules whose import registers the built-in recommenders, cheapest first; imported only until the
-# wanted name is registered, so loading a baseline never pulls in torch.
+# Modules whose import registers the built-in recommenders; imported in this order only until the
+# wanted name is registered. Both import torch (promptrec.baselines through bpr and sasrec).
 _BUILTIN_MODULES = ("promptrec.baselines", "promptrec.model")
+
+_NO_ITEMS = np.zeros(0, dtype=np.int64)
 
 
 class Recommender(ABC):
@@ -97,6 +103,108 @@ class Recommender(ABC):
                 f"{directory} holds a {config['recommender']!r} model, not {cls.name!r}"
             )
         return config
+
+
+class ScoringRecommender(Recommender):
+    """Base class for models that score every catalogue item; subclasses implement ``_scores``.
+
+    ``fit`` and ``from_pretrained`` set ``items_`` (column ``j`` of every score array is item
+    ``items_[j]``) and ``histories_`` (per stage, user -> external item ids), then call
+    ``_build_index``. ``recommend`` scores the users in blocks of ``block_size`` (bounding the
+    dense (users, n_items) array), sets the ``stage`` history to -inf when ``exclude_seen`` and
+    keeps the ``k`` best finite scores per user. Equal scores go to the lower column: subclasses
+    order their columns by a seeded permutation of the catalogue (popularity: by count, then by
+    one), so that ties never follow the (possibly leaky) item ids.
+    """
+
+    block_size: ClassVar[int] = 1024  # 1024 users x 12k items of float32: ~50 MB
+    items_: np.ndarray
+    histories_: dict[str, dict[str, list[str]]]
+
+    @abstractmethod
+    def _scores(self, users: list[str], stage: str) -> np.ndarray:
+        """A fresh (len(users), n_items) float array, higher = better, columns as ``items_``.
+
+        Users the model cannot score (no ``stage`` history, unknown at fit) get its cold-start
+        scores. ``recommend`` writes -inf into the array, so it must not be shared state.
+        """
+
+    @abstractmethod
+    def _check_fitted(self) -> None:
+        """Raise ``RuntimeError`` (saying "not fitted") unless the model is ready to score."""
+
+    def recommend(
+        self,
+        user_ids: Sequence[str],
+        k: int = 10,
+        exclude_seen: bool = True,
+        stage: str = "test",
+    ) -> pd.DataFrame:
+        """Top-``k`` items per user by ``_scores``, the ``stage`` history excluded (module doc)."""
+        self._check_fitted()
+        check_stage(stage)
+        k = check_k(k)
+        users = [user_ids] if isinstance(user_ids, str) else [str(u) for u in user_ids]
+        size = self.block_size
+        blocks = [
+            self._recommend_block(users[i : i + size], k, stage, exclude_seen)
+            for i in range(0, len(users), size)
+        ]
+        if not blocks:
+            return recommendation_frame([], [], [], [])
+        return pd.concat(blocks, ignore_index=True)
+
+    def _recommend_block(
+        self, users: list[str], k: int, stage: str, exclude_seen: bool
+    ) -> pd.DataFrame:
+        scores = self._scores(users, stage)  # (B, n_items)
+        if exclude_seen:
+            scores[history_cells(self._history(users, stage))] = -np.inf
+        rows, cols, ranks = _top_k(scores, k)
+        return recommendation_frame(
+            np.asarray(users, dtype=object)[rows], self.items_[cols], scores[rows, cols], ranks
+        )
+
+    def _build_index(self) -> None:
+        """Item id -> column (``_position``); per stage, user -> history as columns (``_seen``)."""
+        self._position = pd.Index(self.items_)
+        self._seen: dict[str, dict[str, np.ndarray]] = {}
+        for stage, histories in self.histories_.items():
+            # One lookup for all users, then cut per user: a lookup per user takes seconds on
+            # tens of thousands of users.
+            cols = self._position.get_indexer(list(chain.from_iterable(histories.values())))
+            ends = np.cumsum([len(h) for h in histories.values()], dtype=np.int64)
+            self._seen[stage] = dict(zip(histories, np.split(cols, ends[:-1])))
+
+    def _history(self, users: list[str], stage: str) -> list[np.ndarray]:
+        """Each user's ``stage`` history as columns, oldest first (empty for unknown users)."""
+        return [self._seen[stage].get(u, _NO_ITEMS) for u in users]
+
+
+def history_cells(seen: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of every history entry, row ``r`` being ``seen[r]``: indexes a (B, n) array."""
+    rows = np.repeat(np.arange(len(seen)), [len(s) for s in seen])
+    return rows, np.concatenate([_NO_ITEMS, *seen])
+
+
+def _top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``k`` best finite cells of each row of ``scores`` (B, n), equal scores by column.
+
+    Returns flat ``rows, cols, ranks`` (1-based), by row and then by rank; a row with fewer than
+    ``k`` finite scores (-inf marks excluded items) gives fewer cells.
+    """
+    n = scores.shape[1]
+    k = min(k, n)
+    # Every cell at least as good as the row's k-th best score is a candidate: k per row, more
+    # only where that score is tied. O(n) per row, where a full sort would be O(n log n).
+    kth = np.partition(scores, n - k, axis=1)[:, n - k]  # (B,)
+    rows, cols = np.nonzero(scores >= kth[:, None])  # by row, then column
+    values = scores[rows, cols]
+    order = np.lexsort((-values, rows))  # stable: by row, score descending, then column
+    rows, cols, values = rows[order], cols[order], values[order]
+    ranks = np.arange(len(rows)) - np.searchsorted(rows, rows) + 1  # position within the row
+    keep = (ranks <= k) & np.isfinite(values)
+    return rows[keep], cols[keep], ranks[keep]
 
 
 def check_stage(stage: str) -> str:
@@ -160,9 +268,11 @@ __all__ = [
     "RECOMMENDATION_COLUMNS",
     "RECOMMENDERS",
     "Recommender",
+    "ScoringRecommender",
     "build_recommender",
     "check_k",
     "check_stage",
+    "history_cells",
     "load_recommender",
     "read_config",
     "recommendation_frame",

@@ -17,9 +17,10 @@ seeded sample of validation users through :func:`~promptrec.evaluation.evaluate_
 best weights are kept and training stops after ``patience`` evaluations without improvement.
 
 Only ``split.train`` is learned from. A user's score for every item is one dot product, so
-``recommend`` is a matrix product, a mask (history = -inf) and ``torch.topk``. Users unknown at
-fit time get the training popularity order (score = interaction count). Items are numbered by a
-seeded permutation of the catalogue, so ties never follow the (possibly leaky) item ids.
+scoring a block of users is one matrix product; the history mask and the top-k are
+:class:`~promptrec.recommender.ScoringRecommender`'s. Users unknown at fit time get the training
+popularity order (score = interaction count). Items are numbered by a seeded permutation of the
+catalogue, so ties never follow the (possibly leaky) item ids.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Self, Sequence
+from typing import Any, Self
 
 import numpy as np
 import pandas as pd
@@ -40,23 +41,12 @@ from tqdm.auto import tqdm
 
 from ..data.split import Split
 from ..evaluation import evaluate_rankings
-from ..recommender import (
-    RECOMMENDERS,
-    STAGES,
-    Recommender,
-    check_k,
-    check_stage,
-    recommendation_frame,
-)
+from ..recommender import RECOMMENDERS, STAGES, ScoringRecommender
 
 log = logging.getLogger("promptrec")
 
 STATE_FILE = "bpr.json"
 WEIGHTS_FILE = "bpr.safetensors"
-
-# Users per block in recommend: bounds the dense (users, n_items) score matrix.
-_BLOCK = 1024
-_NO_ITEMS = np.zeros(0, dtype=np.int64)
 
 
 class MatrixFactorisation(nn.Module):
@@ -76,7 +66,7 @@ class MatrixFactorisation(nn.Module):
 
 
 @RECOMMENDERS.register("bpr")
-class BPR(Recommender):
+class BPR(ScoringRecommender):
     """BPR-MF (module doc for the objective and the training schedule).
 
     Args:
@@ -154,7 +144,7 @@ class BPR(Recommender):
         self._build_index()
         n_users, n_items = len(self.users_), len(self.items_)
 
-        cols = self._item_position.get_indexer(split.train["item_id"])
+        cols = self._position.get_indexer(split.train["item_id"])
         self.counts_: np.ndarray = np.bincount(cols, minlength=n_items).astype(np.float32)
         rows = self._user_position.get_indexer(split.train["user_id"])
         positives = np.unique(rows.astype(np.int64) * n_items + cols)  # sorted (u, i) keys
@@ -252,42 +242,17 @@ class BPR(Recommender):
         return float(summary["NDCG@10"])
 
     def _build_index(self) -> None:
-        self._item_position = pd.Index(self.items_)
-        self._user_position = pd.Index(self.users_)
-        self._seen = {
-            stage: {u: self._item_position.get_indexer(h) for u, h in hist.items()}
-            for stage, hist in self.histories_.items()
-        }
+        super()._build_index()
+        self._user_position = pd.Index(self.users_)  # user id -> row of the user table
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "net_"):
             raise RuntimeError("BPR is not fitted: call fit(split) or from_pretrained(dir)")
 
     # -- prediction ----------------------------------------------------------------------------
-    def recommend(
-        self,
-        user_ids: Sequence[str],
-        k: int = 10,
-        exclude_seen: bool = True,
-        stage: str = "test",
-    ) -> pd.DataFrame:
-        """Top-``k`` items by dot product, the ``stage`` history excluded."""
-        self._check_fitted()
-        check_stage(stage)
-        k = check_k(k)
-        users = [user_ids] if isinstance(user_ids, str) else [str(u) for u in user_ids]
-        blocks = [
-            self._recommend_block(users[i : i + _BLOCK], k, stage, exclude_seen)
-            for i in range(0, len(users), _BLOCK)
-        ]
-        if not blocks:
-            return recommendation_frame([], [], [], [])
-        return pd.concat(blocks, ignore_index=True)
-
     @torch.inference_mode()
-    def _recommend_block(
-        self, users: list[str], k: int, stage: str, exclude_seen: bool
-    ) -> pd.DataFrame:
+    def _scores(self, users: list[str], stage: str) -> np.ndarray:
+        """Dot products with every item (the user vector does not depend on ``stage``)."""
         self.net_.eval()
         device = self.net_.items.weight.device
         rows = torch.from_numpy(self._user_position.get_indexer(users)).to(device)  # (B,) -1 new
@@ -295,12 +260,7 @@ class BPR(Recommender):
         # (B, n_items); users unknown at fit time keep the popularity counts (cold start).
         scores = torch.from_numpy(self.counts_).to(device).repeat(len(users), 1)
         scores[known] = self.net_(rows[known])
-        if exclude_seen:
-            seen = [self._seen[stage].get(u, _NO_ITEMS) for u in users]
-            r = np.repeat(np.arange(len(users)), [len(s) for s in seen])
-            c = np.concatenate([_NO_ITEMS, *seen])
-            scores[torch.from_numpy(r).to(device), torch.from_numpy(c).to(device)] = -torch.inf
-        return _top_k_frame(users, scores, k, self.items_)
+        return scores.cpu().numpy()
 
     # -- persistence (JSON + safetensors: no pickle to execute on load) -------------------------
     def save_pretrained(self, directory: str | Path) -> None:
@@ -350,19 +310,6 @@ def _sample_negatives(
         redraw = redraw[positives[at] == keys]
         negatives[redraw] = rng.integers(n_items, size=len(redraw))
     return negatives
-
-
-def _top_k_frame(
-    users: list[str], scores: torch.Tensor, k: int, items: np.ndarray
-) -> pd.DataFrame:
-    """The contract table from (B, n_items) scores where -inf marks excluded items."""
-    values, top = torch.topk(scores, min(k, scores.shape[1]), dim=1)  # (B, k) best first
-    values, top = values.cpu().numpy(), top.cpu().numpy()
-    # Excluded items (-inf) sort last, so the kept ones of each row are its first ones.
-    r, c = np.nonzero(np.isfinite(values))
-    return recommendation_frame(
-        np.asarray(users, dtype=object)[r], items[top[r, c]], values[r, c], c + 1
-    )
 
 
 __all__ = ["BPR", "MatrixFactorisation"]

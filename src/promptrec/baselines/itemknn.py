@@ -25,33 +25,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Self, Sequence
+from typing import Any, Self
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 from safetensors.numpy import load_file, save_file
 
 from ..data.split import Split
-from ..recommender import (
-    RECOMMENDERS,
-    STAGES,
-    Recommender,
-    check_k,
-    check_stage,
-    recommendation_frame,
-)
+from ..recommender import RECOMMENDERS, STAGES, ScoringRecommender, history_cells
 
 STATE_FILE = "itemknn.json"
 WEIGHTS_FILE = "itemknn.safetensors"
 
-# Users per block in recommend: bounds the dense (users, n_items) score array (~50 MB on Beauty).
-_BLOCK = 1024
-_NO_ITEMS = np.zeros(0, dtype=np.int64)
-
 
 @RECOMMENDERS.register("itemknn")
-class ItemKNN(Recommender):
+class ItemKNN(ScoringRecommender):
     """Cosine item-item kNN on binary training interactions (module doc for the formula).
 
     Args:
@@ -99,52 +87,19 @@ class ItemKNN(Recommender):
         )
         return self
 
-    def _build_index(self) -> None:
-        self._position = pd.Index(self.items_)  # item id -> column
-        # Per stage, user -> history as column positions, for scoring and exclusion.
-        self._seen = {
-            stage: {u: self._position.get_indexer(h) for u, h in hist.items()}
-            for stage, hist in self.histories_.items()
-        }
-
     def _check_fitted(self) -> None:
         if not hasattr(self, "similarity_"):
             raise RuntimeError("ItemKNN is not fitted: call fit(split) or from_pretrained(dir)")
 
     # -- prediction ----------------------------------------------------------------------------
-    def recommend(
-        self,
-        user_ids: Sequence[str],
-        k: int = 10,
-        exclude_seen: bool = True,
-        stage: str = "test",
-    ) -> pd.DataFrame:
-        """Top-``k`` items by summed similarity to the ``stage`` history, that history excluded."""
-        self._check_fitted()
-        check_stage(stage)
-        k = check_k(k)
-        users = [user_ids] if isinstance(user_ids, str) else [str(u) for u in user_ids]
-        blocks = [
-            self._recommend_block(users[i : i + _BLOCK], k, stage, exclude_seen)
-            for i in range(0, len(users), _BLOCK)
-        ]
-        if not blocks:
-            return recommendation_frame([], [], [], [])
-        return pd.concat(blocks, ignore_index=True)
-
-    def _recommend_block(
-        self, users: list[str], k: int, stage: str, exclude_seen: bool
-    ) -> pd.DataFrame:
-        seen = [self._seen[stage].get(u, _NO_ITEMS) for u in users]
-        lengths = np.array([len(s) for s in seen])
-        rows = np.repeat(np.arange(len(users)), lengths)
-        cols = np.concatenate([_NO_ITEMS, *seen])
+    def _scores(self, users: list[str], stage: str) -> np.ndarray:
+        """Summed similarity of every item to the ``stage`` history; popularity without one."""
+        seen = self._history(users, stage)
+        rows, cols = history_cells(seen)
         history = _binary_rows(rows, cols, (len(users), len(self.items_)))  # (B, n_items)
         scores = (history @ self.similarity_).toarray()  # (B, n_items)
-        scores[lengths == 0] = self.counts_  # cold start: popularity
-        if exclude_seen:
-            scores[rows, cols] = -np.inf
-        return _top_k_frame(users, scores, k, self.items_)
+        scores[np.array([len(s) == 0 for s in seen])] = self.counts_  # cold start: popularity
+        return scores
 
     # -- persistence (JSON + safetensors: no pickle to execute on load) -------------------------
     def save_pretrained(self, directory: str | Path) -> None:
@@ -189,21 +144,6 @@ def _top_per_row(rows: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
     sorted_rows = rows[order]
     position = np.arange(len(order)) - np.searchsorted(sorted_rows, sorted_rows)  # rank in row
     return order[position < n]
-
-
-def _top_k_frame(users: list[str], scores: np.ndarray, k: int, items: np.ndarray) -> pd.DataFrame:
-    """The contract table from a (B, n_items) score array where -inf marks excluded items."""
-    k = min(k, scores.shape[1])
-    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]  # (B, k) unordered
-    top_scores = np.take_along_axis(scores, top, axis=1)
-    order = np.argsort(-top_scores, axis=1, kind="stable")
-    top = np.take_along_axis(top, order, axis=1)  # (B, k) best first
-    top_scores = np.take_along_axis(top_scores, order, axis=1)
-    # Excluded items (-inf) sort last, so the kept ones of each row are its first ones.
-    r, c = np.nonzero(np.isfinite(top_scores))
-    return recommendation_frame(
-        np.asarray(users, dtype=object)[r], items[top[r, c]], top_scores[r, c], c + 1
-    )
 
 
 __all__ = ["ItemKNN"]

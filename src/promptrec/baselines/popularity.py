@@ -13,9 +13,8 @@ train-side, at small ids), and breaking ties by id would smuggle that into the r
 from __future__ import annotations
 
 import json
-from itertools import chain
 from pathlib import Path
-from typing import Any, Self, Sequence
+from typing import Any, Self
 
 import numpy as np
 import pandas as pd
@@ -24,23 +23,20 @@ from ..data.split import Split
 from ..recommender import (
     RECOMMENDERS,
     STAGES,
-    Recommender,
-    check_k,
-    check_stage,
+    ScoringRecommender,
+    history_cells,
     recommendation_frame,
 )
 
 STATE_FILE = "popularity.json"
 
-# Users per block in recommend: bounds the (users, k + longest history) work arrays.
-_BLOCK = 2048
-
 
 @RECOMMENDERS.register("popularity")
-class MostPopular(Recommender):
+class MostPopular(ScoringRecommender):
     """Rank items by training-interaction count; ``seed`` fixes the order among equal counts."""
 
     name = "popularity"
+    block_size = 2048  # the work arrays are only (users, k + longest history)
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
@@ -61,44 +57,26 @@ class MostPopular(Recommender):
         self._build_index()
         return self
 
-    def _build_index(self) -> None:
-        self._position = pd.Index(self.items_)  # item id -> position in the popularity order
-
     def _check_fitted(self) -> None:
         if not hasattr(self, "items_"):
             raise RuntimeError("MostPopular is not fitted: call fit(split) or from_pretrained(dir)")
 
     # -- prediction ----------------------------------------------------------------------------
-    def recommend(
-        self,
-        user_ids: Sequence[str],
-        k: int = 10,
-        exclude_seen: bool = True,
-        stage: str = "test",
-    ) -> pd.DataFrame:
-        """Top-``k`` popular items per user, minus the ``stage`` history when ``exclude_seen``."""
-        self._check_fitted()
-        check_stage(stage)
-        k = check_k(k)
-        users = [user_ids] if isinstance(user_ids, str) else [str(u) for u in user_ids]
-        history = self.histories_[stage] if exclude_seen else {}
-        blocks = [
-            self._recommend_block(users[i : i + _BLOCK], k, history)
-            for i in range(0, max(len(users), 1), _BLOCK)
-        ]
-        return pd.concat(blocks, ignore_index=True)
+    def _scores(self, users: list[str], stage: str) -> np.ndarray:
+        """The counts, for every user alike; ``_recommend_block`` ranks them without this array."""
+        return np.tile(self.counts_.astype(float), (len(users), 1))
 
     def _recommend_block(
-        self, users: list[str], k: int, history: dict[str, list[str]]
+        self, users: list[str], k: int, stage: str, exclude_seen: bool
     ) -> pd.DataFrame:
-        seen = [history.get(u, []) for u in users]
-        # A user's best k unseen items lie within the first k + len(history) popular items, so one
-        # slice of the global order, as wide as the longest history in the block, covers everyone.
+        # The generic answer without the dense (B, n_items) array: columns are in popularity order,
+        # so a user's best k unseen items lie within the first k + len(history) columns, and one
+        # slice as wide as the longest history in the block covers everyone.
+        seen = self._history(users, stage) if exclude_seen else []
         width = min(len(self.items_), k + max(map(len, seen), default=0))
         available = np.ones((len(users), width), dtype=bool)  # (B, width)
-        rows = np.repeat(np.arange(len(users)), [len(s) for s in seen])
-        cols = self._position.get_indexer(list(chain.from_iterable(seen)))  # -1: not in catalogue
-        inside = (cols >= 0) & (cols < width)
+        rows, cols = history_cells(seen)
+        inside = (cols >= 0) & (cols < width)  # -1: not in the catalogue
         available[rows[inside], cols[inside]] = False
         rank = np.cumsum(available, axis=1, dtype=np.int32)  # (B, width) rank if the item is kept
         r, c = np.nonzero(available & (rank <= k))  # row-major: by user, then by popularity

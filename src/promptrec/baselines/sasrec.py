@@ -38,8 +38,9 @@ weight decay 1e-8, batch 512, length 50, up to 200 epochs, best epoch by validat
 
 Inference. The user's history of the stage (``"valid"``: training sequence; ``"test"``: plus the
 validation item), its last ``max_len`` items, is encoded; the hidden state at the last position
-scores every item; the history is masked and ``torch.topk`` picks the answer. Users without
-history get the training popularity order (score = interaction count).
+scores every item (the history mask and the top-k are
+:class:`~promptrec.recommender.ScoringRecommender`'s). Users without history get the training
+popularity order (score = interaction count).
 """
 
 from __future__ import annotations
@@ -48,10 +49,9 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Self, Sequence
+from typing import Any, Self
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
@@ -60,14 +60,7 @@ from tqdm.auto import tqdm
 
 from ..data.split import Split
 from ..evaluation import evaluate_rankings
-from ..recommender import (
-    RECOMMENDERS,
-    STAGES,
-    Recommender,
-    check_k,
-    check_stage,
-    recommendation_frame,
-)
+from ..recommender import RECOMMENDERS, STAGES, ScoringRecommender
 
 log = logging.getLogger("promptrec")
 
@@ -75,8 +68,6 @@ STATE_FILE = "sasrec.json"
 WEIGHTS_FILE = "sasrec.safetensors"
 LOSSES = ("ce", "bce", "sampled")
 
-# Users per block in recommend: bounds the dense (users, n_items) score matrix.
-_BLOCK = 1024
 _NO_ITEMS = np.zeros(0, dtype=np.int64)
 
 
@@ -167,7 +158,7 @@ def sequence_loss(
 
 
 @RECOMMENDERS.register("sasrec")
-class SASRec(Recommender):
+class SASRec(ScoringRecommender):
     """SASRec (module doc for architecture, losses and protocol).
 
     Args:
@@ -365,45 +356,17 @@ class SASRec(Recommender):
         )
         return float(summary["NDCG@10"])
 
-    def _build_index(self) -> None:
-        self._position = pd.Index(self.items_)  # item id -> position; item number = position + 1
-        self._seen = {
-            stage: {u: self._position.get_indexer(h) for u, h in hist.items()}
-            for stage, hist in self.histories_.items()
-        }
-
     def _check_fitted(self) -> None:
         if not hasattr(self, "net_"):
             raise RuntimeError("SASRec is not fitted: call fit(split) or from_pretrained(dir)")
 
     # -- prediction ----------------------------------------------------------------------------
-    def recommend(
-        self,
-        user_ids: Sequence[str],
-        k: int = 10,
-        exclude_seen: bool = True,
-        stage: str = "test",
-    ) -> pd.DataFrame:
-        """Top-``k`` next items given the ``stage`` history, that history excluded."""
-        self._check_fitted()
-        check_stage(stage)
-        k = check_k(k)
-        users = [user_ids] if isinstance(user_ids, str) else [str(u) for u in user_ids]
-        blocks = [
-            self._recommend_block(users[i : i + _BLOCK], k, stage, exclude_seen)
-            for i in range(0, len(users), _BLOCK)
-        ]
-        if not blocks:
-            return recommendation_frame([], [], [], [])
-        return pd.concat(blocks, ignore_index=True)
-
     @torch.inference_mode()
-    def _recommend_block(
-        self, users: list[str], k: int, stage: str, exclude_seen: bool
-    ) -> pd.DataFrame:
+    def _scores(self, users: list[str], stage: str) -> np.ndarray:
+        """Every item scored by the state after the newest item of the ``stage`` history."""
         self.net_.eval()
         device = self.net_.item_emb.weight.device
-        seen = [self._seen[stage].get(u, _NO_ITEMS) for u in users]
+        seen = self._history(users, stage)  # columns; item number = column + 1
         warm = torch.tensor([len(s) > 0 for s in seen], dtype=torch.bool, device=device)  # (B,)
         # (B, n_items); users without history keep the popularity counts (cold start).
         scores = torch.from_numpy(self.counts_).to(device).repeat(len(users), 1)
@@ -411,11 +374,7 @@ class SASRec(Recommender):
             seqs = torch.from_numpy(_left_pad([s + 1 for s in seen], self.max_len)).to(device)
             last = self.net_(seqs[warm])[:, -1]  # (B_warm, d) state after the newest item
             scores[warm] = last @ self.net_.item_table().T
-        if exclude_seen:
-            r = np.repeat(np.arange(len(users)), [len(s) for s in seen])
-            c = np.concatenate([_NO_ITEMS, *seen])
-            scores[torch.from_numpy(r).to(device), torch.from_numpy(c).to(device)] = -torch.inf
-        return _top_k_frame(users, scores, k, self.items_)
+        return scores.cpu().numpy()
 
     # -- persistence (JSON + safetensors: no pickle to execute on load) -------------------------
     def save_pretrained(self, directory: str | Path) -> None:
@@ -458,19 +417,6 @@ def _left_pad(sequences: list[np.ndarray], length: int) -> np.ndarray:
     tails = (s[len(s) - n :] for s, n in zip(sequences, kept))
     out[rows, cols] = np.concatenate([_NO_ITEMS, *tails])
     return out
-
-
-def _top_k_frame(
-    users: list[str], scores: torch.Tensor, k: int, items: np.ndarray
-) -> pd.DataFrame:
-    """The contract table from (B, n_items) scores where -inf marks excluded items."""
-    values, top = torch.topk(scores, min(k, scores.shape[1]), dim=1)  # (B, k) best first
-    values, top = values.cpu().numpy(), top.cpu().numpy()
-    # Excluded items (-inf) sort last, so the kept ones of each row are its first ones.
-    r, c = np.nonzero(np.isfinite(values))
-    return recommendation_frame(
-        np.asarray(users, dtype=object)[r], items[top[r, c]], values[r, c], c + 1
-    )
 
 
 __all__ = ["LOSSES", "SASRec", "SASRecNet", "sequence_loss"]
