@@ -16,21 +16,22 @@ from pathlib import Path
 import yaml
 
 from promptrec.config import RunConfig
-from promptrec.pipeline import train_and_evaluate
+from promptrec.pipeline import quickstart_config, train_and_evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default=str(ROOT / "configs" / "ml100k.yaml"))
+    ap.add_argument("--config", default=None, help="run config (default: the quickstart's)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     ap.add_argument("--output", default=str(ROOT / "runs" / "ml100k_multitask"))
     ap.add_argument("--results", default=str(ROOT / "bench" / "results" / "ml100k_multitask.json"))
     args = ap.parse_args()
     overrides = {k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in args.set)}
     weights = {"sequential": 1.0, "yesno": 0.5, "choose": 0.5, "rating": 0.5}
-    cfg = RunConfig.load(args.config).update({"tasks.weights": weights, "train.time_limit": 480, **overrides})
+    base = RunConfig.load(args.config) if args.config else quickstart_config()
+    cfg = base.update({"tasks.weights": weights, "train.time_limit": 480, **overrides})
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     metrics = train_and_evaluate(cfg, args.output, command=command)
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
