@@ -129,6 +129,26 @@ def recommend(
             typer.echo(f"  {r.rank:>3}. {r.item_id:<14} {r.score:9.4f}  {r.title or ''}")
 
 
+@app.command()
+def compare(
+    run_dirs: Annotated[
+        list[Path],
+        typer.Argument(metavar="RUN_DIR", help="run directories (metrics.json + per-user files) or results JSON files"),
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="where report.md and the plots go")],
+    metric: Annotated[str, typer.Option(help="per-user metric for the paired tests and group plot")] = "NDCG@10",
+    baseline: Annotated[str, typer.Option(help="the baseline entry of each run directory")] = "popularity",
+) -> None:
+    """Compare runs: a markdown table, paired significance tests and plots in OUTPUT."""
+    from .report import compare_runs
+
+    try:
+        text = compare_runs(run_dirs, output, metric=metric, baseline=baseline)
+    except (FileNotFoundError, ValueError) as err:
+        raise typer.BadParameter(str(err)) from err
+    typer.echo(text)
+
+
 @data_app.command("get")
 def data_get(
     name: Annotated[str, typer.Argument(help="dataset name: ml-100k")],

@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from .beyond import beyond_summary, default_user_groups
 from .data.split import Split
 from .metrics import DEFAULT_RANKING_METRICS, RankingMetric, parse_metric, summarise
 from .metrics import invalid_rate as _invalid_rate
@@ -43,6 +44,8 @@ def evaluate_rankings(
     users: Sequence[str] | None = None,
     batch_size: int = 1024,
     metrics: Sequence[str] = DEFAULT_RANKING_METRICS,
+    *,
+    beyond: bool = False,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """All-item leave-one-out ranking evaluation of ``recommender`` on ``split``.
 
@@ -62,7 +65,12 @@ def evaluate_rankings(
       violation was found).
     - ``per_user``: one row per evaluated user, in the order of ``split.targets(stage)``:
       ``user_id``, ``target``, ``rank`` (1-based rank of the target in the returned list, ``<NA>``
-      when absent) and one column per metric.
+      when absent), ``recommended`` (the returned item ids in rank order, a list per user; see
+      :func:`recommended_items` for the long form) and one column per metric.
+
+    With ``beyond`` the summary also holds the beyond-accuracy metrics of
+    :func:`promptrec.beyond.beyond_summary` (coverage, ILD, novelty, popularity, Gini, fairness
+    between user groups) at every cutoff of ``metrics``, with groups from ``split.data.users``.
     """
     k = check_k(k)
     parsed = [parse_metric(m) for m in metrics]
@@ -130,12 +138,16 @@ def evaluate_rankings(
     ranks = np.full(n_users, np.inf)
     np.minimum.at(ranks, row_user[hit], position[hit].astype(float))
     per_user_metrics = {m.name: m.from_ranks(ranks) for m in parsed}
+    # Each user's list, cut from the (user, rank)-ordered item ids; users with no rows get [].
+    cuts = np.cumsum(np.bincount(row_user, minlength=n_users))[:-1]
+    recommended = [chunk.tolist() for chunk in np.split(item_ids, cuts)] if n_users else []
 
     per_user = pd.DataFrame(
         {
             "user_id": user_ids,
             "target": target_ids,
             "rank": pd.array([int(r) if np.isfinite(r) else pd.NA for r in ranks], dtype="Int64"),
+            "recommended": pd.Series(recommended, dtype=object),
             **per_user_metrics,
         }
     )
@@ -149,7 +161,28 @@ def evaluate_rankings(
         "history_violations": violations,
         "history_excluded": violations == 0,
     }
+    if beyond:
+        cutoffs = sorted({m.k for m in parsed if m.k is not None}) or [k]
+        groups = default_user_groups(split.data.users)
+        summary.update(beyond_summary(recs, split, per_user, ks=cutoffs, user_groups=groups))
     return summary, per_user
+
+
+def recommended_items(per_user: pd.DataFrame) -> pd.DataFrame:
+    """The ``recommended`` lists of a per-user table as a long ``user_id, item_id, rank`` table
+    (rank 1-based, rows grouped by user in the table's order), the form
+    :mod:`promptrec.beyond` reads and run directories store.
+    """
+    lengths = per_user["recommended"].map(len).to_numpy(dtype=np.int64)
+    items = list(chain.from_iterable(per_user["recommended"]))
+    starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return pd.DataFrame(
+        {
+            "user_id": np.repeat(per_user["user_id"].to_numpy(dtype=object), lengths),
+            "item_id": pd.Series(items, dtype=object),
+            "rank": np.arange(len(items), dtype=np.int64) - starts + 1,
+        }
+    )
 
 
 def _check_output(recs: pd.DataFrame, batch: list[str], k: int) -> None:
@@ -203,4 +236,4 @@ def format_table(
     return "\n".join([line(header), rule, *(line(r) for r in rows)])
 
 
-__all__ = ["evaluate_rankings", "format_table"]
+__all__ = ["evaluate_rankings", "format_table", "recommended_items"]

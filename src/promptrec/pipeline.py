@@ -14,9 +14,10 @@ from typing import Any
 
 import pandas as pd
 
+from .beyond import beyond_summary, default_user_groups, train_item_counts
 from .config import DataConfig, RunConfig
 from .data import InteractionData, Split, leave_one_out, load_dataset
-from .evaluation import evaluate_rankings, format_table
+from .evaluation import evaluate_rankings, format_table, recommended_items
 
 log = logging.getLogger("promptrec")
 
@@ -48,6 +49,32 @@ def evaluate_popularity(split: Split, stage: str = "test", k: int = 20, users=No
     return summary, per_user
 
 
+def write_run(
+    output: str | Path,
+    split: Split,
+    results: dict[str, tuple[dict[str, Any], pd.DataFrame]],
+    **info: Any,
+) -> dict[str, Any]:
+    """Write the evaluation part of a run directory, the layout ``promptrec compare`` reads.
+
+    ``results`` maps an entry name (``"model"``, ``"popularity"``) to its ``(summary, per_user)``
+    from :func:`~promptrec.evaluation.evaluate_rankings`. Writes ``per_user_{name}.parquet``
+    (metrics per user), ``recommendations_{name}.parquet`` (the lists, long form ``user_id,
+    item_id, rank``, when ``per_user`` has its ``recommended`` column), ``item_popularity.parquet`` (training interactions per catalogue item) and
+    ``metrics.json``: ``{name: summary, ..., **info}``, which it returns.
+    """
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, (_, per_user) in results.items():
+        per_user.drop(columns="recommended", errors="ignore").to_parquet(out / f"per_user_{name}.parquet", index=False)
+        if "recommended" in per_user:
+            recommended_items(per_user).to_parquet(out / f"recommendations_{name}.parquet", index=False)
+    train_item_counts(split).reset_index().to_parquet(out / "item_popularity.parquet", index=False)
+    metrics = {**{name: summary for name, (summary, _) in results.items()}, **info}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    return metrics
+
+
 def train_and_evaluate(
     config: RunConfig,
     output: str | Path,
@@ -56,8 +83,9 @@ def train_and_evaluate(
     command: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Train a P5 recommender per ``config``, save it to ``output/model``, evaluate it and the
-    popularity ranking on the test split, and write ``output/metrics.json``:
-    ``{"model": {...}, "popularity": {...}, "config": ..., "command": ...}``.
+    popularity ranking on the test split (beyond-accuracy metrics included), and write the run
+    directory with :func:`write_run`: ``output/metrics.json`` is
+    ``{"model": {...}, "popularity": {...}, "data": ..., "config": ..., "command": ...}``.
     """
     from .model import P5Recommender
 
@@ -76,19 +104,23 @@ def train_and_evaluate(
     rec.save_pretrained(out / "model")
     result = rec.evaluate(split, stage="test", progress=progress)
     result.update(rec.fit_info)
-    rec_users = list(result["per_user"]["user_id"])
-    pop, pop_users = evaluate_popularity(split, "test", k=max(config.eval.ks), users=rec_users)
-    result["per_user"].to_parquet(out / "per_user_model.parquet", index=False)
-    pop_users.to_parquet(out / "per_user_popularity.parquet", index=False)
-    metrics = {
-        "model": _clean(result),
-        "popularity": pop,
-        "data": data.summary(),
-        "config": config.to_dict(),
-        "command": command or " ".join(shlex.quote(a) for a in sys.argv),
-        "total_seconds": round(time.perf_counter() - t0, 2),
-    }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    per_user = result["per_user"]
+    pop, pop_users = evaluate_popularity(split, "test", k=max(config.eval.ks), users=list(per_user["user_id"]))
+    # Both entries through the same beyond-accuracy code, at the same cutoffs and groups.
+    groups = default_user_groups(split.data.users)
+    for summary, users_table in ((result, per_user), (pop, pop_users)):
+        summary.update(
+            beyond_summary(recommended_items(users_table), split, users_table, config.eval.ks, groups)
+        )
+    metrics = write_run(
+        out,
+        split,
+        {"model": (_clean(result), per_user), "popularity": (pop, pop_users)},
+        data=data.summary(),
+        config=config.to_dict(),
+        command=command or " ".join(shlex.quote(a) for a in sys.argv),
+        total_seconds=round(time.perf_counter() - t0, 2),
+    )
     if progress:
         print(format_table({"model": metrics["model"], "popularity": pop}, SUMMARY_KEYS))
         print(
