@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from promptrec.config import RunConfig
-from promptrec.pipeline import train_and_evaluate
+from promptrec.pipeline import evaluate_run, train_and_evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     ap.add_argument("--runs", default=str(ROOT / "runs"), help="where run directories go")
     ap.add_argument("--results", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--evaluate-only", action="store_true", help="re-evaluate runs/beauty_p5_<indexing>/model without training")
     args = ap.parse_args()
 
     import yaml
@@ -43,7 +44,11 @@ def main() -> None:
     for method in args.indexing:
         cfg = base.update({"index.method": method, "data.path": data_path, **overrides})
         t0 = time.perf_counter()
-        metrics = train_and_evaluate(cfg, Path(args.runs) / f"beauty_p5_{method}", command=command)
+        run_dir = Path(args.runs) / f"beauty_p5_{method}"
+        if args.evaluate_only:
+            metrics = evaluate_run(run_dir, command=command)
+        else:
+            metrics = train_and_evaluate(cfg, run_dir, command=command)
         metrics["wall_seconds"] = round(time.perf_counter() - t0, 2)
         out = Path(args.results) / f"beauty_p5_{method}.json"
         out.write_text(json.dumps(metrics, indent=2, default=str))

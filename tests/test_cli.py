@@ -59,3 +59,12 @@ def test_unknown_config_key_is_a_clear_error(tmp_path):
     result = runner.invoke(app, ["train", "--config", str(cfg), "--output", str(tmp_path / "o")])
     assert result.exit_code != 0
     assert "epoch" in str(result.exception) or "epoch" in result.output
+
+
+def test_evaluate_run_rewrites_the_run_directory(trained):
+    from promptrec.pipeline import evaluate_run
+
+    (trained / "run" / "metrics.json").unlink()
+    metrics = evaluate_run(trained / "run", progress=False, command="test")
+    assert metrics["model"]["eval_users"] == 30 and "HR@10" in metrics["popularity"]
+    assert json.loads((trained / "run" / "metrics.json").read_text())["command"] == "test"

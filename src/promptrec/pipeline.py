@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from .baselines.popularity import MostPopular
 from .beyond import beyond_summary, default_user_groups, train_item_counts
 from .config import DataConfig, RunConfig
 from .data import InteractionData, Split, leave_one_out, load_dataset
@@ -39,8 +40,6 @@ def _clean(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def evaluate_popularity(split: Split, stage: str = "test", k: int = 20, users=None) -> tuple[dict, pd.DataFrame]:
-    from .baselines.popularity import MostPopular
-
     t0 = time.perf_counter()
     pop = MostPopular().fit(split)
     train_seconds = time.perf_counter() - t0
@@ -102,6 +101,27 @@ def train_and_evaluate(
     rec = P5Recommender(config)
     rec.fit(split, output_dir=out, resume=resume, progress=progress)
     rec.save_pretrained(out / "model")
+    return evaluate_and_write(rec, split, out, command=command, progress=progress, started=t0)
+
+
+def evaluate_run(run_dir: str | Path, progress: bool = True, command: str | None = None) -> dict[str, Any]:
+    """Evaluate the trained model in ``run_dir/model`` (on the data named in its config) and
+    rewrite the run's evaluation files, e.g. after an interrupted evaluation."""
+    from .model import P5Recommender
+
+    t0 = time.perf_counter()
+    rec = P5Recommender.from_pretrained(Path(run_dir) / "model")
+    split = leave_one_out(load_data(rec.config.data))
+    return evaluate_and_write(rec, split, Path(run_dir), command=command, progress=progress, started=t0)
+
+
+def evaluate_and_write(
+    rec, split: Split, out: Path, command: str | None = None, progress: bool = True, started: float | None = None
+) -> dict[str, Any]:
+    """Test-split evaluation of ``rec`` and of popularity on the same users (accuracy and
+    beyond-accuracy), written as a run directory (:func:`write_run`) and printed."""
+    config = rec.config
+    t0 = started if started is not None else time.perf_counter()
     result = rec.evaluate(split, stage="test", progress=progress)
     result.update(rec.fit_info)
     per_user = result["per_user"]
@@ -116,7 +136,7 @@ def train_and_evaluate(
         out,
         split,
         {"model": (_clean(result), per_user), "popularity": (pop, pop_users)},
-        data=data.summary(),
+        data=split.data.summary(),
         config=config.to_dict(),
         command=command or " ".join(shlex.quote(a) for a in sys.argv),
         total_seconds=round(time.perf_counter() - t0, 2),
