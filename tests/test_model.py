@@ -155,3 +155,19 @@ def test_start_from_a_local_pretrained_directory(tmp_path, cyclic_split):
     rec.fit(cyclic_split, progress=False)
     out = rec.recommend([cyclic_split.test["user_id"][0]], k=3)
     assert len(out) == 3
+
+
+def test_saved_directory_is_all_a_fresh_process_needs(fitted, tmp_path):
+    """Serving loads the directory in a new process: nothing of the training run may be needed."""
+    import subprocess
+    import sys
+
+    rec, split = fitted
+    rec.save_pretrained(tmp_path / "model")
+    user = split.test["user_id"][0]
+    code = (
+        "import sys; from promptrec.recommender import load_recommender; "
+        f"r = load_recommender(sys.argv[1]); print(','.join(r.recommend([{user!r}], k=5)['item_id']))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "model")], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ",".join(rec.recommend([user], k=5)["item_id"])
