@@ -21,6 +21,7 @@ Recommender contract (see :mod:`promptrec.recommender`; every model implements i
 
 from __future__ import annotations
 
+import sys
 import time
 import warnings
 from itertools import chain
@@ -46,6 +47,7 @@ def evaluate_rankings(
     metrics: Sequence[str] = DEFAULT_RANKING_METRICS,
     *,
     beyond: bool = False,
+    progress: bool = False,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """All-item leave-one-out ranking evaluation of ``recommender`` on ``split``.
 
@@ -96,7 +98,12 @@ def evaluate_rankings(
 
     elapsed = 0.0
     returned: list[pd.DataFrame] = []
-    for i in range(0, n_users, batch_size):
+    starts = range(0, n_users, batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=f"evaluate ({stage})", unit="batch", mininterval=0.1 if sys.stderr.isatty() else 30.0)
+    for i in starts:
         batch = user_ids[i : i + batch_size]
         start = time.perf_counter()
         recs = recommender.recommend(batch, k=k, exclude_seen=True, stage=stage)

@@ -38,7 +38,7 @@ def evaluate_p5(rec: "P5Recommender", split: "Split", stage: str = "test", progr
     cfg = rec.config.eval
     users = _eval_users(split, stage, cfg.users, rec.config.train.seed)
     summary, per_user = evaluate_rankings(
-        rec, split, stage=stage, k=max(cfg.ks), users=users, batch_size=cfg.batch_size * 4
+        rec, split, stage=stage, k=max(cfg.ks), users=users, batch_size=cfg.batch_size * 4, progress=progress
     )
     result: dict[str, Any] = dict(summary)
     result["per_user"] = per_user
