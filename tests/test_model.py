@@ -171,3 +171,14 @@ def test_saved_directory_is_all_a_fresh_process_needs(fitted, tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "model")], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ",".join(rec.recommend([user], k=5)["item_id"])
+
+
+def test_same_seed_same_model(cyclic_split):
+    """Seeds are fixed end to end: two runs of one config give the same recommendations."""
+    cfg = tiny_config(**{"train.epochs": 1, "tasks.weights": {"sequential": 1.0, "yesno": 0.5}})
+    users = list(cyclic_split.test["user_id"][:5])
+    a = P5Recommender(cfg).fit(cyclic_split, progress=False).recommend(users, k=5)
+    b = P5Recommender(cfg).fit(cyclic_split, progress=False).recommend(users, k=5)
+    pd.testing.assert_frame_equal(a, b)
+    c = P5Recommender(cfg.update({"train.seed": 1})).fit(cyclic_split, progress=False).recommend(users, k=5)
+    assert not a.equals(c)
