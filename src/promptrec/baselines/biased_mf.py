@@ -31,27 +31,18 @@ are numbered by a seeded permutation of the catalogue, so ties never follow the 
 
 from __future__ import annotations
 
-import json
-import logging
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Self
 
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..data.split import Split
-from ..recommender import RECOMMENDERS, STAGES, ScoringRecommender
-
-log = logging.getLogger("promptrec")
-
-STATE_FILE = "biased_mf.json"
-WEIGHTS_FILE = "biased_mf.safetensors"
+from ..recommender import RECOMMENDERS, STAGES
+from ._torch import TorchRecommender, check_positive_ints
 
 
 class BiasedMFNet(nn.Module):
@@ -89,7 +80,7 @@ class BiasedMFNet(nn.Module):
 
 
 @RECOMMENDERS.register("biased_mf")
-class BiasedMF(ScoringRecommender):
+class BiasedMF(TorchRecommender):
     """Biased MF on explicit ratings (module doc for the model, objective and schedule).
 
     Args:
@@ -120,35 +111,18 @@ class BiasedMF(ScoringRecommender):
         device: str = "auto",
         progress: bool = True,
     ) -> None:
-        for key, value in (
-            ("factors", factors), ("epochs", epochs), ("batch_size", batch_size),
-            ("patience", patience),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{key} must be a positive integer, got {value!r}")
-        if lr <= 0 or reg < 0:
-            raise ValueError(f"need lr > 0 and reg >= 0, got lr={lr!r}, reg={reg!r}")
-        self.factors = factors
-        self.lr = float(lr)
-        self.reg = float(reg)
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.patience = patience
-        self.seed = seed
-        self.device = device
-        self.progress = progress
-
-    def get_params(self) -> dict[str, Any]:
-        keys = (
-            "factors", "lr", "reg", "epochs", "batch_size", "patience", "seed", "device",
-            "progress",
+        super().__init__(
+            lr=lr, batch_size=batch_size, epochs=epochs, patience=patience, seed=seed,
+            device=device, progress=progress,
         )
-        return {key: getattr(self, key) for key in keys}
+        check_positive_ints(factors=factors)
+        if reg < 0:
+            raise ValueError(f"reg must be >= 0, got {reg!r}")
+        self.factors = factors
+        self.reg = float(reg)
 
-    def _torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+    def _new_net(self, mean: float = 0.0) -> BiasedMFNet:
+        return BiasedMFNet(len(self.users_), len(self.items_), self.factors, mean)
 
     # -- fitting -------------------------------------------------------------------------------
     def fit(self, split: Split) -> Self:
@@ -175,12 +149,8 @@ class BiasedMF(ScoringRecommender):
         items = torch.from_numpy(self._position.get_indexer(train["item_id"]))
         valid = _rated(split.valid)
 
-        device = self._torch_device()
-        # Initialisation draws from torch's global generator; fork it so that seeding here leaves
-        # the caller's random state untouched.
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(self.seed)
-            net = BiasedMFNet(len(self.users_), len(self.items_), self.factors, train["rating"].mean())
+        with self._seeded() as device:  # torch draws the initialisation
+            net = self._new_net(train["rating"].mean())
             with torch.no_grad():
                 # Items nobody rated in training never get a gradient: start them (and so keep
                 # them) at zero, which makes their prediction the fallback mu + b_u.
@@ -204,14 +174,9 @@ class BiasedMF(ScoringRecommender):
         net = self.net_
         optimiser = torch.optim.Adam(net.parameters(), lr=self.lr)
         valid_truth = valid["rating"].to_numpy(dtype=float)
-        best, best_epoch, best_state, bad = np.inf, 0, None, 0
-        bar = tqdm(
-            range(1, self.epochs + 1), desc="biased_mf", unit="epoch", disable=not self.progress
-        )
-        for epoch in bar:
-            epoch_start = time.perf_counter()
+
+        def train_epoch() -> float:
             order = torch.from_numpy(rng.permutation(len(ratings)))
-            net.train()
             total = 0.0
             for batch in order.split(self.batch_size):
                 u, i, r = (t[batch].to(device) for t in (users, items, ratings))
@@ -225,41 +190,17 @@ class BiasedMF(ScoringRecommender):
                 loss.backward()
                 optimiser.step()
                 total += loss.item() * len(batch)
-            loss_value = total / len(ratings)
-            # Without validation ratings there is nothing to stop on: every epoch is trained
-            # and the last weights are kept.
-            if valid.empty:
-                log.info(
-                    "biased_mf epoch %d/%d: loss %.4f (%.1fs)",
-                    epoch, self.epochs, loss_value, time.perf_counter() - epoch_start,
-                )
-                continue
+            return total / len(ratings)
+
+        def valid_rmse() -> float:
             pred = self.predict_rating(valid["user_id"], valid["item_id"])
-            valid_rmse = float(np.sqrt(np.mean((pred - valid_truth) ** 2)))
-            improved = valid_rmse < best
-            if improved:
-                best, best_epoch, bad = valid_rmse, epoch, 0
-                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-            else:
-                bad += 1
-            bar.set_postfix(loss=f"{loss_value:.4f}", rmse=f"{valid_rmse:.4f}", refresh=False)
-            log.info(
-                "biased_mf epoch %d/%d: loss %.4f, valid RMSE %.4f%s (%.1fs)",
-                epoch, self.epochs, loss_value, valid_rmse, " *" if improved else "",
-                time.perf_counter() - epoch_start,
-            )
-            if bad >= self.patience:
-                break
-        bar.close()
-        if best_state is not None:
-            net.load_state_dict(best_state)
-        else:
-            best_epoch = epoch
-        net.eval()
+            return float(np.sqrt(np.mean((pred - valid_truth) ** 2)))
+
+        # Without validation ratings there is nothing to stop on (the last weights are kept).
+        validate = None if valid.empty else valid_rmse
+        training = self._train_epochs(train_epoch, validate, "RMSE", lower_is_better=True)
         self.fit_info_ = {
-            "epochs_run": epoch,
-            "best_epoch": best_epoch,
-            "best_valid_RMSE": best if best_state is not None else None,
+            **training.fit_info(),
             "train_ratings": len(ratings),
             "valid_ratings": len(valid),
         }
@@ -267,10 +208,6 @@ class BiasedMF(ScoringRecommender):
     def _build_index(self) -> None:
         super()._build_index()
         self._user_position = pd.Index(self.users_)  # user id -> row of the user table
-
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "net_"):
-            raise RuntimeError("BiasedMF is not fitted: call fit(split) or from_pretrained(dir)")
 
     # -- prediction ----------------------------------------------------------------------------
     @torch.inference_mode()
@@ -303,38 +240,14 @@ class BiasedMF(ScoringRecommender):
         scores[known] = net.all_items(rows[known])
         return scores.cpu().numpy()
 
-    # -- persistence (JSON + safetensors: no pickle to execute on load) -------------------------
-    def save_pretrained(self, directory: str | Path) -> None:
-        self._check_fitted()
-        path = self._write_config(directory)
-        weights = {k: v.detach().cpu().contiguous() for k, v in self.net_.state_dict().items()}
-        save_file(weights, str(path / WEIGHTS_FILE))
-        state = {
-            "items": self.items_.tolist(),
-            "users": self.users_.tolist(),
-            "histories": self.histories_,
-            "rating_range": list(self.rating_range_),
-            "fit_info": self.fit_info_,
-        }
-        (path / STATE_FILE).write_text(json.dumps(state))
+    # -- persistence: users and the rating range besides TorchRecommender's own -----------------
+    def _extra_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        return {"users": self.users_.tolist(), "rating_range": list(self.rating_range_)}, {}
 
-    @classmethod
-    def from_pretrained(cls, directory: str | Path) -> Self:
-        config = cls._read_config(directory)
-        state = json.loads((Path(directory) / STATE_FILE).read_text())
-        weights = load_file(str(Path(directory) / WEIGHTS_FILE))
-        model = cls(**config["params"])
-        model.items_ = np.asarray(state["items"], dtype=object)
-        model.users_ = np.asarray(state["users"], dtype=object)
-        model.histories_ = {s: state["histories"][s] for s in STAGES}
+    def _restore_extra(self, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        self.users_ = np.asarray(state["users"], dtype=object)
         low, high = state["rating_range"]
-        model.rating_range_ = (float(low), float(high))
-        model.fit_info_ = state["fit_info"]
-        net = BiasedMFNet(len(model.users_), len(model.items_), model.factors)
-        net.load_state_dict(weights)
-        model.net_ = net.to(model._torch_device()).eval()
-        model._build_index()
-        return model
+        self.rating_range_ = (float(low), float(high))
 
 
 def _rated(rows: pd.DataFrame) -> pd.DataFrame:

@@ -25,28 +25,18 @@ catalogue, so ties never follow the (possibly leaky) item ids.
 
 from __future__ import annotations
 
-import json
-import logging
 import time
-from pathlib import Path
 from typing import Any, Self
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..data.split import Split
-from ..evaluation import evaluate_rankings
-from ..recommender import RECOMMENDERS, STAGES, ScoringRecommender
-
-log = logging.getLogger("promptrec")
-
-STATE_FILE = "bpr.json"
-WEIGHTS_FILE = "bpr.safetensors"
+from ..recommender import RECOMMENDERS, STAGES
+from ._torch import TorchRecommender, check_positive_ints, valid_sample
 
 
 class MatrixFactorisation(nn.Module):
@@ -66,7 +56,7 @@ class MatrixFactorisation(nn.Module):
 
 
 @RECOMMENDERS.register("bpr")
-class BPR(ScoringRecommender):
+class BPR(TorchRecommender):
     """BPR-MF (module doc for the objective and the training schedule).
 
     Args:
@@ -99,39 +89,22 @@ class BPR(ScoringRecommender):
         device: str = "auto",
         progress: bool = True,
     ) -> None:
-        for key, value in (
-            ("factors", factors), ("epochs", epochs), ("batch_size", batch_size),
-            ("eval_every", eval_every), ("patience", patience),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{key} must be a positive integer, got {value!r}")
-        if lr <= 0 or reg < 0:
-            raise ValueError(f"need lr > 0 and reg >= 0, got lr={lr!r}, reg={reg!r}")
+        super().__init__(
+            lr=lr, batch_size=batch_size, epochs=epochs, patience=patience, seed=seed,
+            device=device, progress=progress,
+        )
+        check_positive_ints(factors=factors, eval_every=eval_every)
+        if reg < 0:
+            raise ValueError(f"reg must be >= 0, got {reg!r}")
         if valid_users is not None and valid_users < 1:
             raise ValueError(f"valid_users must be positive or None, got {valid_users!r}")
         self.factors = factors
-        self.lr = float(lr)
         self.reg = float(reg)
-        self.epochs = epochs
-        self.batch_size = batch_size
         self.eval_every = eval_every
-        self.patience = patience
         self.valid_users = valid_users
-        self.seed = seed
-        self.device = device
-        self.progress = progress
 
-    def get_params(self) -> dict[str, Any]:
-        keys = (
-            "factors", "lr", "reg", "epochs", "batch_size", "eval_every", "patience",
-            "valid_users", "seed", "device", "progress",
-        )
-        return {key: getattr(self, key) for key in keys}
-
-    def _torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+    def _new_net(self) -> MatrixFactorisation:
+        return MatrixFactorisation(len(self.users_), len(self.items_), self.factors)
 
     # -- fitting -------------------------------------------------------------------------------
     def fit(self, split: Split) -> Self:
@@ -152,17 +125,10 @@ class BPR(ScoringRecommender):
         # A user who has every item has no negative to sample (rejection would never end).
         full = np.bincount(users, minlength=n_users) == n_items
         users, items = users[~full[users]], items[~full[users]]
+        sample = valid_sample(split, self.valid_users, rng)
 
-        sample = list(split.valid["user_id"])
-        if self.valid_users is not None and len(sample) > self.valid_users:
-            sample = list(rng.choice(sample, self.valid_users, replace=False))
-
-        device = self._torch_device()
-        # Training draws from torch's global generator (initialisation); fork it so that seeding
-        # here leaves the caller's random state untouched.
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(self.seed)
-            self.net_ = MatrixFactorisation(n_users, n_items, self.factors).to(device)
+        with self._seeded() as device:  # torch draws the initialisation
+            self.net_ = self._new_net().to(device)
             self._train(split, users, items, positives, sample, rng, device)
         self.fit_info_["fit_seconds"] = round(time.perf_counter() - start, 2)
         return self
@@ -181,13 +147,10 @@ class BPR(ScoringRecommender):
         n_items = net.items.num_embeddings
         optimiser = torch.optim.Adam(net.parameters(), lr=self.lr)
         users_t, items_t = torch.from_numpy(users), torch.from_numpy(items)
-        best, best_epoch, best_state, bad = -1.0, 0, None, 0
-        bar = tqdm(range(1, self.epochs + 1), desc="bpr", unit="epoch", disable=not self.progress)
-        for epoch in bar:
-            epoch_start = time.perf_counter()
+
+        def train_epoch() -> float:
             order = torch.from_numpy(rng.permutation(len(users)))
             negatives = torch.from_numpy(_sample_negatives(users, positives, n_items, rng))
-            net.train()
             total = 0.0
             for batch in order.split(self.batch_size):
                 u, i, j = (t[batch].to(device) for t in (users_t, items_t, negatives))
@@ -199,55 +162,15 @@ class BPR(ScoringRecommender):
                 loss.backward()
                 optimiser.step()
                 total += loss.item() * len(batch)
-            loss_value = total / max(len(users), 1)
-            # Without validation users there is nothing to stop on: every epoch is trained
-            # and the last weights are kept.
-            if not sample or (epoch % self.eval_every and epoch != self.epochs):
-                log.info(
-                    "bpr epoch %d/%d: loss %.4f (%.1fs)",
-                    epoch, self.epochs, loss_value, time.perf_counter() - epoch_start,
-                )
-                continue
-            ndcg = self._validate(split, sample)
-            improved = ndcg > best
-            if improved:
-                best, best_epoch, bad = ndcg, epoch, 0
-                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-            else:
-                bad += 1
-            bar.set_postfix(loss=f"{loss_value:.4f}", ndcg10=f"{ndcg:.4f}", refresh=False)
-            log.info(
-                "bpr epoch %d/%d: loss %.4f, valid NDCG@10 %.4f%s (%.1fs)",
-                epoch, self.epochs, loss_value, ndcg, " *" if improved else "",
-                time.perf_counter() - epoch_start,
-            )
-            if bad >= self.patience:
-                break
-        bar.close()
-        if best_state is not None:
-            net.load_state_dict(best_state)
-        else:
-            best_epoch = epoch
-        net.eval()
-        self.fit_info_ = {
-            "epochs_run": epoch,
-            "best_epoch": best_epoch,
-            "best_valid_NDCG@10": best if best_state is not None else None,
-        }
+            return total / max(len(users), 1)
 
-    def _validate(self, split: Split, sample: list[str]) -> float:
-        summary, _ = evaluate_rankings(
-            self, split, stage="valid", k=10, users=sample, metrics=("NDCG@10",)
-        )
-        return float(summary["NDCG@10"])
+        validate = (lambda: self._valid_ndcg(split, sample)) if sample else None
+        training = self._train_epochs(train_epoch, validate, "NDCG@10", eval_every=self.eval_every)
+        self.fit_info_ = training.fit_info()
 
     def _build_index(self) -> None:
         super()._build_index()
         self._user_position = pd.Index(self.users_)  # user id -> row of the user table
-
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "net_"):
-            raise RuntimeError("BPR is not fitted: call fit(split) or from_pretrained(dir)")
 
     # -- prediction ----------------------------------------------------------------------------
     @torch.inference_mode()
@@ -262,36 +185,13 @@ class BPR(ScoringRecommender):
         scores[known] = self.net_(rows[known])
         return scores.cpu().numpy()
 
-    # -- persistence (JSON + safetensors: no pickle to execute on load) -------------------------
-    def save_pretrained(self, directory: str | Path) -> None:
-        self._check_fitted()
-        path = self._write_config(directory)
-        weights = {k: v.detach().cpu().contiguous() for k, v in self.net_.state_dict().items()}
-        save_file({**weights, "counts": torch.from_numpy(self.counts_)}, str(path / WEIGHTS_FILE))
-        state = {
-            "items": self.items_.tolist(),
-            "users": self.users_.tolist(),
-            "histories": self.histories_,
-            "fit_info": self.fit_info_,
-        }
-        (path / STATE_FILE).write_text(json.dumps(state))
+    # -- persistence: users and popularity counts besides TorchRecommender's own ----------------
+    def _extra_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        return {"users": self.users_.tolist()}, {"counts": torch.from_numpy(self.counts_)}
 
-    @classmethod
-    def from_pretrained(cls, directory: str | Path) -> Self:
-        config = cls._read_config(directory)
-        state = json.loads((Path(directory) / STATE_FILE).read_text())
-        weights = load_file(str(Path(directory) / WEIGHTS_FILE))
-        model = cls(**config["params"])
-        model.items_ = np.asarray(state["items"], dtype=object)
-        model.users_ = np.asarray(state["users"], dtype=object)
-        model.histories_ = {s: state["histories"][s] for s in STAGES}
-        model.fit_info_ = state["fit_info"]
-        model.counts_ = weights.pop("counts").numpy()
-        net = MatrixFactorisation(len(model.users_), len(model.items_), model.factors)
-        net.load_state_dict(weights)
-        model.net_ = net.to(model._torch_device()).eval()
-        model._build_index()
-        return model
+    def _restore_extra(self, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        self.users_ = np.asarray(state["users"], dtype=object)
+        self.counts_ = tensors.pop("counts").numpy()
 
 
 def _sample_negatives(

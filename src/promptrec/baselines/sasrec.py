@@ -45,27 +45,18 @@ popularity order (score = interaction count).
 
 from __future__ import annotations
 
-import json
-import logging
 import time
-from pathlib import Path
 from typing import Any, Self
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..data.split import Split
-from ..evaluation import evaluate_rankings
-from ..recommender import RECOMMENDERS, STAGES, ScoringRecommender
+from ..recommender import RECOMMENDERS, STAGES
+from ._torch import TorchRecommender, check_positive_ints, valid_sample
 
-log = logging.getLogger("promptrec")
-
-STATE_FILE = "sasrec.json"
-WEIGHTS_FILE = "sasrec.safetensors"
 LOSSES = ("ce", "bce", "sampled")
 
 _NO_ITEMS = np.zeros(0, dtype=np.int64)
@@ -158,7 +149,7 @@ def sequence_loss(
 
 
 @RECOMMENDERS.register("sasrec")
-class SASRec(ScoringRecommender):
+class SASRec(TorchRecommender):
     """SASRec (module doc for architecture, losses and protocol).
 
     Args:
@@ -203,19 +194,20 @@ class SASRec(ScoringRecommender):
         device: str = "auto",
         progress: bool = True,
     ) -> None:
-        for key, value in (
-            ("hidden", hidden), ("blocks", blocks), ("heads", heads), ("max_len", max_len),
-            ("batch_size", batch_size), ("epochs", epochs), ("eval_every", eval_every),
-            ("patience", patience), ("num_negatives", num_negatives),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{key} must be a positive integer, got {value!r}")
+        super().__init__(
+            lr=lr, batch_size=batch_size, epochs=epochs, patience=patience, seed=seed,
+            device=device, progress=progress,
+        )
+        check_positive_ints(
+            hidden=hidden, blocks=blocks, heads=heads, max_len=max_len, eval_every=eval_every,
+            num_negatives=num_negatives,
+        )
         if hidden % heads:
             raise ValueError(f"heads ({heads}) must divide hidden ({hidden})")
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-        if lr <= 0 or weight_decay < 0:
-            raise ValueError(f"need lr > 0 and weight_decay >= 0, got {lr!r}, {weight_decay!r}")
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         if valid_users is not None and valid_users < 1:
@@ -225,31 +217,11 @@ class SASRec(ScoringRecommender):
         self.heads = heads
         self.dropout = float(dropout)
         self.max_len = max_len
-        self.lr = float(lr)
         self.weight_decay = float(weight_decay)
-        self.batch_size = batch_size
-        self.epochs = epochs
         self.eval_every = eval_every
-        self.patience = patience
         self.loss = loss
         self.num_negatives = num_negatives
         self.valid_users = valid_users
-        self.seed = seed
-        self.device = device
-        self.progress = progress
-
-    def get_params(self) -> dict[str, Any]:
-        keys = (
-            "hidden", "blocks", "heads", "dropout", "max_len", "lr", "weight_decay",
-            "batch_size", "epochs", "eval_every", "patience", "loss", "num_negatives",
-            "valid_users", "seed", "device", "progress",
-        )
-        return {key: getattr(self, key) for key in keys}
-
-    def _torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
 
     def _new_net(self) -> SASRecNet:
         return SASRecNet(
@@ -276,15 +248,10 @@ class SASRec(ScoringRecommender):
         useful = (targets > 0).any(axis=1)  # one-item users teach nothing
         inputs, targets = inputs[useful], targets[useful]
 
-        sample = list(split.valid["user_id"])
-        if self.valid_users is not None and len(sample) > self.valid_users:
-            sample = list(rng.choice(sample, self.valid_users, replace=False))
+        sample = valid_sample(split, self.valid_users, rng)
 
-        device = self._torch_device()
-        # Initialisation, shuffling, dropout and negatives use torch's global generator; fork it
-        # so that seeding here leaves the caller's random state untouched.
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(self.seed)
+        # torch draws the initialisation, shuffling, dropout and negatives
+        with self._seeded() as device:
             self.net_ = self._new_net().to(device)
             self._train(split, torch.from_numpy(inputs), torch.from_numpy(targets), sample)
         self.fit_info_["fit_seconds"] = round(time.perf_counter() - start, 2)
@@ -296,13 +263,8 @@ class SASRec(ScoringRecommender):
         net = self.net_
         device = net.item_emb.weight.device
         optimiser = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        best, best_epoch, best_state, bad = -1.0, 0, None, 0
-        epoch_seconds: list[float] = []
-        epochs = range(1, self.epochs + 1)
-        bar = tqdm(epochs, desc="sasrec", unit="epoch", disable=not self.progress)
-        for epoch in bar:
-            epoch_start = time.perf_counter()
-            net.train()
+
+        def train_epoch() -> float:
             total, positions = 0.0, 0
             for batch in torch.randperm(len(inputs)).split(self.batch_size):
                 x, y = inputs[batch].to(device), targets[batch].to(device)  # (B, L) each
@@ -312,53 +274,14 @@ class SASRec(ScoringRecommender):
                 optimiser.step()
                 n = int((y > 0).sum())
                 total, positions = total + loss.item() * n, positions + n
-            loss_value = total / max(positions, 1)
-            epoch_seconds.append(time.perf_counter() - epoch_start)
-            # Without validation users there is nothing to stop on: every epoch is trained
-            # and the last weights are kept.
-            if not sample or (epoch % self.eval_every and epoch != self.epochs):
-                log.info(
-                    "sasrec epoch %d/%d: loss %.4f (%.1fs)",
-                    epoch, self.epochs, loss_value, epoch_seconds[-1],
-                )
-                continue
-            ndcg = self._validate(split, sample)
-            improved = ndcg > best
-            if improved:
-                best, best_epoch, bad = ndcg, epoch, 0
-                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-            else:
-                bad += 1
-            bar.set_postfix(loss=f"{loss_value:.4f}", ndcg10=f"{ndcg:.4f}", refresh=False)
-            log.info(
-                "sasrec epoch %d/%d: loss %.4f, valid NDCG@10 %.4f%s (train %.1fs, total %.1fs)",
-                epoch, self.epochs, loss_value, ndcg, " *" if improved else "",
-                epoch_seconds[-1], time.perf_counter() - epoch_start,
-            )
-            if bad >= self.patience:
-                break
-        bar.close()
-        if best_state is not None:
-            net.load_state_dict(best_state)
-        else:
-            best_epoch = epoch
-        net.eval()
+            return total / max(positions, 1)
+
+        validate = (lambda: self._valid_ndcg(split, sample)) if sample else None
+        training = self._train_epochs(train_epoch, validate, "NDCG@10", eval_every=self.eval_every)
         self.fit_info_ = {
-            "epochs_run": epoch,
-            "best_epoch": best_epoch,
-            "best_valid_NDCG@10": best if best_state is not None else None,
-            "train_seconds_per_epoch": round(float(np.mean(epoch_seconds)), 3),
+            **training.fit_info(),
+            "train_seconds_per_epoch": round(float(np.mean(training.train_seconds)), 3),
         }
-
-    def _validate(self, split: Split, sample: list[str]) -> float:
-        summary, _ = evaluate_rankings(
-            self, split, stage="valid", k=10, users=sample, metrics=("NDCG@10",)
-        )
-        return float(summary["NDCG@10"])
-
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "net_"):
-            raise RuntimeError("SASRec is not fitted: call fit(split) or from_pretrained(dir)")
 
     # -- prediction ----------------------------------------------------------------------------
     @torch.inference_mode()
@@ -376,34 +299,12 @@ class SASRec(ScoringRecommender):
             scores[warm] = last @ self.net_.item_table().T
         return scores.cpu().numpy()
 
-    # -- persistence (JSON + safetensors: no pickle to execute on load) -------------------------
-    def save_pretrained(self, directory: str | Path) -> None:
-        self._check_fitted()
-        path = self._write_config(directory)
-        weights = {k: v.detach().cpu().contiguous() for k, v in self.net_.state_dict().items()}
-        save_file({**weights, "counts": torch.from_numpy(self.counts_)}, str(path / WEIGHTS_FILE))
-        state = {
-            "items": self.items_.tolist(),
-            "histories": self.histories_,
-            "fit_info": self.fit_info_,
-        }
-        (path / STATE_FILE).write_text(json.dumps(state))
+    # -- persistence: the popularity counts besides TorchRecommender's own ---------------------
+    def _extra_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        return {}, {"counts": torch.from_numpy(self.counts_)}
 
-    @classmethod
-    def from_pretrained(cls, directory: str | Path) -> Self:
-        config = cls._read_config(directory)
-        state = json.loads((Path(directory) / STATE_FILE).read_text())
-        weights = load_file(str(Path(directory) / WEIGHTS_FILE))
-        model = cls(**config["params"])
-        model.items_ = np.asarray(state["items"], dtype=object)
-        model.histories_ = {s: state["histories"][s] for s in STAGES}
-        model.fit_info_ = state["fit_info"]
-        model.counts_ = weights.pop("counts").numpy()
-        net = model._new_net()
-        net.load_state_dict(weights)
-        model.net_ = net.to(model._torch_device()).eval()
-        model._build_index()
-        return model
+    def _restore_extra(self, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        self.counts_ = tensors.pop("counts").numpy()
 
 
 def _left_pad(sequences: list[np.ndarray], length: int) -> np.ndarray:
