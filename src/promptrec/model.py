@@ -40,12 +40,14 @@ def _batches(seq: Sequence, size: int) -> Iterable[Sequence]:
 
 @RECOMMENDERS.register("p5")
 class P5Recommender(Recommender):
-    def __init__(self, config: RunConfig | None = None) -> None:
+    def __init__(self, config: RunConfig | None = None, templates: TemplateSet | None = None) -> None:
         self.config = config or RunConfig()
         self.indexer: ItemIndexer | None = None
         self.tokenizer = None
         self.model = None
-        self.templates = TemplateSet.load(self.config.model.templates)
+        # A saved model brings its own copy of the templates; the configured file may not exist
+        # where the model is served.
+        self.templates = templates or TemplateSet.load(self.config.model.templates)
         self.items: pd.DataFrame | None = None  # catalogue with titles, for prompts and display
         self.train_history: dict[str, list[str]] = {}
         self.valid_item: dict[str, str] = {}
@@ -348,9 +350,7 @@ class P5Recommender(Recommender):
             raise FileNotFoundError(f"{d} is not a promptrec model directory (no promptrec_config.json)")
         meta = json.loads(meta_path.read_text())
         config = RunConfig.model_validate(meta["config"])
-        obj = cls(config.update({"model.templates": None}))
-        obj.config = config
-        obj.templates = TemplateSet.load(d / "templates.yaml")
+        obj = cls(config, templates=TemplateSet.load(d / "templates.yaml"))
         obj.fit_info = meta.get("fit_info", {})
         obj.indexer = ItemIndexer.load(d)
         obj.tokenizer = PreTrainedTokenizerFast.from_pretrained(str(d / "tokenizer"))
