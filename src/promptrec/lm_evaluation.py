@@ -53,7 +53,7 @@ def evaluate_p5(rec: "P5Recommender", split: "Split", stage: str = "test", progr
     if weights.get("choose", 0) > 0:
         result.update(_sampled_choose(rec, users, targets, histories, cfg.sampled_candidates, rng))
     if weights.get("yesno", 0) > 0:
-        negs = [rec.context({}).sample_negatives(rng, set(histories[u]) | {targets[u]}, 1)[0] for u in users]
+        negs = [rec.prompt_context.sample_negatives(rng, set(histories[u]) | {targets[u]}, 1)[0] for u in users]
         scores = rec.score(users + users, [targets[u] for u in users] + negs, stage=stage)
         result["yesno_AUC"] = float(auc(scores, np.r_[np.ones(len(users)), np.zeros(len(users))]))
     if weights.get("rating", 0) > 0 and split.data.has_ratings:
@@ -67,13 +67,11 @@ def evaluate_p5(rec: "P5Recommender", split: "Split", stage: str = "test", progr
 
 def _unconstrained(rec: "P5Recommender", users: list[str], histories: dict[str, list[str]]) -> dict[str, float]:
     """Decode without the trie: how often the bare LM names a non-item or a history item."""
-    tmpl = rec._sequential_template()
-    ctx = rec.context({})
     invalid = in_history = total = 0
     t0 = time.time()
     for i in range(0, len(users), rec.config.eval.batch_size):
         batch = users[i : i + rec.config.eval.batch_size]
-        prompts = [tmpl.render_input({"user": rec.user_text(u), "history": ctx.history_text(histories[u])}) for u in batch]
+        prompts = rec.sequential_prompts(batch, [histories[u] for u in batch])
         for u, outs in zip(batch, rec.generate_items(prompts, 10, constrained=False)):
             hist = set(histories[u])
             for item, _ in outs:
@@ -91,7 +89,7 @@ def _unconstrained(rec: "P5Recommender", users: list[str], histories: dict[str, 
 def _sampled_choose(rec, users, targets, histories, n_candidates: int, rng) -> dict[str, float]:
     """Choose-from-candidates over ``n_candidates`` sampled items: a *sampled* metric, so labelled."""
     tmpl = rec.templates.family("choose")[0]
-    ctx = rec.context({})
+    ctx = rec.prompt_context
     rankings, gold = [], []
     bs = max(1, rec.config.eval.batch_size // 2)
     for i in range(0, len(users), bs):

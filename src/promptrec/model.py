@@ -112,6 +112,8 @@ class P5Recommender(Recommender):
         self.titles = (
             self.items["title"].dropna().astype(str).to_dict() if "title" in self.items else {}
         )
+        # Rendering fields at prediction time (history text, titles, negatives) needs no sequences.
+        self.prompt_context = self.context({})
 
     def context(self, sequences: Mapping[str, list[str]], ratings=None) -> TaskContext:
         users = list(sequences)
@@ -160,6 +162,14 @@ class P5Recommender(Recommender):
     def _sequential_template(self, template: str | None = None):
         tid = template or self.config.eval.template
         return self.templates.get(tid) if tid else self.templates.family("sequential")[0]
+
+    def sequential_prompts(
+        self, users: Sequence[str], histories: Sequence[Sequence[str]], template: str | None = None
+    ) -> list[str]:
+        """Next-item prompts for ``users`` with the given histories (the most recent items shown)."""
+        tmpl = self._sequential_template(template)
+        ctx = self.prompt_context
+        return [tmpl.render_input({"user": self.user_text(u), "history": ctx.history_text(h)}) for u, h in zip(users, histories)]
 
     @torch.no_grad()
     def generate_items(
@@ -225,7 +235,6 @@ class P5Recommender(Recommender):
         """
         if k < 1:
             raise ValueError("k must be >= 1")
-        tmpl = self._sequential_template(template)
         bs = batch_size or self.config.eval.batch_size
         user_ids = [str(u) for u in user_ids]
         rows = []
@@ -239,11 +248,7 @@ class P5Recommender(Recommender):
                 list(histories[u]) if histories is not None and u in histories else self.history(u, stage)
                 for u in batch
             ]
-            ctx = self.context({})
-            prompts = [
-                tmpl.render_input({"user": self.user_text(u), "history": ctx.history_text(h)})
-                for u, h in zip(batch, hists)
-            ]
+            prompts = self.sequential_prompts(batch, hists, template)
             res = self.generate_items(prompts, k, excluded=hists if exclude_seen else None)
             for u, items in zip(batch, res):
                 for rank, (item, score) in enumerate(items, start=1):
@@ -263,7 +268,7 @@ class P5Recommender(Recommender):
     def score(self, user_ids: Sequence[str], item_ids: Sequence[str], stage: str = "test", batch_size: int = 256) -> np.ndarray:
         """P(yes) from the direct yes/no family for each (user, item) pair."""
         tmpl = self.templates.family("yesno")[0]
-        ctx = self.context({})
+        ctx = self.prompt_context
         out = []
         pairs = list(zip(map(str, user_ids), map(str, item_ids)))
         for batch in _batches(pairs, batch_size):
@@ -285,7 +290,7 @@ class P5Recommender(Recommender):
     def predict_rating(self, user_ids: Sequence[str], item_ids: Sequence[str], batch_size: int = 256) -> np.ndarray:
         """Expected star rating: sum over r of r * P(r) for the answer tokens 1..5."""
         tmpl = self.templates.family("rating")[0]
-        ctx = self.context({})
+        ctx = self.prompt_context
         stars = np.arange(1, 6, dtype=float)
         out = []
         pairs = list(zip(map(str, user_ids), map(str, item_ids)))
