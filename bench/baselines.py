@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import logging
 import os
 import platform
 import resource
@@ -207,6 +208,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's, i.e. OMP_NUM_THREADS)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = ap.parse_args()
+    # per-epoch training lines (loss, validation score, seconds) from the models' logger
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
     for name in args.models:  # promptrec.baselines, imported above, registered every baseline
         if name not in RECOMMENDERS:
