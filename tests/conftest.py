@@ -33,3 +33,50 @@ def cyclic_data(n_users: int = 40, n_items: int = 30, length: int = 8, seed: int
 @pytest.fixture
 def cyclic_split():
     return leave_one_out(cyclic_data())
+
+
+def assert_recommender_contract(model, split, directory: Path, k: int = 5) -> None:
+    """What every registered recommender promises, checked on a fitted ``model`` of ``split``.
+
+    The ``recommend`` table (columns, users grouped in the order asked, external ids, exactly
+    ``k`` unique catalogue items ranked 1..k best first, the stage's history excluded, an answer
+    for an unknown user), the same code's evaluation without violations, ``k`` beyond what is
+    left, argument errors, and a save/load round trip with no pickle files and equal answers.
+    """
+    from promptrec.evaluation import evaluate_rankings
+    from promptrec.recommender import RECOMMENDATION_COLUMNS, STAGES, load_recommender
+
+    catalogue = set(split.data.items.index)
+    users = [*split.test["user_id"][:8], "nobody"]
+    for stage in STAGES:
+        history = split.history(stage)
+        recs = model.recommend(users, k=k, stage=stage)
+        assert list(recs.columns) == list(RECOMMENDATION_COLUMNS)
+        assert list(dict.fromkeys(recs["user_id"])) == users  # grouped, in the order asked
+        for user, group in recs.groupby("user_id", sort=False):
+            assert group["rank"].tolist() == list(range(1, k + 1))  # exactly k: enough items left
+            assert set(group["item_id"]) <= catalogue and group["item_id"].is_unique
+            assert not set(group["item_id"]) & set(history.get(user, []))
+            assert (np.diff(group["score"].to_numpy()) <= 1e-6).all()
+        summary, _ = evaluate_rankings(model, split, stage=stage, k=k, metrics=["HR@5"])
+        assert summary["history_violations"] == 0 and summary["invalid_rate"] == 0
+
+    # k beyond what is left: every unseen item once; without exclusion, the whole catalogue.
+    user = users[0]
+    unseen = catalogue - set(split.history("test")[user])
+    assert sorted(model.recommend([user], k=1000)["item_id"]) == sorted(unseen)
+    assert len(model.recommend([user], k=1000, exclude_seen=False)) == len(catalogue)
+    assert model.recommend([], k=3).empty
+    with pytest.raises(ValueError, match="k must be"):
+        model.recommend([user], k=0)
+    with pytest.raises(ValueError, match="stage"):
+        model.recommend([user], stage="train")
+
+    model.save_pretrained(directory)
+    assert not any(p.suffix in {".pkl", ".pt", ".bin"} for p in directory.rglob("*"))
+    restored = load_recommender(directory)
+    assert type(restored) is type(model) and restored.get_params() == model.get_params()
+    for stage in STAGES:
+        pd.testing.assert_frame_equal(
+            restored.recommend(users, k=k, stage=stage), model.recommend(users, k=k, stage=stage)
+        )

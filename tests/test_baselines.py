@@ -17,15 +17,14 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_recommender_contract
 
 from promptrec.data import InteractionData, Split, leave_one_out
 from promptrec.evaluation import evaluate_rankings
 from promptrec.recommender import (
-    RECOMMENDATION_COLUMNS,
     RECOMMENDERS,
     STAGES,
     build_recommender,
-    load_recommender,
 )
 
 # Tiny configs: each fits the cyclic data in well under a second on one thread.
@@ -76,42 +75,7 @@ def test_contract(name: str, params: dict, cyclic_split, tmp_path) -> None:
         cyclic_split = with_ratings(cyclic_split)
     model = build_recommender(name, **params)
     assert model.fit(cyclic_split) is model
-    catalogue = set(cyclic_split.data.items.index)
-    users = [*cyclic_split.test["user_id"][:8], "nobody"]
-    k = 5
-
-    for stage in STAGES:
-        history = cyclic_split.history(stage)
-        recs = model.recommend(users, k=k, stage=stage)
-        assert list(recs.columns) == list(RECOMMENDATION_COLUMNS)
-        assert list(dict.fromkeys(recs["user_id"])) == users  # grouped, in the order asked
-        for user, group in recs.groupby("user_id", sort=False):
-            assert group["rank"].tolist() == list(range(1, k + 1))  # exactly k: enough items left
-            assert set(group["item_id"]) <= catalogue and group["item_id"].is_unique
-            assert not set(group["item_id"]) & set(history.get(user, []))
-            assert (np.diff(group["score"].to_numpy()) <= 0).all()
-        summary, _ = evaluate_rankings(model, cyclic_split, stage=stage, k=k, metrics=["HR@5"])
-        assert summary["history_violations"] == 0 and summary["invalid_rate"] == 0
-
-    # k beyond what is left: every unseen item once; without exclusion, the whole catalogue.
-    user = users[0]
-    unseen = catalogue - set(cyclic_split.history("test")[user])
-    assert sorted(model.recommend([user], k=1000)["item_id"]) == sorted(unseen)
-    assert len(model.recommend([user], k=1000, exclude_seen=False)) == len(catalogue)
-    assert model.recommend([], k=3).empty
-    with pytest.raises(ValueError, match="k must be"):
-        model.recommend([user], k=0)
-    with pytest.raises(ValueError, match="stage"):
-        model.recommend([user], stage="train")
-
-    model.save_pretrained(tmp_path / name)
-    assert not any(p.suffix in {".pkl", ".pt", ".bin"} for p in (tmp_path / name).iterdir())
-    restored = load_recommender(tmp_path / name)
-    assert type(restored) is type(model) and restored.get_params() == model.get_params()
-    for stage in STAGES:
-        pd.testing.assert_frame_equal(
-            restored.recommend(users, k=k, stage=stage), model.recommend(users, k=k, stage=stage)
-        )
+    assert_recommender_contract(model, cyclic_split, tmp_path / name)
 
 
 @pytest.mark.parametrize("name", sorted(TINY))

@@ -27,6 +27,7 @@ def tiny_config(**extra):
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     from conftest import cyclic_data
+
     from promptrec.data import leave_one_out
 
     split = leave_one_out(cyclic_data())
@@ -89,6 +90,7 @@ def test_evaluate_reports_full_ranking_and_invalid_rates(fitted):
 def test_training_learns_the_cycle(tmp_path):
     """A known answer: users walk a cycle, so the next item is the successor of the last one."""
     from conftest import cyclic_data
+
     from promptrec.data import leave_one_out
 
     split = leave_one_out(cyclic_data(n_users=80, n_items=20))
@@ -104,6 +106,7 @@ def test_training_learns_the_cycle(tmp_path):
 
 def test_resume_continues_from_checkpoint(tmp_path):
     from conftest import cyclic_data
+
     from promptrec.data import leave_one_out
 
     split = leave_one_out(cyclic_data(n_users=20))
@@ -182,3 +185,10 @@ def test_same_seed_same_model(cyclic_split):
     pd.testing.assert_frame_equal(a, b)
     c = P5Recommender(cfg.update({"train.seed": 1})).fit(cyclic_split, progress=False).recommend(users, k=5)
     assert not a.equals(c)
+
+
+def test_p5_passes_the_recommender_contract(fitted, tmp_path):
+    from conftest import assert_recommender_contract
+
+    rec, split = fitted
+    assert_recommender_contract(rec, split, tmp_path / "p5")

@@ -2,8 +2,8 @@
 validation or test interaction, and its codes do not depend on which items were held out."""
 
 import pytest
-
 from conftest import shared_dataset
+
 from promptrec.config import RunConfig
 from promptrec.data import leave_one_out, load_dataset
 from promptrec.indexing import ItemIndexer, build_indexer
