@@ -7,7 +7,9 @@ entry (plus ``"command"``, ``"config"``, ``"data"``), ``per_user_{entry}.parquet
 results JSON with the same keys (``promptrec evaluate --output``), or that JSON file itself, is
 read too; what it lacks (per-user files, recommendations) is left out of the report, which says so.
 
-Each run gives two rows: ``<run>`` (its model) and ``<run>/<baseline>`` (``popularity`` by default).
+Each run gives two rows: ``<run>`` (its model) and ``<run>/<baseline>`` (``popularity`` by default);
+a baseline with the same per-user values as one already listed (runs on the same split) is listed
+once, and each model is paired with it.
 :func:`compare_runs` writes ``report.md``, ``metric_at_k.png``, ``popularity.png`` and
 ``groups.png`` (the last two when the runs hold what they need) and returns the markdown.
 """
@@ -44,6 +46,7 @@ class Entry:
     per_user: pd.DataFrame | None  # user_id + one column per metric
     recommendations: pd.DataFrame | None  # user_id, item_id, rank
     item_popularity: pd.Series | None  # training interactions per catalogue item
+    baseline: str | None = None  # for a model row: the name of its run's baseline row
 
 
 # -- reading -----------------------------------------------------------------------------------
@@ -78,7 +81,8 @@ def load_run(path: str | Path, baseline: str = "popularity", name: str | None = 
     popularity = _read_parquet(folder / "item_popularity.parquet")
     counts = None if popularity is None else popularity.set_index("item_id")["train_count"]
     entries = []
-    for key, row in (("model", run), (baseline, f"{run}/{baseline}")):
+    own_baseline = f"{run}/{baseline}" if baseline in results else None
+    for key, row in (("model", run), (baseline, own_baseline)):
         if key not in results:
             continue
         entries.append(
@@ -90,9 +94,17 @@ def load_run(path: str | Path, baseline: str = "popularity", name: str | None = 
                 per_user=_read_parquet(folder / f"per_user_{key}.parquet"),
                 recommendations=_read_parquet(folder / f"recommendations_{key}.parquet"),
                 item_popularity=counts,
+                baseline=own_baseline if key == "model" else None,
             )
         )
     return entries
+
+
+def _same_results(a: Entry, b: Entry) -> bool:
+    """Whether two entries hold the same numbers: per user when both have them, else summaries."""
+    if a.per_user is not None and b.per_user is not None:
+        return a.per_user.equals(b.per_user)
+    return all(a.summary.get(k) == b.summary.get(k) for k in ACCURACY_KEYS)
 
 
 def load_runs(paths: Sequence[str | Path], baseline: str = "popularity") -> list[Entry]:
@@ -105,7 +117,21 @@ def load_runs(paths: Sequence[str | Path], baseline: str = "popularity") -> list
     ]
     if names.duplicated().any():
         raise ValueError(f"two runs are both called {names[names.duplicated()].iloc[0]!r}; rename a directory")
-    return [e for p, name in zip(paths, names) for e in load_run(p, baseline, name)]
+    entries: list[Entry] = []
+    kept: list[Entry] = []  # baseline rows kept
+    for p, name in zip(paths, names):
+        model, *own = load_run(p, baseline, name)
+        entries.append(model)
+        for row in own:  # the run's baseline, when it has one
+            # Runs on the same split usually carry the very same baseline: one row says it once,
+            # and each model is paired with that row.
+            twin = next((e for e in kept if _same_results(e, row)), None)
+            if twin is None:
+                kept.append(row)
+                entries.append(row)
+            else:
+                model.baseline = twin.name
+    return entries
 
 
 # -- tables ------------------------------------------------------------------------------------
@@ -181,7 +207,7 @@ def paired_table(
     by_name = {e.name: e for e in entries}
     reference = entries[0]
     pairs = [(e, reference) for e in entries[1:]]
-    pairs += [(e, by_name[f"{e.name}/{baseline}"]) for e in entries if f"{e.name}/{baseline}" in by_name]
+    pairs += [(e, by_name[e.baseline]) for e in entries if e.baseline in by_name]
     seen: set[frozenset[str]] = set()
     rows, notes = [], []
     for a, b in pairs:
