@@ -149,6 +149,74 @@ def compare(
     typer.echo(text)
 
 
+@app.command()
+def serve(
+    model: Annotated[Path, typer.Argument(help="model directory written by train (save_pretrained)")],
+    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 8000,
+    database: Annotated[
+        Optional[str], typer.Option(help="feedback store: SQLAlchemy URL (postgresql+psycopg://...) or SQLite path")
+    ] = None,
+    api_key: Annotated[
+        Optional[str],
+        typer.Option(envvar="PROMPTREC_API_KEY", help="key for /feedback and /admin (X-API-Key header)"),
+    ] = None,
+    quantize: Annotated[Optional[str], typer.Option(help="int8: dynamic int8 Linear layers (CPU)")] = None,
+    max_k: Annotated[int, typer.Option(help="largest k a request may ask")] = 100,
+    batch_wait_ms: Annotated[float, typer.Option(help="how long a request waits for others to batch with")] = 2.0,
+    threads: Annotated[Optional[int], typer.Option(help="torch threads (default: torch's)")] = None,
+) -> None:
+    """Serve MODEL over HTTP (OpenAPI docs at /docs): recommendations that follow each user's
+    feedback at once, a durable feedback store, and model swaps without downtime (POST
+    /admin/reload or SIGHUP)."""
+    import secrets
+    import sys
+
+    import uvicorn
+
+    from .serving.app import ServeSettings, create_app
+
+    _setup_logging(True)
+    if not (model / "promptrec_config.json").is_file():
+        raise typer.BadParameter(f"{model} is not a promptrec model directory (no promptrec_config.json)")
+    if quantize not in (None, "int8"):
+        raise typer.BadParameter(f"--quantize must be int8, got {quantize!r}")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    if not api_key:
+        api_key = secrets.token_urlsafe(24)
+        print(f"no --api-key or PROMPTREC_API_KEY: write and admin requests need X-API-Key: {api_key}", file=sys.stderr)
+    settings = ServeSettings(
+        model_dir=model, database=database, api_key=api_key, quantize=quantize, max_k=max_k,
+        batch_wait_ms=batch_wait_ms,
+    )
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
+
+
+@app.command()
+def update(
+    model: Annotated[Path, typer.Option("--model", "-m", help="model directory to start from")],
+    database: Annotated[str, typer.Option(help="feedback store (SQLAlchemy URL or SQLite path)")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="where the updated model directory goes")],
+    since: Annotated[Optional[float], typer.Option(help="use events from this unix time on (default: all)")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="fine-tuning config key, e.g. train.epochs=2")] = None,
+) -> None:
+    """Fine-tune MODEL on the feedback stored since SINCE (warm start) and write a new model
+    directory; point a running server at it with POST /admin/reload."""
+    from .serving.update import update_model
+
+    _setup_logging(True)
+    if output.resolve() == model.resolve():
+        raise typer.BadParameter("--output must differ from --model: the running server still reads it")
+    try:
+        summary = update_model(model, database, output, since=since, overrides=_overrides(set_ or []))
+    except (FileNotFoundError, ValueError) as err:
+        raise typer.BadParameter(str(err)) from err
+    typer.echo(json.dumps(summary, indent=2))
+
+
 @data_app.command("get")
 def data_get(
     name: Annotated[str, typer.Argument(help="dataset name: ml-100k")],

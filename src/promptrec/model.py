@@ -265,24 +265,40 @@ class P5Recommender(Recommender):
         ids = [self.tokenizer.convert_tokens_to_ids(w) for w in words]
         return torch.softmax(logits[:, ids].float(), dim=-1).cpu().numpy()
 
-    def score(self, user_ids: Sequence[str], item_ids: Sequence[str], stage: str = "test", batch_size: int = 256) -> np.ndarray:
-        """P(yes) from the direct yes/no family for each (user, item) pair."""
+    def score(
+        self,
+        user_ids: Sequence[str],
+        item_ids: Sequence[str],
+        stage: str = "test",
+        batch_size: int = 256,
+        histories: Sequence[Sequence[str]] | None = None,
+    ) -> np.ndarray:
+        """P(yes) from the direct yes/no family for each (user, item) pair.
+
+        histories: one explicit history per pair (e.g. with live feedback) instead of the stored
+        ``stage`` history.
+        """
         tmpl = self.templates.family("yesno")[0]
         ctx = self.prompt_context
         out = []
-        pairs = list(zip(map(str, user_ids), map(str, item_ids)))
+        users = list(map(str, user_ids))
+        if histories is None:
+            histories = [self.history(u, stage) for u in users]
+        elif len(histories) != len(users):
+            raise ValueError(f"{len(histories)} histories for {len(users)} pairs")
+        pairs = list(zip(users, map(str, item_ids), histories))
         for batch in _batches(pairs, batch_size):
             prompts = [
                 tmpl.render_input(
                     {
                         "user": self.user_text(u),
-                        "history": ctx.history_text(self.history(u, stage)),
+                        "history": ctx.history_text(list(h)),
                         "item": self.indexer.text(i),
                         "title": ctx.title(i),
                         "answer": "",
                     }
                 )
-                for u, i in batch
+                for u, i, h in batch
             ]
             out.append(self._first_token_probs(prompts, ["yes", "no"])[:, 0])
         return np.concatenate(out) if out else np.zeros(0)

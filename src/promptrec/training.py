@@ -69,7 +69,11 @@ def train(
     output_dir: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    warm_start: bool = False,
 ) -> "P5Recommender":
+    """Train ``rec`` on ``split``: from scratch (index, tokenizer and LM built on the training
+    split), from the checkpoint in ``output_dir`` (``resume``), or, with ``warm_start``, from the
+    LM, index and tokenizer ``rec`` already has (fine-tuning on new sequences)."""
     cfg = rec.config.train
     out = Path(output_dir) if output_dir else None
     ckpt = out / "checkpoint" if out else None
@@ -88,6 +92,11 @@ def train(
         rec.train_history = split.train_sequences()
         rec.valid_item = dict(zip(split.valid["user_id"], split.valid["item_id"]))
         rec._build_trie()
+    elif warm_start:
+        if rec.model is None:
+            raise ValueError("warm_start needs a built or loaded model")
+        rec.train_history = split.train_sequences()
+        rec.valid_item = dict(zip(split.valid["user_id"], split.valid["item_id"]))
     else:
         rec.build(split)
 

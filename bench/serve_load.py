@@ -1,0 +1,400 @@
+"""Load benchmark of ``POST /recommend``: throughput and client-measured latency per concurrency.
+
+Starts ``promptrec serve`` as a child process (or talks to a running one with ``--url``), warms
+it up, then for each concurrency level in ``--clients`` runs a closed loop: N client threads in
+this process, each with its own keep-alive ``httpx.Client``, send a request as soon as the
+previous answer arrived, for ``--seconds`` or until ``--requests`` were sent, whichever comes
+first. Users are drawn uniformly at random (seeded) from the model's users; k = 10.
+
+Two modes:
+
+- ``cache``: plain ``{"user_id", "k"}`` requests. The server caches answers per (user, newest
+  feedback, request), so after the first request of each user this mostly measures the HTTP
+  stack and the cache (``cache_hit_ratio`` says how much).
+- ``nocache``: every request carries a random explicit ``history`` of 5-20 catalogue items, so
+  no two requests share a cache key and each one runs the model's constrained beam search (and
+  the prompt path). This is the number that measures the model.
+
+Per level: requests, errors (non-200 or transport), throughput, latency p50/p95/p99/max in ms
+(wall clock around each request, in the client), the mean micro-batch size (from ``/info``),
+the server's peak and current RSS (``VmHWM``/``VmRSS`` of its process; the peak is over the
+server's whole life so far) and CPU, and this process's CPU. The client must not be the
+bottleneck: a Python process runs Python code on one core at a time (the GIL), so
+``client_cpu_percent`` near 100 (one core) means the numbers partly measure the client; the
+output warns when that happens. Target: p99 <= 50 ms at 8 clients.
+
+On a machine with few cores the client and the server share them: ``--threads`` (the server's
+torch threads, default 1) leaves a core for the client on a 2-core machine.
+
+    python bench/serve_load.py                                  # levels 1 8 32, 20 s each
+    python bench/serve_load.py --quantize int8                  # writes serve_load_int8.json
+    python bench/serve_load.py --seconds 5 --clients 1 8 --results /tmp/load.json
+    python bench/serve_load.py --url http://127.0.0.1:8000      # a server that is already running
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = ROOT / "runs" / "ml100k_multitask" / "model"
+READY_TIMEOUT_S = 180.0  # a busy machine needs a while to import torch and load the model
+TARGET_P99_MS = 50.0
+TARGET_CLIENTS = 8
+CLIENT_CPU_WARN = 80.0  # percent of one core
+
+
+# -- the server as a child process ---------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``promptrec serve`` in a subprocess; its output goes to a log file (a pipe nobody reads
+    would fill up and block the server)."""
+
+    def __init__(self, model: Path, database: Path, log_path: Path, threads: int, quantize: str | None,
+                 batch_wait_ms: float | None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        env = {**os.environ, "PROMPTREC_API_KEY": secrets.token_urlsafe(16)}  # /feedback is not used here
+        cmd = [sys.executable, "-m", "promptrec.cli", "serve", str(model), "--port", str(self.port),
+               "--database", str(database), "--threads", str(threads)]
+        if quantize:
+            cmd += ["--quantize", quantize]
+        if batch_wait_ms is not None:
+            cmd += ["--batch-wait-ms", str(batch_wait_ms)]
+        with open(log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode} before /ready:\n{self.log_tail()}")
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass  # not listening yet: uvicorn binds the port only after the model is loaded
+            time.sleep(0.2)
+        raise RuntimeError(f"server not ready after {timeout:.0f} s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        """SIGTERM (a graceful uvicorn shutdown), SIGKILL if that takes too long."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+
+# -- process measurements ------------------------------------------------------------------------
+def memory_mib(pid: int) -> dict[str, float | None]:
+    """Peak (VmHWM) and current (VmRSS) resident memory of a process, MiB."""
+    out: dict[str, float | None] = {"server_peak_rss_mib": None, "server_rss_mib": None}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                out["server_peak_rss_mib"] = round(int(line.split()[1]) / 1024, 1)
+            elif line.startswith("VmRSS:"):
+                out["server_rss_mib"] = round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return out
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """user + system CPU time of a process (all its threads), from /proc/PID/stat."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # the command name may contain spaces: skip past it
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    versions = {}
+    for package in ("torch", "transformers", "fastapi", "uvicorn", "httpx"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        **versions,
+    }
+
+
+# -- load generation -----------------------------------------------------------------------------
+@dataclass
+class Workload:
+    users: list[str]
+    items: list[str]
+    mode: str  # "cache" or "nocache"
+    k: int = 10
+
+    def request(self, rng: random.Random) -> dict:
+        body: dict[str, Any] = {"user_id": rng.choice(self.users), "k": self.k}
+        if self.mode == "nocache":
+            # A fresh explicit history makes the cache key unique, so the model runs every time.
+            body["history"] = rng.sample(self.items, rng.randint(5, 20))
+        return body
+
+
+@dataclass
+class Tally:
+    latencies: list[float] = field(default_factory=list)  # seconds, successful requests only
+    errors: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+    error_samples: list[str] = field(default_factory=list)
+    cached: int = 0
+
+
+def client_loop(url: str, workload: Workload, rng: random.Random, deadline: float, budget: list[int],
+                lock: threading.Lock, tally: Tally) -> None:
+    with httpx.Client(base_url=url, timeout=60) as client:
+        while time.perf_counter() < deadline:
+            with lock:  # --requests is a budget shared by all clients of the level
+                if budget[0] <= 0:
+                    return
+                budget[0] -= 1
+            body = workload.request(rng)  # built before the clock starts: not part of the latency
+            start = time.perf_counter()
+            try:
+                response = client.post("/recommend", json=body)
+                elapsed = time.perf_counter() - start
+            except httpx.TransportError as err:
+                tally.errors += 1
+                tally.statuses["transport"] = tally.statuses.get("transport", 0) + 1
+                if len(tally.error_samples) < 3:
+                    tally.error_samples.append(f"transport: {err!r}")
+                continue
+            if response.status_code == 200:
+                tally.latencies.append(elapsed)
+                tally.cached += bool(response.json()["cached"])
+            else:
+                tally.errors += 1
+                key = str(response.status_code)
+                tally.statuses[key] = tally.statuses.get(key, 0) + 1
+                if len(tally.error_samples) < 3:
+                    tally.error_samples.append(f"{response.status_code}: {response.text[:500]}")
+
+
+def batch_counters(url: str) -> tuple[int, int] | None:
+    try:
+        info = httpx.get(f"{url}/info", timeout=10).json()
+        return int(info["batches"]), int(info["batched_requests"])
+    except (httpx.HTTPError, KeyError, ValueError):
+        return None
+
+
+def run_level(url: str, workload: Workload, clients: int, seconds: float, max_requests: int, seed: int,
+              server_pid: int | None) -> dict[str, Any]:
+    tallies = [Tally() for _ in range(clients)]
+    budget = [max_requests if max_requests > 0 else 1 << 62]
+    lock = threading.Lock()
+    batches_before = batch_counters(url)
+    server_cpu_before = cpu_seconds(server_pid) if server_pid else None
+    cpu_before = time.process_time()  # this process, all threads
+    start = time.perf_counter()
+    deadline = start + seconds
+    threads = [
+        threading.Thread(target=client_loop, daemon=True, args=(
+            url, workload, random.Random(f"{seed}-{workload.mode}-{clients}-{c}"), deadline, budget, lock, tallies[c]))
+        for c in range(clients)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    client_cpu = time.process_time() - cpu_before
+    server_cpu_after = cpu_seconds(server_pid) if server_pid else None
+    batches_after = batch_counters(url)
+
+    latencies = np.array([x for t in tallies for x in t.latencies]) * 1000
+    ok = len(latencies)
+    errors = sum(t.errors for t in tallies)
+    statuses: dict[str, int] = {}
+    for t in tallies:
+        for key, n in t.statuses.items():
+            statuses[key] = statuses.get(key, 0) + n
+
+    def pct(q: float) -> float | None:
+        return round(float(np.percentile(latencies, q)), 2) if ok else None
+
+    mean_batch = None
+    if batches_before and batches_after and batches_after[0] > batches_before[0]:
+        mean_batch = round((batches_after[1] - batches_before[1]) / (batches_after[0] - batches_before[0]), 2)
+    level: dict[str, Any] = {
+        "clients": clients,
+        "requests": ok + errors,
+        "ok": ok,
+        "errors": errors,
+        "error_statuses": statuses,
+        "error_samples": [s for t in tallies for s in t.error_samples][:3],
+        "seconds": round(wall, 2),
+        "throughput_rps": round(ok / wall, 1),
+        "latency_ms": {"p50": pct(50), "p95": pct(95), "p99": pct(99),
+                       "max": round(float(latencies.max()), 2) if ok else None,
+                       "mean": round(float(latencies.mean()), 2) if ok else None},
+        "cache_hit_ratio": round(sum(t.cached for t in tallies) / ok, 3) if ok else None,
+        "mean_batch_size": mean_batch,
+        "client_cpu_percent": round(100 * client_cpu / wall, 1),
+        "server_cpu_percent": (round(100 * (server_cpu_after - server_cpu_before) / wall, 1)
+                               if server_cpu_before is not None and server_cpu_after is not None else None),
+        **(memory_mib(server_pid) if server_pid else {"server_peak_rss_mib": None, "server_rss_mib": None}),
+    }
+    if level["client_cpu_percent"] >= CLIENT_CPU_WARN:
+        level["warning"] = (f"the client process used {level['client_cpu_percent']}% of a core: it may be the "
+                            "bottleneck, so throughput and latency here are bounds, not the server's numbers")
+    return level
+
+
+def warm_up(url: str, workload: Workload, requests: int, seed: int) -> None:
+    """Sequential requests before measuring: first-call costs (allocations, lazy imports, the
+    first beam search) should not land in the first level's tail."""
+    rng = random.Random(f"{seed}-warmup-{workload.mode}")
+    with httpx.Client(base_url=url, timeout=120) as client:
+        for _ in range(requests):
+            response = client.post("/recommend", json=workload.request(rng))
+            if response.status_code != 200:
+                raise RuntimeError(f"warm-up request failed: {response.status_code} {response.text[:2000]}")
+
+
+# -- the benchmark -------------------------------------------------------------------------------
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL,
+                    help="served model directory; its users and items drive the requests (default: %(default)s)")
+    ap.add_argument("--url", default=None, help="use this running server instead of starting one")
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32], help="concurrency levels (default: 1 8 32)")
+    ap.add_argument("--seconds", type=float, default=20.0, help="duration of each level (default: %(default)s)")
+    ap.add_argument("--requests", type=int, default=0, help="at most this many requests per level (0: no limit)")
+    ap.add_argument("--modes", nargs="+", choices=["cache", "nocache"], default=["cache", "nocache"])
+    ap.add_argument("--warmup", type=int, default=30, help="warm-up requests per mode (default: %(default)s)")
+    ap.add_argument("--quantize", choices=["int8"], default=None, help="passed to the server: int8 Linear layers")
+    ap.add_argument("--batch-wait-ms", type=float, default=None, help="passed to the server (its default: 2)")
+    ap.add_argument("--threads", type=int, default=1, help="the server's torch threads (default: %(default)s)")
+    ap.add_argument("--seed", type=int, default=0, help="seeds users and histories (default: %(default)s)")
+    ap.add_argument("--results", type=Path, default=None,
+                    help="where the JSON goes (default: bench/results/serve_load.json, serve_load_int8.json with int8)")
+    args = ap.parse_args()
+    if any(c < 1 for c in args.clients) or args.seconds <= 0:
+        ap.error("concurrency levels must be >= 1 and --seconds > 0")
+    if not (args.model / "histories.parquet").is_file() or not (args.model / "items.parquet").is_file():
+        ap.error(f"{args.model} is not a promptrec model directory (no histories.parquet/items.parquet): run "
+                 "`promptrec quickstart` to train the MovieLens-100K model, or pass --model DIR")
+    if args.url and (args.quantize or args.batch_wait_ms is not None):
+        ap.error("--quantize and --batch-wait-ms configure a server this script starts; not with --url")
+    results = args.results or ROOT / "bench" / "results" / f"serve_load{'_int8' if args.quantize else ''}.json"
+
+    machine = machine_info()
+    users = sorted(pd.read_parquet(args.model / "histories.parquet", columns=["user_id"])["user_id"].unique())
+    items = sorted(pd.read_parquet(args.model / "items.parquet", columns=["item_id"])["item_id"].unique())
+    server: Server | None = None
+    workdir: Path | None = None
+    try:
+        if args.url:
+            url, server_pid = args.url.rstrip("/"), None
+        else:
+            workdir = Path(tempfile.mkdtemp(prefix="promptrec_load_"))
+            server = Server(args.model, workdir / "feedback.db", workdir / "server.log", args.threads,
+                            args.quantize, args.batch_wait_ms)
+            server.wait_ready()
+            url, server_pid = server.url, server.proc.pid
+        info = httpx.get(f"{url}/info", timeout=10).json()
+        modes: dict[str, list[dict]] = {}
+        for mode in args.modes:
+            workload = Workload(users, items, mode)
+            warm_up(url, workload, args.warmup, args.seed)
+            modes[mode] = [run_level(url, workload, c, args.seconds, args.requests, args.seed, server_pid)
+                           for c in args.clients]
+            if server is not None and server.proc.poll() is not None:
+                raise RuntimeError(f"the server died during the {mode} run:\n{server.log_tail()}")
+    finally:
+        if server is not None:  # also on Ctrl-C: never leave a server behind
+            server.stop()
+        if workdir is not None:  # its (empty) feedback store and log: errors above quote the log
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def met(mode: str) -> bool | None:
+        level = next((lv for lv in modes.get(mode, []) if lv["clients"] == TARGET_CLIENTS), None)
+        if level is None or level["latency_ms"]["p99"] is None:
+            return None
+        return level["latency_ms"]["p99"] <= TARGET_P99_MS and level["errors"] == 0
+
+    result = {
+        "benchmark": "serve_load_recommend",
+        "target": {"p99_ms": TARGET_P99_MS, "clients": TARGET_CLIENTS,
+                   "met": {mode: met(mode) for mode in modes}},
+        "k": 10,
+        "users": len(users),
+        "items": len(items),
+        "seconds_per_level": args.seconds,
+        "max_requests_per_level": args.requests or None,
+        "warmup_requests": args.warmup,
+        "server": {
+            "url": args.url,  # None: started by this script
+            "model": str(args.model),
+            "model_version": info.get("model_version"),
+            "quantize": info.get("quantize"),
+            "batch_wait_ms": args.batch_wait_ms,  # None: the server's default (2 ms for `promptrec serve`)
+            "torch_threads": args.threads if not args.url else None,
+        },
+        "modes": modes,
+        "seed": args.seed,
+        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "machine": machine,
+    }
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
+    failed = any(level["errors"] for levels in modes.values() for level in levels)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

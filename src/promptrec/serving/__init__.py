@@ -1,0 +1,1 @@
+"""HTTP serving of saved models: the API, the feedback store, continual updates."""

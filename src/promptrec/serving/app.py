@@ -1,0 +1,457 @@
+"""The HTTP API: FastAPI over one saved model directory and a feedback store.
+
+``create_app(ServeSettings(model_dir=...))`` builds the app; ``promptrec serve`` runs it under
+uvicorn. Endpoints (OpenAPI at ``/docs``):
+
+- ``POST /recommend``: ranked items with scores and titles for a user, from their saved history
+  plus the feedback acknowledged so far (or an explicit history), optionally restricted to
+  candidates. Unknown users get the popularity order (``strategy: "popularity"``).
+- ``POST /score`` (yes/no probability) and ``POST /rate`` (expected stars): only when the model
+  was trained on that family, else 409.
+- ``POST /feedback`` (API key): events, acknowledged only after the store committed them; event
+  ids make retries idempotent.
+- ``POST /admin/reload`` (API key) or SIGHUP: load a model directory beside the running one, then
+  swap. Requests in flight finish on the old model and new ones start on the new one, so none
+  fails during the swap; a directory that does not load leaves the old model serving.
+- ``GET /health`` (the process answers), ``GET /ready`` (model loaded and store reachable),
+  ``GET /metrics`` (Prometheus: request counts, latency histogram, batch sizes), ``GET /info``.
+
+Answers are cached per (model version, user, newest event of the user, request): feedback or a
+new model changes the key, so a cached answer is never stale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import signal
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.security import APIKeyHeader
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from .batching import MicroBatcher
+from .engine import Answer, Engine, Query
+from .store import FeedbackEvent, FeedbackStore
+
+log = logging.getLogger("promptrec.serve")
+
+ItemId = Annotated[str, Field(min_length=1, max_length=256)]
+UserId = Annotated[str, Field(min_length=1, max_length=256)]
+HARD_MAX_LIST = 10_000
+# Module level: FastAPI resolves dependency annotations in the module's namespace.
+API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, description="the server's API key")  # schema bound on any list in a request; the settings may lower it
+
+
+class ServeSettings(BaseModel):
+    """Server settings; unknown keys are an error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model_dir: Path
+    database: str | None = None  # SQLAlchemy URL or SQLite path; None: feedback.db beside the model
+    api_key: SecretStr | None = None  # None: write and admin endpoints refuse every request
+    quantize: Literal["int8"] | None = None
+    max_k: int = Field(100, ge=1, le=1000)
+    max_events: int = Field(1000, ge=1, le=HARD_MAX_LIST)  # per /feedback request
+    max_pairs: int = Field(1000, ge=1, le=HARD_MAX_LIST)  # per /score or /rate request
+    max_body_bytes: int = Field(1 << 20, ge=1024)
+    history_events: int = Field(500, ge=1)  # newest feedback events read per user
+    like_threshold: float = 3.0  # ratings below it demote the item
+    batch_size: int = Field(32, ge=1)
+    batch_wait_ms: float = Field(2.0, ge=0)
+    cache_size: int = Field(10_000, ge=0)
+
+    def database_url(self) -> str:
+        return self.database or str(self.model_dir.resolve().parent / "feedback.db")
+
+
+# -- request and response bodies ---------------------------------------------------------------
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RecommendRequest(Strict):
+    user_id: UserId
+    k: int = Field(10, ge=1, le=1000, description="list length (the server's max_k bounds it)")
+    history: list[ItemId] | None = Field(
+        None, max_length=HARD_MAX_LIST, description="explicit recent history, oldest first; replaces the stored one"
+    )
+    candidates: list[ItemId] | None = Field(
+        None, min_length=1, max_length=HARD_MAX_LIST, description="rank only these items"
+    )
+    exclude_seen: bool = True
+
+
+class RankedItem(BaseModel):
+    item_id: str
+    rank: int
+    score: float
+    title: str | None
+    demoted: bool = Field(description="the user skipped or rated it low: ranked below the others")
+
+
+class RecommendResponse(BaseModel):
+    user_id: str
+    items: list[RankedItem]
+    strategy: Literal["model", "popularity"] = Field(
+        description="popularity for users with no history and no feedback (cold start)"
+    )
+    model_version: str
+    cached: bool
+    ignored_history: list[str] = Field(description="history items the model does not know")
+
+
+class Pair(Strict):
+    user_id: UserId
+    item_id: ItemId
+
+
+class PairsRequest(Strict):
+    pairs: list[Pair] = Field(min_length=1, max_length=HARD_MAX_LIST)
+
+
+class PairValue(BaseModel):
+    user_id: str
+    item_id: str
+    value: float
+
+
+class PairsResponse(BaseModel):
+    values: list[PairValue]
+    model_version: str
+
+
+class FeedbackRequest(Strict):
+    events: list[FeedbackEvent] = Field(min_length=1, max_length=HARD_MAX_LIST)
+
+
+class FeedbackResponse(BaseModel):
+    stored: int
+    duplicates: int
+    event_ids: list[str]
+
+
+class ReloadRequest(Strict):
+    model_dir: str | None = Field(None, max_length=4096, description="default: the directory served now")
+
+
+class ReloadResponse(BaseModel):
+    model_version: str
+    previous_version: str
+    model_dir: str
+    load_seconds: float
+
+
+# -- server state ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Job:
+    """One /recommend request as the model thread sees it."""
+
+    user_id: str
+    events: list
+    explicit: list[str] | None
+    k: int
+    exclude_seen: bool
+    candidates: tuple[str, ...] | None
+
+
+class Server:
+    def __init__(self, settings: ServeSettings) -> None:
+        self.settings = settings
+        self.engine: Engine | None = None
+        self.store: FeedbackStore | None = None
+        self.cache: OrderedDict[tuple, Answer] = OrderedDict()
+        self.batcher = MicroBatcher(self._answer, settings.batch_size, settings.batch_wait_ms / 1000)
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "promptrec_requests", "HTTP requests", ["method", "path", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "promptrec_request_seconds", "request latency", ["method", "path"], registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+        )
+        self.batch_sizes = Histogram(
+            "promptrec_batch_size", "requests per model call", registry=self.registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+        )
+        self.cache_hits = Counter("promptrec_cache_hits", "answers served from the cache", registry=self.registry)
+        self.reloads = Counter("promptrec_model_reloads", "model swaps", registry=self.registry)
+        self._reload_lock = asyncio.Lock()
+
+    def _answer(self, jobs: Sequence[Job]) -> list[Answer]:
+        engine = self.engine  # one engine for the whole batch, even if a swap happens meanwhile
+        assert engine is not None
+        self.batch_sizes.observe(len(jobs))
+        queries = []
+        for job in jobs:
+            state = engine.user_state(job.user_id, job.events, job.explicit)
+            candidates = job.candidates
+            if candidates is not None:  # a swap may have dropped items validated before it
+                candidates = tuple(c for c in candidates if c in engine.catalogue)
+            queries.append(Query(job.user_id, state, job.k, job.exclude_seen, candidates))
+        return engine.answer(queries)
+
+    async def reload(self, model_dir: str | Path | None) -> ReloadResponse:
+        async with self._reload_lock:
+            old = self.engine
+            directory = Path(model_dir) if model_dir else (old.model_dir if old else self.settings.model_dir)
+            new = await run_in_threadpool(
+                Engine, directory, self.settings.quantize, self.settings.like_threshold
+            )
+            self.engine = new  # one reference assignment: the swap is atomic
+            self.reloads.inc()
+            log.info("serving %s (version %s) after %s", directory, new.version, old.version if old else None)
+            return ReloadResponse(
+                model_version=new.version, previous_version=old.version if old else "",
+                model_dir=str(directory), load_seconds=new.load_seconds,
+            )
+
+
+def _check_key(settings: ServeSettings, given: str | None) -> None:
+    expected = settings.api_key.get_secret_value() if settings.api_key else None
+    # compare_digest takes time independent of where the strings differ.
+    if expected is None or given is None or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise HTTPException(
+            401, "missing or wrong API key: send it in the X-API-Key header", headers={"WWW-Authenticate": "ApiKey"}
+        )
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """Reject request bodies over ``max_bytes`` with 413, declared or streamed."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            return await self._reject(send, declared)
+        received = 0
+
+        async def limited() -> dict:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await self._reject(send, None)
+
+    async def _reject(self, send: Any, declared: bytes | None) -> None:
+        bad = declared is not None and not declared.isdigit()
+        status = 400 if bad else 413
+        detail = "invalid Content-Length" if bad else f"request body over {self.max_bytes} bytes"
+        body = JSONResponse({"detail": detail}, status_code=status).body
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def create_app(settings: ServeSettings) -> FastAPI:
+    server = Server(settings)
+
+    def require_key(key: Annotated[str | None, Depends(API_KEY)]) -> None:
+        _check_key(settings, key)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        server.store = await run_in_threadpool(FeedbackStore, settings.database_url())
+        await server.reload(settings.model_dir)
+        server.batcher.start()
+        loop = asyncio.get_running_loop()
+        try:  # SIGHUP reloads the served directory (e.g. after it was replaced)
+            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(_reload_logged(None)))
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals
+            pass
+        yield
+        await server.batcher.stop()
+        server.store.close()
+
+    async def _reload_logged(directory: str | None) -> None:
+        try:
+            await server.reload(directory)
+        except Exception:
+            log.exception("reload failed; the previous model keeps serving")
+
+    app = FastAPI(
+        title="promptrec",
+        description="Recommendations from a saved promptrec model, adjusted by each user's feedback as it arrives.",
+        lifespan=lifespan,
+    )
+    app.state.server = server
+
+    @app.middleware("http")
+    async def metrics(request: Request, call_next: Any) -> Any:
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        server.latency.labels(request.method, path).observe(time.perf_counter() - start)
+        server.requests.labels(request.method, path, str(response.status_code)).inc()
+        return response
+
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+
+    def engine() -> Engine:
+        if server.engine is None:
+            raise HTTPException(503, "no model loaded yet")
+        return server.engine
+
+    def unknown_items(eng: Engine, items: Sequence[str], what: str) -> None:
+        missing = [i for i in dict.fromkeys(items) if i not in eng.catalogue]
+        if missing:
+            shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            raise HTTPException(422, f"unknown {what}: {shown}")
+
+    # -- endpoints -------------------------------------------------------------------------------
+    @app.post("/recommend", response_model=RecommendResponse)
+    async def recommend(body: RecommendRequest) -> RecommendResponse:
+        eng = engine()
+        if body.k > settings.max_k:
+            raise HTTPException(422, f"k is {body.k}; this server allows at most {settings.max_k}")
+        if body.candidates is not None:
+            unknown_items(eng, body.candidates, "candidate items")
+        # Feedback counts even with an explicit history: skips and low ratings still demote.
+        events = await run_in_threadpool(server.store.user_events, body.user_id, settings.history_events)
+        candidates = tuple(dict.fromkeys(body.candidates)) if body.candidates is not None else None
+        explicit = list(body.history) if body.history is not None else None
+        key = (eng.version, body.user_id, events[-1].seq if events else 0, body.k, body.exclude_seen, candidates,
+               tuple(explicit) if explicit is not None else None)
+        answer = server.cache.get(key)
+        cached = answer is not None
+        if cached:
+            server.cache.move_to_end(key)
+            server.cache_hits.inc()
+        else:
+            job = Job(body.user_id, events, explicit, body.k, body.exclude_seen, candidates)
+            answer = await server.batcher.submit(job)
+            if settings.cache_size:
+                server.cache[key] = answer
+                while len(server.cache) > settings.cache_size:
+                    server.cache.popitem(last=False)
+        ignored = [i for i in (explicit or []) if i not in eng.catalogue]
+        return RecommendResponse(
+            user_id=body.user_id,
+            items=[
+                RankedItem(item_id=r.item_id, rank=n, score=r.score, title=eng.title(r.item_id), demoted=r.demoted)
+                for n, r in enumerate(answer.items, start=1)
+            ],
+            strategy=answer.strategy,
+            model_version=answer.model_version,
+            cached=cached,
+            ignored_history=ignored,
+        )
+
+    async def pairs_for(body: PairsRequest, family: str) -> tuple[Engine, list[tuple[str, str]]]:
+        eng = engine()
+        if family not in eng.families:
+            raise HTTPException(409, f"this model was not trained on the {family} family")
+        if len(body.pairs) > settings.max_pairs:
+            raise HTTPException(422, f"{len(body.pairs)} pairs; this server allows at most {settings.max_pairs}")
+        pairs = [(p.user_id, p.item_id) for p in body.pairs]
+        unknown_items(eng, [i for _, i in pairs], "items")
+        return eng, pairs
+
+    @app.post("/score", response_model=PairsResponse)
+    async def score(body: PairsRequest) -> PairsResponse:
+        """P(yes) of the yes/no family for each (user, item) pair, with the user's feedback."""
+        eng, pairs = await pairs_for(body, "yesno")
+
+        def run() -> list[float]:
+            histories = {u: eng.user_state(u, server.store.user_events(u, settings.history_events)).history
+                         for u in dict.fromkeys(u for u, _ in pairs)}
+            return eng.score([(u, i, histories[u]) for u, i in pairs])
+
+        values = await run_in_threadpool(run)
+        return PairsResponse(
+            values=[PairValue(user_id=u, item_id=i, value=v) for (u, i), v in zip(pairs, values)],
+            model_version=eng.version,
+        )
+
+    @app.post("/rate", response_model=PairsResponse)
+    async def rate(body: PairsRequest) -> PairsResponse:
+        """Expected star rating (1-5) of each (user, item) pair, from the rating family."""
+        eng, pairs = await pairs_for(body, "rating")
+        values = await run_in_threadpool(eng.rate, pairs)
+        return PairsResponse(
+            values=[PairValue(user_id=u, item_id=i, value=v) for (u, i), v in zip(pairs, values)],
+            model_version=eng.version,
+        )
+
+    @app.post("/feedback", response_model=FeedbackResponse, dependencies=[Depends(require_key)])
+    async def feedback(body: FeedbackRequest) -> FeedbackResponse:
+        """Store events; the answer comes only after they are committed to the store. Items the
+        model does not know are stored too (a later update may learn them)."""
+        if len(body.events) > settings.max_events:
+            raise HTTPException(422, f"{len(body.events)} events; this server allows at most {settings.max_events}")
+        result = await run_in_threadpool(server.store.add, body.events)
+        return FeedbackResponse(stored=result.stored, duplicates=result.duplicates, event_ids=result.event_ids)
+
+    @app.post("/admin/reload", response_model=ReloadResponse, dependencies=[Depends(require_key)])
+    async def reload(body: ReloadRequest | None = None) -> ReloadResponse:
+        directory = body.model_dir if body else None
+        if directory is not None and not (Path(directory) / "promptrec_config.json").is_file():
+            raise HTTPException(422, f"{directory} is not a promptrec model directory (no promptrec_config.json)")
+        try:
+            return await server.reload(directory)
+        except (OSError, ValueError, KeyError) as err:
+            raise HTTPException(422, f"could not load {directory}: {err}; the previous model keeps serving") from err
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        ok_store = server.store is not None and await run_in_threadpool(server.store.ping)
+        ok = server.engine is not None and ok_store
+        body = {"status": "ready" if ok else "not ready", "model": server.engine is not None, "store": ok_store}
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/info")
+    async def info() -> dict[str, Any]:
+        eng = engine()
+        return {
+            "model_dir": str(eng.model_dir),
+            "model_version": eng.version,
+            "items": len(eng.catalogue),
+            "families": sorted(eng.families),
+            "quantize": eng.quantize,
+            "store": server.store.url if server.store else None,
+            "batches": server.batcher.batches,
+            "batched_requests": server.batcher.items,
+            "cache_entries": len(server.cache),
+            "max_k": settings.max_k,
+        }
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def prometheus() -> PlainTextResponse:
+        return PlainTextResponse(generate_latest(server.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+__all__ = ["ServeSettings", "create_app"]

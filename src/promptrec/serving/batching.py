@@ -1,0 +1,86 @@
+"""Micro-batching: concurrent requests share one model call.
+
+A beam search over 8 prompts costs far less than 8 searches over one, so requests that arrive
+while the model is busy (or within ``max_wait`` of the first one) are answered by one call of
+``fn``. The model runs on one dedicated thread: torch already spreads a call over the cores, and
+two calls at once would only fight over them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Generic, TypeVar
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+class MicroBatcher(Generic[In, Out]):
+    """``await submit(x)`` returns ``fn([..., x, ...])[position of x]``.
+
+    Batches hold at most ``max_batch`` inputs; after the first input arrives the batcher waits
+    at most ``max_wait`` seconds for more (0: only what is already queued). An exception from
+    ``fn`` fails every request of that batch, not the batcher.
+    """
+
+    def __init__(self, fn: Callable[[Sequence[In]], Sequence[Out]], max_batch: int = 32, max_wait: float = 0.002) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.fn = fn
+        self.max_batch = max_batch
+        self.max_wait = max_wait
+        self._queue: asyncio.Queue[tuple[In, asyncio.Future[Out]]] | None = None
+        self._worker: asyncio.Task | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="promptrec-model")
+        self.batches = 0
+        self.items = 0
+
+    def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._worker = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            try:
+                await self._worker
+            except asyncio.CancelledError:
+                pass
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, item: In) -> Out:
+        if self._queue is None:
+            raise RuntimeError("the batcher is not started")
+        future: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
+        await self._queue.put((item, future))
+        return await future
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            deadline = loop.time() + self.max_wait
+            while len(batch) < self.max_batch:
+                timeout = deadline - loop.time()
+                try:
+                    batch.append(self._queue.get_nowait() if timeout <= 0 else await asyncio.wait_for(self._queue.get(), timeout))
+                except (asyncio.QueueEmpty, TimeoutError):
+                    break
+            live = [(x, f) for x, f in batch if not f.cancelled()]  # clients that went away
+            if not live:
+                continue
+            try:
+                results = await loop.run_in_executor(self._executor, self.fn, [x for x, _ in live])
+            except Exception as err:  # noqa: BLE001  (handed to each waiting request)
+                for _, f in live:
+                    if not f.done():
+                        f.set_exception(err)
+                continue
+            self.batches += 1
+            self.items += len(live)
+            for (_, f), r in zip(live, results):
+                if not f.done():
+                    f.set_result(r)

@@ -1,0 +1,294 @@
+"""A durable, idempotent store of user feedback events (clicks, purchases, ratings, skips).
+
+Design:
+
+* **Durable on return.** :meth:`FeedbackStore.add` returns only after its transaction has
+  committed, so an acknowledged event survives a crash. On SQLite every connection runs with
+  ``journal_mode=WAL`` and ``synchronous=FULL``: WAL lets readers work while one writer appends,
+  and FULL fsyncs the log on every commit, which makes a returned commit survive power loss, not
+  only a killed process (WAL with the usual NORMAL may lose the last commits on power loss).
+* **Idempotent.** Clients retry on timeouts, so every event has an id and the table has a unique
+  constraint on it; inserts use ``INSERT ... ON CONFLICT DO NOTHING``, which is race-free between
+  concurrent writers (threads, worker processes) where a check-then-insert would not be. An event
+  without a client id gets a deterministic one, a hash of its content, so a retried post with the
+  same timestamp is still stored once. First write wins: a reused id never overwrites.
+* **Versioned schema.** Alembic migrations (shipped in ``migrations/``) run to head whenever a
+  store opens, so a deployed database is upgraded in place instead of recreated, and the
+  ``alembic_version`` table says which schema a file has. The same code serves SQLite (one host)
+  and PostgreSQL (several server hosts).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+import pandas as pd
+import pydantic
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.util import CommandError
+from sqlalchemy.dialects import postgresql, sqlite
+
+EVENT_TYPES = ("click", "purchase", "rating", "skip")
+COLUMNS = ["event_id", "user_id", "item_id", "type", "value", "timestamp", "received_at", "seq"]
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+# Mirrors migrations/versions: queries are built from this, the schema itself comes from alembic.
+metadata = sa.MetaData()
+feedback_events = sa.Table(
+    "feedback_events",
+    metadata,
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("event_id", sa.String(160), nullable=False),
+    sa.Column("user_id", sa.String(256), nullable=False),
+    sa.Column("item_id", sa.String(256), nullable=False),
+    sa.Column("type", sa.String(16), nullable=False),
+    sa.Column("value", sa.Float(), nullable=True),
+    sa.Column("timestamp", sa.Float(), nullable=False),
+    sa.Column("received_at", sa.Float(), nullable=False),
+    sa.UniqueConstraint("event_id", name="uq_feedback_events_event_id"),
+    sa.Index("ix_feedback_events_user_id_timestamp", "user_id", "timestamp"),
+    sa.Index("ix_feedback_events_timestamp", "timestamp"),
+    sqlite_autoincrement=True,
+)
+
+Id = Annotated[str, pydantic.StringConstraints(min_length=1, max_length=256)]
+Finite = Annotated[float, pydantic.Field(allow_inf_nan=False)]
+
+
+class FeedbackStoreError(RuntimeError):
+    """The store cannot be opened: a bad URL, an unsupported database, or one that is unreachable."""
+
+
+class FeedbackEvent(pydantic.BaseModel):
+    """One piece of feedback as a client posts it."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    event_id: Annotated[str, pydantic.StringConstraints(min_length=1, max_length=128)] | None = None
+    user_id: Id
+    item_id: Id
+    type: Literal["click", "purchase", "rating", "skip"]
+    value: Finite | None = None
+    timestamp: Finite | None = None  # unix seconds; None: when the server received it
+
+    @pydantic.model_validator(mode="after")
+    def _rating_has_value(self) -> FeedbackEvent:
+        if self.type == "rating" and self.value is None:
+            raise ValueError("a rating needs a value")
+        return self
+
+    def resolved_id(self) -> str:
+        """The id the event is stored under: ``event_id`` when the client chose one.
+
+        Otherwise ``"h:"`` + the sha256 of the canonical JSON of (user_id, item_id, type, value,
+        timestamp). A retried post without ids therefore dedupes as long as it carries a
+        timestamp; without one, :meth:`FeedbackStore.add` first fills in the receive time, so
+        posts received at different times stay distinct events. Calling this on an event with
+        neither an id nor a timestamp raises ``ValueError``: its id is not known yet.
+        """
+        if self.event_id is not None:
+            return self.event_id
+        if self.timestamp is None:
+            raise ValueError("an event without event_id needs a timestamp for a deterministic id")
+        value = None if self.value is None else float(self.value)
+        content = [self.user_id, self.item_id, self.type, value, float(self.timestamp)]
+        canonical = json.dumps(content, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+        return "h:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class AddResult:
+    stored: int  # newly inserted rows
+    duplicates: int  # events of the request that were already stored or repeated within it
+    event_ids: list[str]  # resolved ids, in request order
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    event_id: str
+    user_id: str
+    item_id: str
+    type: str
+    value: float | None
+    timestamp: float
+    received_at: float
+    seq: int  # insertion order, a tie-breaker for equal timestamps (not a gap-free commit order)
+
+
+def _mask(url: str) -> str:
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
+def _parse_url(url: str | os.PathLike | None) -> sa.URL:
+    if url is None or isinstance(url, os.PathLike) or "://" not in url:
+        parsed = sa.URL.create("sqlite+pysqlite", database=str(Path(url or "feedback.db").expanduser().absolute()))
+    else:
+        try:
+            parsed = sa.make_url(url)
+        except Exception as exc:
+            raise FeedbackStoreError(f"invalid feedback store URL {_mask(url)}: {exc}") from exc
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")  # the driver installed with us, not psycopg2
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        try:
+            Path(parsed.database).expanduser().absolute().parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FeedbackStoreError(f"cannot create the folder for feedback store {parsed}: {exc}") from exc
+    return parsed
+
+
+def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Take transaction control away from the driver (it would not BEGIN before DDL, leaving
+    # migrations non-atomic); _on_sqlite_begin emits BEGIN itself.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA busy_timeout = 5000")  # first: switching to WAL may wait for a lock
+    cursor.execute("PRAGMA journal_mode = WAL")
+    cursor.execute("PRAGMA synchronous = FULL")
+    cursor.close()
+
+
+def _on_sqlite_begin(connection: sa.Connection) -> None:
+    # Writers take the write lock up front: a deferred transaction that reads and then writes can
+    # fail at once with SQLITE_BUSY instead of waiting out busy_timeout.
+    immediate = connection.get_execution_options().get("promptrec_write", False)
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+class FeedbackStore:
+    """Feedback events in SQLite (a file path or ``sqlite:///`` URL) or PostgreSQL (``postgresql+psycopg://``)."""
+
+    def __init__(self, url: str | os.PathLike | None = None) -> None:
+        self._url = _parse_url(url)
+        backend = self._url.get_backend_name()
+        if backend not in ("sqlite", "postgresql"):
+            raise FeedbackStoreError(f"unsupported feedback store database {self.url}: use sqlite or postgresql")
+        connect_args = {}
+        if backend == "postgresql" and "connect_timeout" not in self._url.query:
+            connect_args["connect_timeout"] = 10  # fail a readiness probe, do not hang it
+        try:
+            self._engine = sa.create_engine(self._url, pool_pre_ping=True, connect_args=connect_args)
+        except Exception as exc:
+            raise FeedbackStoreError(f"cannot use feedback store URL {self.url}: {exc}") from exc
+        if backend == "sqlite":
+            sa.event.listen(self._engine, "connect", _on_sqlite_connect)
+            sa.event.listen(self._engine, "begin", _on_sqlite_begin)
+        self._insert = (sqlite.insert if backend == "sqlite" else postgresql.insert)(feedback_events)
+        try:
+            self._migrate()
+        except (sa.exc.SQLAlchemyError, CommandError) as exc:
+            self._engine.dispose()
+            raise FeedbackStoreError(f"cannot open feedback store {self.url}: {exc}") from exc
+
+    @property
+    def url(self) -> str:
+        return self._url.render_as_string(hide_password=True)
+
+    @contextmanager
+    def _write(self) -> Iterator[sa.Connection]:
+        with self._engine.connect().execution_options(promptrec_write=True) as conn, conn.begin():
+            yield conn
+
+    def _migrate(self) -> None:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS).replace("%", "%%"))
+        cfg.set_main_option("path_separator", "os")
+        with self._write() as conn:
+            if conn.dialect.name == "postgresql":
+                # Server workers starting together must not race to create the same tables.
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(7301994001)"))
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    def add(self, events: Sequence[FeedbackEvent], received_at: float | None = None) -> AddResult:
+        """Store ``events`` in one transaction, skipping ids already stored; returns after COMMIT."""
+        received_at = time.time() if received_at is None else float(received_at)
+        if not math.isfinite(received_at):
+            raise ValueError(f"received_at must be finite, got {received_at}")
+        ids: list[str] = []
+        rows: dict[str, dict[str, Any]] = {}
+        for event in events:
+            if event.timestamp is None:
+                event = event.model_copy(update={"timestamp": received_at})
+            event_id = event.resolved_id()
+            ids.append(event_id)
+            row = event.model_dump(exclude={"event_id"}) | {"event_id": event_id, "received_at": received_at}
+            rows.setdefault(event_id, row)  # a repeat inside the batch is a duplicate too
+        stored = 0
+        if rows:
+            # RETURNING lists only the rows ON CONFLICT DO NOTHING really inserted.
+            statement = self._insert.on_conflict_do_nothing(index_elements=["event_id"])
+            with self._write() as conn:
+                stored = len(conn.execute(statement.returning(feedback_events.c.seq), list(rows.values())).all())
+        return AddResult(stored=stored, duplicates=len(ids) - stored, event_ids=ids)
+
+    def user_events(self, user_id: str, limit: int | None = None) -> list[StoredEvent]:
+        """The user's events, oldest first by (timestamp, seq); ``limit`` keeps the newest ones."""
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        t = feedback_events.c
+        query = sa.select(*(t[c] for c in COLUMNS)).where(t.user_id == user_id)
+        query = query.order_by(t.timestamp.desc(), t.seq.desc()).limit(limit)
+        with self._engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [StoredEvent(*row) for row in reversed(rows)]
+
+    def events_since(self, since: float | None = None, until: float | None = None) -> pd.DataFrame:
+        """Events with ``since <= timestamp < until`` (either bound optional), by (timestamp, seq)."""
+        t = feedback_events.c
+        query = sa.select(*(t[c] for c in COLUMNS)).order_by(t.timestamp, t.seq)
+        if since is not None:
+            query = query.where(t.timestamp >= since)
+        if until is not None:
+            query = query.where(t.timestamp < until)
+        with self._engine.connect() as conn:
+            rows = conn.execute(query).all()
+        frame = pd.DataFrame([tuple(r) for r in rows], columns=COLUMNS)
+        return frame.astype({"value": "float64", "timestamp": "float64", "received_at": "float64", "seq": "int64"})
+
+    def count(self) -> int:
+        with self._engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(feedback_events)).scalar_one()
+
+    def has(self, event_ids: Sequence[str]) -> set[str]:
+        """Which of ``event_ids`` are stored."""
+        wanted = list(dict.fromkeys(event_ids))
+        found: set[str] = set()
+        column = feedback_events.c.event_id
+        with self._engine.connect() as conn:
+            for start in range(0, len(wanted), 500):  # stay under bound-parameter limits
+                found.update(conn.scalars(sa.select(column).where(column.in_(wanted[start : start + 500]))))
+        return found
+
+    def ping(self) -> bool:
+        """Whether the database answers ``SELECT 1`` (for a readiness probe, which must not raise)."""
+        try:
+            with self._engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+            return True
+        except (sa.exc.SQLAlchemyError, OSError):
+            return False
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"FeedbackStore({self.url!r})"
