@@ -142,6 +142,13 @@ def test_feedback_changes_the_next_recommendation(client) -> None:
     # A retried post (same ids) changes nothing.
     retry = client.post("/feedback", json={"events": events}, headers={"X-API-Key": KEY}).json()
     assert retry == {"stored": 0, "duplicates": 2, "event_ids": ["u3-click", "u3-skip"]}
+    # A late event with an old timestamp still invalidates the cached answer.
+    assert client.post("/recommend", json={"user_id": user, "k": 5}).json()["cached"]
+    late = {"event_id": "u3-late", "user_id": user, "item_id": after["items"][0]["item_id"], "type": "purchase",
+            "timestamp": 5.0}
+    assert client.post("/feedback", json={"events": [late]}, headers={"X-API-Key": KEY}).json()["stored"] == 1
+    fresh = client.post("/recommend", json={"user_id": user, "k": 5}).json()
+    assert not fresh["cached"] and late["item_id"] not in [i["item_id"] for i in fresh["items"]]
 
 
 def test_explicit_history_and_candidates(client) -> None:

@@ -338,7 +338,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
         events = await run_in_threadpool(server.store.user_events, body.user_id, settings.history_events)
         candidates = tuple(dict.fromkeys(body.candidates)) if body.candidates is not None else None
         explicit = list(body.history) if body.history is not None else None
-        key = (eng.version, body.user_id, events[-1].seq if events else 0, body.k, body.exclude_seen, candidates,
+        # The highest seq, not the newest timestamp: a late event with an old timestamp must
+        # change the key too.
+        key = (eng.version, body.user_id, max((e.seq for e in events), default=0), body.k, body.exclude_seen, candidates,
                tuple(explicit) if explicit is not None else None)
         answer = server.cache.get(key)
         cached = answer is not None
