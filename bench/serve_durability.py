@@ -95,10 +95,11 @@ class Server:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def kill(self) -> None:
+    def kill(self, wait: bool = True) -> None:
         if self.alive():
             self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
+        if wait:
+            self.proc.wait()
 
     def stop(self) -> None:
         """SIGTERM (a graceful uvicorn shutdown), SIGKILL if that takes too long."""
@@ -124,6 +125,7 @@ class Ledger:
     acknowledged: set[str] = field(default_factory=set)
     requests: int = 0
     transport_errors: int = 0
+    refused: int = 0  # transport errors that were refused connections (after the kill)
     statuses: dict[str, int] = field(default_factory=dict)  # non-200 answers by status
     error_samples: list[str] = field(default_factory=list)
     duplicates_in_rounds: int = 0  # ids are unique per attempt, so any duplicate here is a server bug
@@ -158,12 +160,13 @@ def client_loop(url: str, api_key: str, tag: str, seed: int, users: list[str], i
                 ledger.in_flight += 1
             try:
                 response = client.post("/feedback", json={"events": batch})
-            except httpx.TransportError:
+            except httpx.TransportError as err:
                 # The server died mid-request (or refused the connection after the kill): not
                 # acknowledged. Keep going until told to stop, so a slow request does not end
                 # this client's load early.
                 with ledger.lock:
                     ledger.transport_errors += 1
+                    ledger.refused += isinstance(err, httpx.ConnectError)  # never reached a server
                     ledger.in_flight -= 1
                 continue
             with ledger.lock:
@@ -277,12 +280,14 @@ def main() -> int:
                 raise RuntimeError(f"server died before the kill in round {round_}:\n{server.log_tail()}")
             with ledger.lock:
                 flying = ledger.in_flight
-            server.kill()
+            server.kill(wait=False)
+            # Stop right after the signal, not before: clients are mid-request when it lands. Not
+            # after the wait either: until the process is reaped, clients would spin on refused
+            # connections, inflating the attempted count with requests no server ever saw.
+            stop.set()
+            server.proc.wait()
             kills += 1
             in_flight_at_kill += flying
-            # Stop only after the kill, so clients are mid-request when it lands; the few requests
-            # started in between fail to connect and count as attempted, not acknowledged.
-            stop.set()
             for t in clients:
                 t.join()
             server = None
@@ -343,6 +348,7 @@ def main() -> int:
             "unacknowledged": len(unacknowledged),
             "stored_unacknowledged": len(stored_unacknowledged),
             "transport_errors": ledger.transport_errors,
+            "refused_connections": ledger.refused,
             "http_errors": ledger.statuses,
             "http_error_samples": ledger.error_samples,
             "duplicates_during_rounds": ledger.duplicates_in_rounds,
