@@ -65,9 +65,14 @@ class Answer:
 def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
     """Dynamic int8 quantisation of the Linear layers (weights int8, activations quantised per
     batch on the fly): CPU only, no calibration data needed."""
+    import warnings
+
     from torch.ao.quantization import quantize_dynamic
 
-    return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    with warnings.catch_warnings():
+        # torch.ao announces its move to torchao; the eager API still works and needs no extra package.
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
 def _directory_version(directory: Path) -> str:
