@@ -257,6 +257,20 @@ def test_swap_under_load_fails_no_request(server, model_dirs) -> None:
     assert not failures
 
 
+def test_sighup_reloads_the_served_directory(server, client) -> None:
+    def reloads() -> float:
+        line = next(x for x in client.get("/metrics").text.splitlines() if x.startswith("promptrec_model_reloads_total"))
+        return float(line.split()[-1])
+
+    before = reloads()
+    server.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while reloads() == before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert reloads() == before + 1
+    assert client.post("/recommend", json={"user_id": "user1", "k": 3}).status_code == 200
+
+
 def test_continual_update_learns_from_feedback(model_dirs, tmp_path) -> None:
     from promptrec.serving.update import update_model
 
