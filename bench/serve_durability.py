@@ -22,97 +22,32 @@ page cache survives it. Power loss (what ``synchronous=FULL`` is for) needs a VM
 
     python bench/serve_durability.py                       # 25 rounds, 8 clients
     python bench/serve_durability.py --rounds 3 --results /tmp/durability.json
-    python bench/serve_durability.py --model runs/ml100k_multitask/model --database /tmp/fb.db --seed 1
+    python bench/serve_durability.py --model runs/quickstart/model --database /tmp/fb.db --seed 1
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
 import secrets
 import shlex
 import shutil
-import signal
-import socket
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pandas as pd
+from _serving import Server, machine_info  # bench/ is on sys.path when a script here runs
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = ROOT / "runs" / "ml100k_multitask" / "model"
+DEFAULT_MODEL = ROOT / "runs" / "quickstart" / "model"  # what `promptrec quickstart` leaves
 TYPES = ("click", "purchase", "rating", "skip")
-READY_TIMEOUT_S = 180.0  # a busy 2-core machine needs a while to import torch and load the model
-
-
-# -- the server as a child process ---------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``promptrec serve`` in a subprocess; its output goes to a log file (a pipe nobody reads
-    would fill up and block the server)."""
-
-    def __init__(self, model: Path, database: Path, api_key: str, log_path: Path, threads: int) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        # The key goes in the environment, not argv, so it does not show in `ps`.
-        env = {**os.environ, "PROMPTREC_API_KEY": api_key}
-        cmd = [sys.executable, "-m", "promptrec.cli", "serve", str(model), "--port", str(self.port),
-               "--database", str(database), "--threads", str(threads)]
-        with open(log_path, "ab") as log:  # the child keeps its own copy of the descriptor
-            self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode} before /ready:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass  # not listening yet: uvicorn binds the port only after the model is loaded
-            time.sleep(0.2)
-        raise RuntimeError(f"server not ready after {timeout:.0f} s:\n{self.log_tail()}")
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def kill(self, wait: bool = True) -> None:
-        if self.alive():
-            self.proc.send_signal(signal.SIGKILL)
-        if wait:
-            self.proc.wait()
-
-    def stop(self) -> None:
-        """SIGTERM (a graceful uvicorn shutdown), SIGKILL if that takes too long."""
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                pass
-        self.kill()
-
-    def log_tail(self, chars: int = 3000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:]
 
 
 # -- clients -------------------------------------------------------------------------------------
@@ -198,30 +133,6 @@ def store_count(database: Path) -> int:
         return int(store.count())
 
 
-def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    versions = {}
-    for package in ("torch", "fastapi", "uvicorn", "httpx", "sqlalchemy"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    return {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "sqlite": sqlite3.sqlite_version,
-        **versions,
-    }
-
-
 # -- the benchmark -------------------------------------------------------------------------------
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -244,7 +155,7 @@ def main() -> int:
                  "`promptrec quickstart` to train the MovieLens-100K model, or pass --model DIR")
 
     started = time.perf_counter()
-    machine = machine_info()
+    machine = {**machine_info(("torch", "fastapi", "uvicorn", "httpx", "sqlalchemy")), "sqlite": sqlite3.sqlite_version}
     workdir = Path(tempfile.mkdtemp(prefix="promptrec_durability_"))
     database = args.database or workdir / "feedback.db"
     log_path = workdir / "server.log"

@@ -37,86 +37,28 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import secrets
 import shlex
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pandas as pd
+from _serving import Server, machine_info  # bench/ is on sys.path when a script here runs
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = ROOT / "runs" / "ml100k_multitask" / "model"
-READY_TIMEOUT_S = 180.0  # a busy machine needs a while to import torch and load the model
+DEFAULT_MODEL = ROOT / "runs" / "quickstart" / "model"  # what `promptrec quickstart` leaves
 TARGET_P99_MS = 50.0
 TARGET_CLIENTS = 8
 CLIENT_CPU_WARN = 80.0  # percent of one core
-
-
-# -- the server as a child process ---------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``promptrec serve`` in a subprocess; its output goes to a log file (a pipe nobody reads
-    would fill up and block the server)."""
-
-    def __init__(self, model: Path, database: Path, log_path: Path, threads: int, quantize: str | None,
-                 batch_wait_ms: float | None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        env = {**os.environ, "PROMPTREC_API_KEY": secrets.token_urlsafe(16)}  # /feedback is not used here
-        cmd = [sys.executable, "-m", "promptrec.cli", "serve", str(model), "--port", str(self.port),
-               "--database", str(database), "--threads", str(threads)]
-        if quantize:
-            cmd += ["--quantize", quantize]
-        if batch_wait_ms is not None:
-            cmd += ["--batch-wait-ms", str(batch_wait_ms)]
-        with open(log_path, "ab") as log:  # the child keeps its own copy of the descriptor
-            self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode} before /ready:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass  # not listening yet: uvicorn binds the port only after the model is loaded
-            time.sleep(0.2)
-        raise RuntimeError(f"server not ready after {timeout:.0f} s:\n{self.log_tail()}")
-
-    def stop(self) -> None:
-        """SIGTERM (a graceful uvicorn shutdown), SIGKILL if that takes too long."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def log_tail(self, chars: int = 3000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:]
 
 
 # -- process measurements ------------------------------------------------------------------------
@@ -142,29 +84,6 @@ def cpu_seconds(pid: int) -> float | None:
         return None
     fields = stat[stat.rindex(")") + 2:].split()  # the command name may contain spaces: skip past it
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    versions = {}
-    for package in ("torch", "transformers", "fastapi", "uvicorn", "httpx"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    return {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        **versions,
-    }
 
 
 # -- load generation -----------------------------------------------------------------------------
@@ -331,7 +250,7 @@ def main() -> int:
         ap.error("--quantize and --batch-wait-ms configure a server this script starts; not with --url")
     results = args.results or ROOT / "bench" / "results" / f"serve_load{'_int8' if args.quantize else ''}.json"
 
-    machine = machine_info()
+    machine = machine_info(("torch", "transformers", "fastapi", "uvicorn", "httpx"))
     users = sorted(pd.read_parquet(args.model / "histories.parquet", columns=["user_id"])["user_id"].unique())
     items = sorted(pd.read_parquet(args.model / "items.parquet", columns=["item_id"])["item_id"].unique())
     server: Server | None = None
@@ -341,8 +260,11 @@ def main() -> int:
             url, server_pid = args.url.rstrip("/"), None
         else:
             workdir = Path(tempfile.mkdtemp(prefix="promptrec_load_"))
-            server = Server(args.model, workdir / "feedback.db", workdir / "server.log", args.threads,
-                            args.quantize, args.batch_wait_ms)
+            extra = (["--quantize", args.quantize] if args.quantize else []) + (
+                ["--batch-wait-ms", str(args.batch_wait_ms)] if args.batch_wait_ms is not None else [])
+            # /feedback is not used here: any key will do.
+            server = Server(args.model, workdir / "feedback.db", secrets.token_urlsafe(16), workdir / "server.log",
+                            args.threads, extra)
             server.wait_ready()
             url, server_pid = server.url, server.proc.pid
         info = httpx.get(f"{url}/info", timeout=10).json()
