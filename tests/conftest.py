@@ -66,6 +66,7 @@ def assert_recommender_contract(model, split, directory: Path, k: int = 5) -> No
     unseen = catalogue - set(split.history("test")[user])
     assert sorted(model.recommend([user], k=1000)["item_id"]) == sorted(unseen)
     assert len(model.recommend([user], k=1000, exclude_seen=False)) == len(catalogue)
+    assert len(model.recommend([user], k=1)) == 1
     assert model.recommend([], k=3).empty
     with pytest.raises(ValueError, match="k must be"):
         model.recommend([user], k=0)

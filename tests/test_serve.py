@@ -247,8 +247,9 @@ def test_swap_under_load_fails_no_request(server, model_dirs) -> None:
         assert first["model_dir"] == str(seq) and first["model_version"] != first["previous_version"]
         # The sequential-only model has no yes/no family: /score says so.
         assert admin.post("/score", json={"pairs": [{"user_id": "u", "item_id": "item1"}]}).status_code == 409
-        bad = admin.post("/admin/reload", json={"model_dir": "/nonexistent"})
-        assert bad.status_code == 422 and "not a promptrec model directory" in bad.text
+        for nowhere in ("/nonexistent", "0" * 3000):  # the second is too long for a file name
+            bad = admin.post("/admin/reload", json={"model_dir": nowhere})
+            assert bad.status_code == 422 and "not a promptrec model directory" in bad.text
         back = admin.post("/admin/reload", json={"model_dir": str(full)}).json()
         assert back["previous_version"] == first["model_version"]
     stop.set()

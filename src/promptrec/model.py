@@ -186,6 +186,9 @@ class P5Recommender(Recommender):
         fixed-length codes the closing EOS, near-certain after a complete code, is not decoded).
         """
         self.model.eval()
+        # One beam would be greedy search, which reports no sequence scores: search with two
+        # and keep the best.
+        beams = max(k, 2)
         enc = self._encode(prompts)
         processors = []
         if constrained:
@@ -193,7 +196,7 @@ class P5Recommender(Recommender):
             processors.append(
                 TrieConstraint(
                     self.trie,
-                    num_beams=k,
+                    num_beams=beams,
                     excluded=[to_idx(e) for e in excluded] if excluded is not None else None,
                     allowed=[to_idx(a) for a in allowed] if allowed is not None else None,
                 )
@@ -202,8 +205,8 @@ class P5Recommender(Recommender):
         with torch.autocast(self.model.device.type, dtype=torch.bfloat16, enabled=bf16):
             out = self.model.generate(
                 **enc,
-                num_beams=k,
-                num_return_sequences=k,
+                num_beams=beams,
+                num_return_sequences=beams,
                 max_new_tokens=self.trie.decode_steps,
                 length_penalty=0.0,
                 early_stopping=True,
@@ -212,10 +215,10 @@ class P5Recommender(Recommender):
                 return_dict_in_generate=True,
                 output_scores=True,
             )
-        beams = collect_beams(
-            self.trie, out.sequences[:, 1:].tolist(), out.sequences_scores.float().tolist(), k, constrained
+        rows = collect_beams(
+            self.trie, out.sequences[:, 1:].tolist(), out.sequences_scores.float().tolist(), beams, constrained
         )
-        results = [[(self.catalogue[i] if i is not None else None, s) for i, s in row] for row in beams]
+        results = [[(self.catalogue[i] if i is not None else None, s) for i, s in row[:k]] for row in rows]
         return results
 
     def recommend(

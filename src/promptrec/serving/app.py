@@ -219,6 +219,13 @@ class Server:
             )
 
 
+def _is_model_dir(directory: str) -> bool:
+    try:
+        return (Path(directory) / "promptrec_config.json").is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte, ...
+        return False
+
+
 def _check_key(settings: ServeSettings, given: str | None) -> None:
     expected = settings.api_key.get_secret_value() if settings.api_key else None
     # compare_digest takes time independent of where the strings differ.
@@ -415,8 +422,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
     @app.post("/admin/reload", response_model=ReloadResponse, dependencies=[Depends(require_key)])
     async def reload(body: ReloadRequest | None = None) -> ReloadResponse:
         directory = body.model_dir if body else None
-        if directory is not None and not (Path(directory) / "promptrec_config.json").is_file():
-            raise HTTPException(422, f"{directory} is not a promptrec model directory (no promptrec_config.json)")
+        if directory is not None and not _is_model_dir(directory):
+            raise HTTPException(422, f"{directory[:200]} is not a promptrec model directory (no promptrec_config.json)")
         try:
             return await server.reload(directory)
         except (OSError, ValueError, KeyError) as err:
