@@ -26,7 +26,7 @@ from .data.split import group_sequences
 from .generation import ItemTrie, TrieConstraint, collect_beams
 from .indexing import ItemIndexer, build_indexer
 from .prompts import TemplateSet
-from .recommender import RECOMMENDERS, Recommender
+from .recommender import RECOMMENDERS, Recommender, check_k, check_stage
 from .tasks import TaskContext, rating_text
 from .tokenization import add_tokens, build_tokenizer
 
@@ -147,11 +147,10 @@ class P5Recommender(Recommender):
     # ------------------------------------------------------------------------------- prediction
     def history(self, user: str, stage: str = "test") -> list[str]:
         """The user's known history: training items, plus the validation item for "test"."""
+        check_stage(stage)
         hist = list(self.train_history.get(user, []))
         if stage == "test" and user in self.valid_item:
             hist.append(self.valid_item[user])
-        elif stage not in ("test", "valid"):
-            raise ValueError(f"stage must be 'valid' or 'test', got {stage!r}")
         return hist
 
     def _encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
@@ -236,8 +235,8 @@ class P5Recommender(Recommender):
 
         histories: explicit recent histories overriding the stored ones (e.g. live feedback).
         """
-        if k < 1:
-            raise ValueError("k must be >= 1")
+        k = check_k(k)
+        check_stage(stage)
         bs = batch_size or self.config.eval.batch_size
         user_ids = [str(u) for u in user_ids]
         rows = []

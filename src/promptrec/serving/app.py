@@ -42,7 +42,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from .batching import MicroBatcher
-from .engine import Answer, Engine, Query
+from .engine import LIKE_THRESHOLD, Answer, Engine, Query
 from .store import FeedbackEvent, FeedbackStore
 
 log = logging.getLogger("promptrec.serve")
@@ -68,7 +68,7 @@ class ServeSettings(BaseModel):
     max_pairs: int = Field(1000, ge=1, le=HARD_MAX_LIST)  # per /score or /rate request
     max_body_bytes: int = Field(1 << 20, ge=1024)
     history_events: int = Field(500, ge=1)  # newest feedback events read per user
-    like_threshold: float = 3.0  # ratings below it demote the item
+    like_threshold: float = LIKE_THRESHOLD  # ratings below it demote the item
     batch_size: int = Field(32, ge=1)
     batch_wait_ms: float = Field(2.0, ge=0)
     cache_size: int = Field(10_000, ge=0)

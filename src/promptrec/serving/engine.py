@@ -27,6 +27,12 @@ from ..model import P5Recommender
 from .store import StoredEvent
 
 POSITIVE = ("click", "purchase")
+LIKE_THRESHOLD = 3.0  # a rating at or above it is positive feedback, below it demotes the item
+
+
+def is_negative(event_type: str, value: float | None, like_threshold: float = LIKE_THRESHOLD) -> bool:
+    """Skips and ratings below ``like_threshold``: feedback that demotes the item."""
+    return event_type == "skip" or (event_type == "rating" and (value or 0.0) < like_threshold)
 
 
 @dataclass(frozen=True)
@@ -86,7 +92,9 @@ def _directory_version(directory: Path) -> str:
 class Engine:
     """One loaded model directory; immutable after construction so it can be swapped atomically."""
 
-    def __init__(self, model_dir: str | Path, quantize: str | None = None, like_threshold: float = 3.0) -> None:
+    def __init__(
+        self, model_dir: str | Path, quantize: str | None = None, like_threshold: float = LIKE_THRESHOLD
+    ) -> None:
         directory = Path(model_dir)
         started = time.perf_counter()
         self.rec = P5Recommender.from_pretrained(directory, device="cpu")
@@ -110,9 +118,6 @@ class Engine:
         self.load_seconds = round(time.perf_counter() - started, 3)
 
     # -- user state ----------------------------------------------------------------------------
-    def saved_history(self, user_id: str) -> list[str]:
-        return self.rec.history(user_id, "test")
-
     def user_state(
         self, user_id: str, events: Sequence[StoredEvent], explicit: Sequence[str] | None = None
     ) -> UserState:
@@ -125,16 +130,15 @@ class Engine:
         for e in events:
             if e.item_id not in self.catalogue:
                 continue
-            negative = e.type == "skip" or (e.type == "rating" and (e.value or 0.0) < self.like_threshold)
-            if negative:
+            if is_negative(e.type, e.value, self.like_threshold):
                 demoted.add(e.item_id)
-            elif e.type in POSITIVE or e.type == "rating":
+            else:  # click, purchase or a rating at the threshold or above
                 added.append(e.item_id)
                 demoted.discard(e.item_id)  # a later positive event outweighs an earlier skip
         if explicit is not None:
             history = [i for i in explicit if i in self.catalogue]
             return UserState(history, frozenset(demoted), known=bool(history) or bool(events))
-        saved = self.saved_history(user_id)
+        saved = self.rec.history(user_id, "test")
         history = saved + added
         return UserState(history, frozenset(demoted), known=bool(saved) or bool(events))
 
@@ -159,12 +163,12 @@ class Engine:
             if not q.state.known:
                 answers[n] = Answer(self.popularity(q), "popularity", self.version)
                 continue
-            available = self._available(q)
+            available, demoted = self._available(q)
             if not available:
                 answers[n] = Answer([], "model", self.version)
                 continue
             # Enough beams to fill k after demoted items move down.
-            beams = min(q.k + len(q.state.demoted & available), len(available))
+            beams = min(q.k + demoted, available)
             groups.setdefault((beams, q.candidates is not None), []).append(n)
         for (beams, restricted), members in groups.items():
             batch = [queries[n] for n in members]
@@ -181,9 +185,17 @@ class Engine:
                 answers[n] = Answer(ranked[: q.k], "model", self.version)
         return answers  # type: ignore[return-value]
 
-    def _available(self, q: Query) -> set[str]:
-        pool = set(q.candidates) if q.candidates is not None else self.catalogue
-        return pool - set(q.state.history) if q.exclude_seen else pool
+    def _available(self, q: Query) -> tuple[int, int]:
+        """How many items the search may return for ``q``, and how many of those are demoted.
+
+        Counted without building a catalogue-sized set: this runs for every request.
+        """
+        seen = set(q.state.history) if q.exclude_seen else set()
+        if q.candidates is not None:
+            pool = set(q.candidates) - seen
+            return len(pool), len(q.state.demoted & pool)
+        available = len(self.catalogue) - len(seen & self.catalogue)
+        return available, len(q.state.demoted - seen)
 
     def score(self, pairs: Sequence[tuple[str, str, list[str]]]) -> list[float]:
         """P(yes) of the yes/no family for (user, item, history) triples."""

@@ -20,16 +20,17 @@ import pandas as pd
 
 from ..data import InteractionData, Split
 from ..model import P5Recommender
+from .engine import LIKE_THRESHOLD, POSITIVE
 from .store import FeedbackStore
 
 log = logging.getLogger("promptrec")
-POSITIVE = ("click", "purchase")
 
 
 def update_split(
-    rec: P5Recommender, events: pd.DataFrame, like_threshold: float = 3.0
+    rec: P5Recommender, events: pd.DataFrame, like_threshold: float = LIKE_THRESHOLD
 ) -> tuple[Split, dict[str, int]]:
     """The fine-tuning split for ``rec`` from stored ``events`` (module doc) and what was skipped."""
+    # The serving engine's rule (engine.is_negative), on the whole table at once.
     liked = events["type"].isin(POSITIVE) | ((events["type"] == "rating") & (events["value"] >= like_threshold))
     known = events["item_id"].isin(rec.item_pos)
     new = events[liked & known].sort_values(["timestamp", "seq"], kind="stable")
@@ -62,7 +63,7 @@ def update_model(
     output: str | Path,
     since: float | None = None,
     overrides: dict[str, Any] | None = None,
-    like_threshold: float = 3.0,
+    like_threshold: float = LIKE_THRESHOLD,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Fine-tune ``model_dir`` on the events stored since ``since`` and save it to ``output``.
