@@ -23,11 +23,13 @@ bottleneck: a Python process runs Python code on one core at a time (the GIL), s
 ``client_cpu_percent`` near 100 (one core) means the numbers partly measure the client; the
 output warns when that happens. Target: p99 <= 50 ms at 8 clients.
 
-On a machine with few cores the client and the server share them: ``--threads`` (the server's
-torch threads, default 1) leaves a core for the client on a 2-core machine.
+The server's CPU and memory are those of its HTTP process and of its model processes (the model
+runs in child processes, ``--model-processes`` of them, each with ``--threads`` torch threads,
+default 1). On a machine with few cores the client and the server share them.
 
     python bench/serve_load.py                                  # levels 1 8 32, 20 s each
     python bench/serve_load.py --quantize int8                  # writes serve_load_int8.json
+    python bench/serve_load.py --model-processes 2              # writes serve_load_p2.json
     python bench/serve_load.py --seconds 5 --clients 1 8 --results /tmp/load.json
     python bench/serve_load.py --url http://127.0.0.1:8000      # a server that is already running
 """
@@ -62,18 +64,31 @@ CLIENT_CPU_WARN = 80.0  # percent of one core
 
 
 # -- process measurements ------------------------------------------------------------------------
-def memory_mib(pid: int) -> dict[str, float | None]:
+def memory_mib(pid: int) -> tuple[float, float] | None:
     """Peak (VmHWM) and current (VmRSS) resident memory of a process, MiB."""
-    out: dict[str, float | None] = {"server_peak_rss_mib": None, "server_rss_mib": None}
+    fields = {}
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                out["server_peak_rss_mib"] = round(int(line.split()[1]) / 1024, 1)
-            elif line.startswith("VmRSS:"):
-                out["server_rss_mib"] = round(int(line.split()[1]) / 1024, 1)
+            if line.startswith(("VmHWM:", "VmRSS:")):
+                fields[line[:5]] = int(line.split()[1]) / 1024
     except OSError:
-        pass
-    return out
+        return None
+    return (fields["VmHWM"], fields["VmRSS"]) if len(fields) == 2 else None
+
+
+def server_memory(pids: dict[str, list[int]]) -> dict[str, float | None]:
+    """Resident memory of the server's processes (the HTTP process and each model process),
+    summed: peaks are per process over its whole life, so their sum is an upper bound."""
+    per = {role: [m for m in (memory_mib(p) for p in group) if m] for role, group in pids.items()}
+    if not per.get("http"):
+        return {"server_peak_rss_mib": None, "server_rss_mib": None}
+    every = [m for group in per.values() for m in group]
+    return {
+        "server_peak_rss_mib": round(sum(m[0] for m in every), 1),
+        "server_rss_mib": round(sum(m[1] for m in every), 1),
+        "http_peak_rss_mib": round(per["http"][0][0], 1),
+        "model_peak_rss_mib": [round(m[0], 1) for m in per.get("model", [])],
+    }
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -149,14 +164,19 @@ def batch_counters(url: str) -> tuple[int, int] | None:
         return None
 
 
+def group_cpu(pids: list[int]) -> float | None:
+    times = [cpu_seconds(p) for p in pids]
+    return sum(times) if times and None not in times else None  # type: ignore[arg-type]
+
+
 def run_level(url: str, workload: Workload, clients: int, seconds: float, max_requests: int, seed: int,
-              server_pid: int | None) -> dict[str, Any]:
+              pids: dict[str, list[int]]) -> dict[str, Any]:
     tallies = [Tally() for _ in range(clients)]
     budget = [max_requests if max_requests > 0 else 1 << 62]
     lock = threading.Lock()
     batches_before = batch_counters(url)
-    server_cpu_before = cpu_seconds(server_pid) if server_pid else None
-    cpu_before = time.process_time()  # this process, all threads
+    cpu_before = {role: group_cpu(group) for role, group in pids.items()}
+    client_before = time.process_time()  # this process, all threads
     start = time.perf_counter()
     deadline = start + seconds
     threads = [
@@ -169,8 +189,12 @@ def run_level(url: str, workload: Workload, clients: int, seconds: float, max_re
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
-    client_cpu = time.process_time() - cpu_before
-    server_cpu_after = cpu_seconds(server_pid) if server_pid else None
+    client_cpu = time.process_time() - client_before
+    cpu_percent = {}
+    for role, group in pids.items():
+        after = group_cpu(group)
+        before = cpu_before[role]
+        cpu_percent[role] = round(100 * (after - before) / wall, 1) if after is not None and before is not None else None
     batches_after = batch_counters(url)
 
     latencies = np.array([x for t in tallies for x in t.latencies]) * 1000
@@ -202,9 +226,13 @@ def run_level(url: str, workload: Workload, clients: int, seconds: float, max_re
         "cache_hit_ratio": round(sum(t.cached for t in tallies) / ok, 3) if ok else None,
         "mean_batch_size": mean_batch,
         "client_cpu_percent": round(100 * client_cpu / wall, 1),
-        "server_cpu_percent": (round(100 * (server_cpu_after - server_cpu_before) / wall, 1)
-                               if server_cpu_before is not None and server_cpu_after is not None else None),
-        **(memory_mib(server_pid) if server_pid else {"server_peak_rss_mib": None, "server_rss_mib": None}),
+        # Percent of one core: the HTTP process, the model processes together, and their sum.
+        "http_cpu_percent": cpu_percent.get("http"),
+        "model_cpu_percent": cpu_percent.get("model"),
+        "server_cpu_percent": (round(cpu_percent["http"] + cpu_percent["model"], 1)
+                               if cpu_percent.get("http") is not None and cpu_percent.get("model") is not None
+                               else None),
+        **server_memory(pids),
     }
     if level["client_cpu_percent"] >= CLIENT_CPU_WARN:
         level["warning"] = (f"the client process used {level['client_cpu_percent']}% of a core: it may be the "
@@ -235,8 +263,11 @@ def main() -> int:
     ap.add_argument("--modes", nargs="+", choices=["cache", "nocache"], default=["cache", "nocache"])
     ap.add_argument("--warmup", type=int, default=30, help="warm-up requests per mode (default: %(default)s)")
     ap.add_argument("--quantize", choices=["int8"], default=None, help="passed to the server: int8 Linear layers")
-    ap.add_argument("--batch-wait-ms", type=float, default=None, help="passed to the server (its default: 2)")
-    ap.add_argument("--threads", type=int, default=1, help="the server's torch threads (default: %(default)s)")
+    ap.add_argument("--batch-wait-ms", type=float, default=None, help="passed to the server (its default: 0)")
+    ap.add_argument("--model-processes", type=int, default=1,
+                    help="passed to the server: copies of the model, each in a process (default: %(default)s)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads per model process of the server (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=0, help="seeds users and histories (default: %(default)s)")
     ap.add_argument("--results", type=Path, default=None,
                     help="where the JSON goes (default: bench/results/serve_load.json, serve_load_int8.json with int8)")
@@ -246,9 +277,12 @@ def main() -> int:
     if not (args.model / "histories.parquet").is_file() or not (args.model / "items.parquet").is_file():
         ap.error(f"{args.model} is not a promptrec model directory (no histories.parquet/items.parquet): run "
                  "`promptrec quickstart` to train the MovieLens-100K model, or pass --model DIR")
-    if args.url and (args.quantize or args.batch_wait_ms is not None):
-        ap.error("--quantize and --batch-wait-ms configure a server this script starts; not with --url")
-    results = args.results or ROOT / "bench" / "results" / f"serve_load{'_int8' if args.quantize else ''}.json"
+    if args.url and (args.quantize or args.batch_wait_ms is not None or args.model_processes != 1):
+        ap.error("--quantize, --batch-wait-ms and --model-processes configure a server this script starts; not with --url")
+    if args.model_processes < 1:
+        ap.error("--model-processes must be >= 1")
+    suffix = ("_int8" if args.quantize else "") + (f"_p{args.model_processes}" if args.model_processes > 1 else "")
+    results = args.results or ROOT / "bench" / "results" / f"serve_load{suffix}.json"
 
     machine = machine_info(("torch", "transformers", "fastapi", "uvicorn", "httpx"))
     users = sorted(pd.read_parquet(args.model / "histories.parquet", columns=["user_id"])["user_id"].unique())
@@ -261,18 +295,21 @@ def main() -> int:
         else:
             workdir = Path(tempfile.mkdtemp(prefix="promptrec_load_"))
             extra = (["--quantize", args.quantize] if args.quantize else []) + (
-                ["--batch-wait-ms", str(args.batch_wait_ms)] if args.batch_wait_ms is not None else [])
+                ["--batch-wait-ms", str(args.batch_wait_ms)] if args.batch_wait_ms is not None else []) + (
+                ["--model-processes", str(args.model_processes)])
             # /feedback is not used here: any key will do.
             server = Server(args.model, workdir / "feedback.db", secrets.token_urlsafe(16), workdir / "server.log",
                             args.threads, extra)
             server.wait_ready()
             url, server_pid = server.url, server.proc.pid
         info = httpx.get(f"{url}/info", timeout=10).json()
+        # The model runs in child processes of the server: their CPU and memory count too.
+        pids = {"http": [server_pid], "model": list(info.get("model_pids", []))} if server_pid else {}
         modes: dict[str, list[dict]] = {}
         for mode in args.modes:
             workload = Workload(users, items, mode)
             warm_up(url, workload, args.warmup, args.seed)
-            modes[mode] = [run_level(url, workload, c, args.seconds, args.requests, args.seed, server_pid)
+            modes[mode] = [run_level(url, workload, c, args.seconds, args.requests, args.seed, pids)
                            for c in args.clients]
             if server is not None and server.proc.poll() is not None:
                 raise RuntimeError(f"the server died during the {mode} run:\n{server.log_tail()}")
@@ -303,8 +340,9 @@ def main() -> int:
             "model": str(args.model),
             "model_version": info.get("model_version"),
             "quantize": info.get("quantize"),
-            "batch_wait_ms": args.batch_wait_ms,  # None: the server's default (2 ms for `promptrec serve`)
-            "torch_threads": args.threads if not args.url else None,
+            "batch_wait_ms": args.batch_wait_ms,  # None: the server's default (0 for `promptrec serve`)
+            "model_processes": len(info.get("model_pids", [])) or None,
+            "torch_threads_per_model_process": args.threads if not args.url else None,
         },
         "modes": modes,
         "seed": args.seed,

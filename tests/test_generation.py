@@ -4,7 +4,13 @@ import pytest
 import torch
 
 from promptrec.backbones import build_t5
-from promptrec.generation import ItemTrie, TrieConstraint, collect_beams
+from promptrec.generation import (
+    ItemTrie,
+    TrieConstraint,
+    collect_beams,
+    fixed_length_beam_search,
+    supports_fixed_length_search,
+)
 
 EOS = 1
 # 6 items with 2-token codes over tokens 10..13; vocabulary of 20 leaves many non-item tokens.
@@ -90,3 +96,57 @@ def test_fixed_length_codes_stop_without_eos():
     per = [[i for i, _ in row] for row in collect_beams(trie, out.sequences[:, 1:].tolist(), out.sequences_scores.tolist(), 4)]
     assert all(len(set(p)) == 4 for p in per) and 0 not in per[0] and 1 not in per[1]
     assert ItemTrie([[10], [11, 12]], EOS).code_length is None
+
+
+def hf_search(model, inputs, mask, trie, beams, excluded=None, allowed=None):
+    """The reference: transformers' beam search with the trie as a logits processor."""
+    out = model.generate(
+        input_ids=inputs, attention_mask=mask, num_beams=beams, num_return_sequences=beams,
+        max_new_tokens=trie.decode_steps, length_penalty=0.0, do_sample=False,
+        logits_processor=[TrieConstraint(trie, beams, excluded=excluded, allowed=allowed)],
+        return_dict_in_generate=True, output_scores=True,
+    )
+    return collect_beams(trie, out.sequences[:, 1:].tolist(), out.sequences_scores.tolist(), beams)
+
+
+# 3-token codes over tokens 10..15, sharing prefixes so that the trie branches at every level.
+CODES3 = [[10 + a, 12 + b, 13 + c] for a in range(3) for b in range(2) for c in range(3)][:16]
+
+
+@pytest.mark.parametrize("beams", [2, 5, 16])
+@pytest.mark.parametrize("case", ["plain", "excluded", "allowed"])
+def test_fixed_length_search_equals_transformers_beam_search(beams, case) -> None:
+    """Same items, same order, same scores as generate(), with padded prompts of several lengths
+    (the padding mask must reach the cross-attention of the shared encoder states)."""
+    trie = ItemTrie(CODES3, EOS)
+    torch.manual_seed(0)
+    model = build_t5(20, "tiny", pad_token_id=0, eos_token_id=EOS).eval()
+    inputs = torch.randint(3, 20, (4, 9))
+    mask = torch.ones_like(inputs)
+    for row, length in enumerate([9, 4, 6, 2]):  # right padding, as the tokenizer pads
+        inputs[row, length:] = 0
+        mask[row, length:] = 0
+    excluded = [[0, 5], [], [15, 3, 7], [1]] if case != "plain" else None
+    allowed = [[0, 2, 5, 9], [4, 6], [1, 3, 7, 8, 15], [1, 11]] if case == "allowed" else None
+    enc = {"input_ids": inputs, "attention_mask": mask}
+    fast = fixed_length_beam_search(model, enc, trie, beams, excluded, allowed)
+    reference = hf_search(model, inputs, mask, trie, beams, excluded, allowed)
+    for got, want in zip(fast, reference):
+        assert [i for i, _ in got] == [i for i, _ in want]
+        assert [s for _, s in got] == pytest.approx([s for _, s in want], abs=1e-4)
+    for b, row in enumerate(fast):
+        got = [i for i, _ in row]
+        available = set(allowed[b] if allowed else range(len(CODES3))) - set(excluded[b] if excluded else ())
+        # Distinct available items, as many as the beams or, when fewer are left, all of them.
+        assert len(got) == len(set(got)) == min(beams, len(available)) and set(got) <= available
+
+
+def test_fixed_length_search_fails_loudly_and_leaves_the_model_as_it_was() -> None:
+    trie = ItemTrie(CODES3, EOS)
+    model = build_t5(20, "tiny", pad_token_id=0, eos_token_id=EOS).eval()
+    enc = {"input_ids": torch.randint(3, 20, (2, 5)), "attention_mask": torch.ones(2, 5, dtype=torch.long)}
+    with pytest.raises(ValueError, match="no catalogue item is available for example 1"):
+        fixed_length_beam_search(model, enc, trie, 2, excluded=[[], list(range(16))])
+    fixed_length_beam_search(model, enc, trie, 2)
+    assert {m.config._attn_implementation for m in model.modules() if hasattr(m, "config")} == {"sdpa"}
+    assert supports_fixed_length_search(model, trie) and not supports_fixed_length_search(model, ItemTrie([[10], [11, 12]], EOS))

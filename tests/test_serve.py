@@ -319,6 +319,7 @@ def test_acknowledged_events_survive_sigkill(model_dirs, tmp_path) -> None:
                         acknowledged.add(eid)
                     n += 1
 
+        model_pids = httpx.get(f"{served.url}/info").json()["model_pids"]
         workers = [threading.Thread(target=post, args=(w,)) for w in range(3)]
         for w in workers:
             w.start()
@@ -327,9 +328,56 @@ def test_acknowledged_events_survive_sigkill(model_dirs, tmp_path) -> None:
         stop.set()
         for w in workers:
             w.join()
+        # The model process notices that its server is gone and exits: nothing is left behind.
+        deadline = time.monotonic() + 30
+        while any(alive(pid) for pid in model_pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(alive(pid) for pid in model_pids)
     with FeedbackStore(db) as store:
         assert len(acknowledged) > 20
         assert store.has(sorted(acknowledged)) == acknowledged
+
+
+def alive(pid: int) -> bool:
+    """A process that exists and is not a zombie waiting for its (dead) parent to reap it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_two_model_processes_answer_side_by_side(model_dirs, tmp_path) -> None:
+    """With --model-processes 2, concurrent requests are answered by both copies, and the answers
+    are the ones a single process gives."""
+    single = Served(model_dirs[1], tmp_path / "one.db")
+    try:
+        with httpx.Client(base_url=single.url, timeout=30) as c:
+            expected = {u: items(c.post("/recommend", json={"user_id": u, "k": 5})) for u in ("user0", "user1", "user2")}
+    finally:
+        single.stop()
+    served = Served(model_dirs[1], tmp_path / "two.db", "--model-processes", "2")
+    try:
+        info = httpx.get(f"{served.url}/info").json()
+        assert len(set(info["model_pids"])) == 2
+        answers: dict[str, list[list[str]]] = {u: [] for u in expected}
+
+        def ask(user: str) -> None:
+            with httpx.Client(base_url=served.url, timeout=30) as c:
+                for n in range(5):  # a fresh explicit history each time: no cached answers
+                    body = {"user_id": user, "k": 5, "history": [f"item{(n + i) % 30}" for i in range(5)]}
+                    assert c.post("/recommend", json=body).status_code == 200
+                answers[user].append(items(c.post("/recommend", json={"user_id": user, "k": 5})))
+
+        threads = [threading.Thread(target=ask, args=(u,)) for u in expected for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(answer == expected[u] for u, got in answers.items() for answer in got)
+        assert httpx.get(f"{served.url}/info").json()["batches"] >= 2
+    finally:
+        served.stop()
+        assert not any(alive(pid) for pid in info["model_pids"])
 
 
 def test_fuzzing_the_openapi_schema_finds_no_server_error(server) -> None:

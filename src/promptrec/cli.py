@@ -163,12 +163,19 @@ def serve(
     ] = None,
     quantize: Annotated[Optional[str], typer.Option(help="int8: dynamic int8 Linear layers (CPU)")] = None,
     max_k: Annotated[int, typer.Option(help="largest k a request may ask")] = 100,
-    batch_wait_ms: Annotated[float, typer.Option(help="how long a request waits for others to batch with")] = 2.0,
-    threads: Annotated[Optional[int], typer.Option(help="torch threads (default: torch's)")] = None,
+    batch_wait_ms: Annotated[
+        float, typer.Option(help="how long a batch waits for more requests once the model is free (0: not at all)")
+    ] = 0.0,
+    model_processes: Annotated[
+        int, typer.Option(help="copies of the model, each in its own process; batches run side by side")
+    ] = 1,
+    threads: Annotated[
+        Optional[int], typer.Option(help="torch threads per model process (default: torch's)")
+    ] = None,
 ) -> None:
     """Serve MODEL over HTTP (OpenAPI docs at /docs): recommendations that follow each user's
     feedback at once, a durable feedback store, and model swaps without downtime (POST
-    /admin/reload or SIGHUP)."""
+    /admin/reload or SIGHUP). The model runs in a child process beside the HTTP server."""
     import secrets
     import sys
 
@@ -181,16 +188,12 @@ def serve(
         raise typer.BadParameter(f"{model} is not a promptrec model directory (no promptrec_config.json)")
     if quantize not in (None, "int8"):
         raise typer.BadParameter(f"--quantize must be int8, got {quantize!r}")
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
     if not api_key:
         api_key = secrets.token_urlsafe(24)
         print(f"no --api-key or PROMPTREC_API_KEY: write and admin requests need X-API-Key: {api_key}", file=sys.stderr)
     settings = ServeSettings(
         model_dir=model, database=database, api_key=api_key, quantize=quantize, max_k=max_k,
-        batch_wait_ms=batch_wait_ms,
+        batch_wait_ms=batch_wait_ms, model_processes=model_processes, threads=threads,
     )
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
 

@@ -1,10 +1,23 @@
-"""Trie-constrained decoding over the catalogue, through transformers' generation hooks.
+"""Trie-constrained decoding over the catalogue.
 
 The trie is built once per catalogue from the item indexer's codes (each code followed by EOS).
-:class:`TrieConstraint` is a ``LogitsProcessor``: at each step it leaves only the tokens that
-continue some *available* item — one that is in the catalogue, not in the user's history, and,
-for candidate-list tasks, in the list. Beam search therefore returns distinct, valid items, and a
-user's history can never come out. A prefix with nothing available fails loudly.
+At each step only the tokens that continue some *available* item may be chosen — one that is in
+the catalogue, not in the user's history, and, for candidate-list tasks, in the list. Beam search
+therefore returns distinct, valid items, and a user's history can never come out. A prefix with
+nothing available fails loudly.
+
+Two implementations of the same search:
+
+- :class:`TrieConstraint`, a ``LogitsProcessor`` for transformers' ``generate``: it works for any
+  backbone and any code shape (codes of different lengths end with EOS);
+- :func:`fixed_length_beam_search`, for encoder-decoder backbones and equal-length codes (every
+  shipped indexer but the plain-number ones): the same beams and scores, without ``generate``'s
+  general machinery. The first step runs on one row per prompt instead of one per beam, the
+  constraint is applied to all rows with a few tensor operations instead of a Python loop, and
+  the beams of a prompt share its encoder states and cross-attention cache instead of each
+  holding a copy (see :func:`shared_encoder_attention`). On the 2-core CPU that more than halves
+  the time of a small model's search, which is what serving latency and evaluation time are
+  made of.
 """
 
 from __future__ import annotations
@@ -13,7 +26,9 @@ from collections import Counter
 from typing import Sequence
 
 import torch
-from transformers import LogitsProcessor
+from transformers import AttentionInterface, AttentionMaskInterface, LogitsProcessor
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import sdpa_mask
 
 NEG_INF = float("-inf")
 # Beam search marks beams that could only take masked tokens with a huge negative score (-inf or,
@@ -93,6 +108,13 @@ class ItemTrie:
         return Counter(n for i in items for n in (0, *self.paths[i]))
 
 
+def _nothing_available(b: int) -> ValueError:
+    return ValueError(
+        f"constrained decoding: no catalogue item is available for example {b} "
+        "(every item is excluded or the candidate list is empty)"
+    )
+
+
 class TrieConstraint(LogitsProcessor):
     """Mask every token that does not continue an available catalogue item.
 
@@ -125,10 +147,7 @@ class TrieConstraint(LogitsProcessor):
             n = 0
         for b in range(n):
             if self._available(b, 0) <= 0:
-                raise ValueError(
-                    f"constrained decoding: no catalogue item is available for example {b} "
-                    "(every item is excluded or the candidate list is empty)"
-                )
+                raise _nothing_available(b)
 
     def _available(self, b: int, node: int) -> int:
         if self.pools is not None:
@@ -190,3 +209,201 @@ def collect_beams(
             row.append((idx, scores[j]))
         out.append(row)
     return out
+
+
+class TrieTables:
+    """An :class:`ItemTrie` with equal-length codes as flat tensors, for looking up many nodes
+    in one operation.
+
+    Children are stored node by node, sorted by token (compressed sparse rows): node ``n``'s
+    children are entries ``start[n] : start[n] + count[n]``, each with its ``token`` and ``child``
+    node. ``key = node * stride + token`` is then sorted, so the child a beam moves to is one
+    ``searchsorted`` away.
+    """
+
+    def __init__(self, trie: ItemTrie) -> None:
+        if trie.code_length is None:
+            raise ValueError("TrieTables needs codes of one length")
+        self.length = trie.code_length
+        starts, counts, tokens, children, parents = [], [], [], [], []
+        for node, kids in enumerate(trie.children):
+            starts.append(len(tokens))
+            counts.append(len(kids))
+            for tok in sorted(kids):
+                tokens.append(tok)
+                children.append(kids[tok])
+                parents.append(node)
+        self.start = torch.tensor(starts)
+        self.count = torch.tensor(counts)
+        self.token = torch.tensor(tokens)
+        self.child = torch.tensor(children)
+        self.stride = max(tokens) + 1
+        self.key = torch.tensor(parents) * self.stride + self.token
+        self.size = torch.tensor(trie.size, dtype=torch.int32)
+        # Nodes from depth 1 to the code's last token (the EOS leaf is never decoded).
+        self.paths = torch.tensor([p[: self.length] for p in trie.paths])
+        self.item_at = torch.full((len(trie.children),), -1)
+        self.item_at[self.paths[:, -1]] = torch.arange(len(trie.paths))
+
+    def counts_under(self, items: Sequence[Sequence[int]]) -> torch.Tensor:
+        """(examples, nodes): how many of each example's items lie under each node (root included)."""
+        out = torch.zeros(len(items), len(self.start), dtype=torch.int32)
+        rows = [b for b, its in enumerate(items) for _ in its]
+        flat = [i for its in items for i in its]
+        if flat:
+            nodes = self.paths[torch.tensor(flat)]
+            examples = torch.tensor(rows)[:, None].expand_as(nodes)
+            out.index_put_((examples.reshape(-1), nodes.reshape(-1)), torch.ones(nodes.numel(), dtype=torch.int32), accumulate=True)
+            out[:, 0] = torch.tensor([len(its) for its in items], dtype=torch.int32)
+        return out
+
+    def next_nodes(self, nodes: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """The child of each node along each token; -1 where there is none (or the node is -1)."""
+        key = nodes.clamp(min=0) * self.stride + tokens
+        pos = torch.searchsorted(self.key, key).clamp(max=len(self.key) - 1)
+        found = (self.key[pos] == key) & (nodes >= 0)
+        return torch.where(found, self.child[pos], -1)
+
+    def mask(self, nodes: torch.Tensor, available: torch.Tensor, example: torch.Tensor, vocab: int) -> torch.Tensor:
+        """(rows, vocab) additive mask: 0 for tokens that lead to an available item, else -inf.
+
+        nodes: each row's trie node (-1: a padding beam, everything masked); available:
+        (examples, nodes) items still available under each node; example: each row's example.
+        """
+        alive = nodes >= 0
+        n = nodes.clamp(min=0)
+        count = torch.where(alive, self.count[n], 0)
+        row = torch.repeat_interleave(torch.arange(len(nodes)), count)
+        # Entry index of every (row, child) pair: the row's first entry plus the child's rank.
+        before = torch.repeat_interleave(torch.cumsum(count, 0) - count, count)
+        entry = torch.repeat_interleave(self.start[n], count) + torch.arange(len(row)) - before
+        ok = available[example[row], self.child[entry]] > 0
+        out = torch.full((len(nodes), vocab), NEG_INF)
+        out[row[ok], self.token[entry[ok]]] = 0.0
+        return out
+
+
+def trie_tables(trie: ItemTrie) -> TrieTables:
+    """The trie's tensor tables, built on first use and kept with the trie."""
+    tables = getattr(trie, "_tables", None)
+    if tables is None:
+        tables = trie._tables = TrieTables(trie)
+    return tables
+
+
+SHARED_ENCODER_ATTENTION = "promptrec_shared_encoder_sdpa"
+
+
+def shared_encoder_attention(module, query, key, value, attention_mask, **kwargs):
+    """SDPA attention that lets the rows of a beam search share one copy of their prompt's keys.
+
+    In cross-attention after the first step, ``query`` has one row per beam (prompts x beams)
+    while ``key``/``value`` keep one row per prompt: the beams of a prompt are folded into its
+    query positions, so no key is ever copied per beam. Any other call is plain SDPA.
+    """
+    prompts, rows = key.shape[0], query.shape[0]
+    if rows == prompts:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    beams, heads, length, dim = rows // prompts, query.shape[1], query.shape[2], query.shape[3]
+    folded = query.view(prompts, beams, heads, length, dim).transpose(1, 2).reshape(prompts, heads, beams * length, dim)
+
+    def fold(mask):  # (prompts or 1, heads or 1, length, keys): the same mask for every beam
+        return mask if mask is None or mask.shape[-2] == 1 else mask.repeat(1, 1, beams, 1)
+
+    if "position_bias" in kwargs:
+        kwargs["position_bias"] = fold(kwargs["position_bias"])
+    # Folded beams are not a sequence: nothing causal between them (left to itself, SDPA would
+    # take several query positions and no padding mask for a causal self-attention).
+    kwargs["is_causal"] = False
+    out, weights = sdpa_attention_forward(module, folded, key, value, fold(attention_mask), **kwargs)
+    # out: (prompts, beams * length, heads, dim) -> (prompts * beams, length, heads, dim)
+    return out.reshape(rows, length, heads, dim), weights
+
+
+AttentionInterface.register(SHARED_ENCODER_ATTENTION, shared_encoder_attention)
+# Masks in SDPA's format: the padding mask of the prompts keeps one row per prompt.
+AttentionMaskInterface.register(SHARED_ENCODER_ATTENTION, sdpa_mask)
+
+
+def supports_fixed_length_search(model, trie: ItemTrie) -> bool:
+    return trie.code_length is not None and bool(getattr(model.config, "is_encoder_decoder", False))
+
+
+@torch.no_grad()
+def fixed_length_beam_search(
+    model,
+    encoded: dict[str, torch.Tensor],
+    trie: ItemTrie,
+    num_beams: int,
+    excluded: Sequence[Sequence[int]] | None = None,
+    allowed: Sequence[Sequence[int]] | None = None,
+) -> list[list[tuple[int, float]]]:
+    """Trie-constrained beam search of an encoder-decoder over equal-length codes.
+
+    Per example, up to ``num_beams`` (item index, score) pairs, best first; the score is the sum
+    of the code tokens' log-probabilities (as ``generate`` with ``length_penalty=0`` reports it).
+    Fewer pairs come back only when fewer items are available.
+    """
+    tables = trie_tables(trie)
+    device = encoded["input_ids"].device
+    batch = encoded["input_ids"].shape[0]
+    if allowed is not None:
+        ex = excluded if excluded is not None else [()] * len(allowed)
+        available = tables.counts_under([sorted(set(a) - set(e)) for a, e in zip(allowed, ex)])
+    else:
+        available = tables.size.expand(batch, -1)
+        if excluded is not None:
+            available = available - tables.counts_under([sorted(set(e)) for e in excluded])
+    for b in torch.nonzero(available[:, 0] <= 0).flatten().tolist():
+        raise _nothing_available(b)
+
+    hidden = model.get_encoder()(**encoded).last_hidden_state
+    attention = encoded["attention_mask"]
+    # With SDPA attention (the default), beams read their prompt's encoder states in place; any
+    # other attention implementation gets one copy per beam.
+    config = model.config
+    # The encoder and decoder stacks hold their own copies of the config.
+    configs = list({id(m.config): m.config for m in model.modules() if hasattr(m, "config")}.values())
+    shared = all(c._attn_implementation == "sdpa" for c in configs)
+    nodes = torch.zeros(batch, dtype=torch.long)  # every row starts at the root
+    example = torch.arange(batch)
+    score = torch.zeros(batch, device=device)
+    last = torch.full((batch, 1), config.decoder_start_token_id, device=device)
+    cache = None
+    width = 1  # rows per example: one before the first step, num_beams after
+    try:
+        if shared:
+            for c in configs:
+                c._attn_implementation = SHARED_ENCODER_ATTENTION
+        for step in range(tables.length):
+            out = model(
+                encoder_outputs=(hidden,), attention_mask=attention, decoder_input_ids=last,
+                past_key_values=cache, use_cache=True,
+            )
+            logits = out.logits[:, -1].float()
+            vocab = logits.shape[-1]
+            mask = tables.mask(nodes, available, example, vocab).to(device)
+            total = (score[:, None] + logits.log_softmax(-1) + mask).view(batch, width * vocab)
+            top, index = total.topk(min(num_beams, width * vocab), dim=-1)
+            source = (index // vocab + torch.arange(batch, device=device)[:, None] * width).flatten()
+            tokens = (index % vocab).flatten()
+            score = top.flatten()
+            nodes = tables.next_nodes(nodes[source.cpu()], tokens.cpu())
+            nodes[~torch.isfinite(score).cpu()] = -1  # padding beam: fewer items than beams
+            example = example[source.cpu()]
+            cache = out.past_key_values
+            if step == 0 and not shared:
+                # One row per prompt becomes one per beam, copies of the encoder side included.
+                cache.reorder_cache(source)
+                hidden, attention = hidden[source], attention[source]
+            else:
+                cache.self_attention_cache.reorder_cache(source)
+            width = top.shape[1]
+            last = tokens[:, None]
+    finally:
+        if shared:
+            for c in configs:
+                c._attn_implementation = "sdpa"
+    items = tables.item_at[nodes].view(batch, width).tolist()
+    scores = score.view(batch, width).tolist()
+    return [[(i, s) for i, s in zip(ir, sr) if i >= 0] for ir, sr in zip(items, scores)]

@@ -23,7 +23,7 @@ from .backbones import BACKBONES
 from .config import RunConfig
 from .data import Split
 from .data.split import group_sequences
-from .generation import ItemTrie, TrieConstraint, collect_beams
+from .generation import ItemTrie, TrieConstraint, collect_beams, fixed_length_beam_search, supports_fixed_length_search
 from .indexing import ItemIndexer, build_indexer
 from .prompts import TemplateSet
 from .recommender import RECOMMENDERS, Recommender, check_k, check_stage
@@ -189,19 +189,15 @@ class P5Recommender(Recommender):
         # and keep the best.
         beams = max(k, 2)
         enc = self._encode(prompts)
-        processors = []
-        if constrained:
-            to_idx = lambda items: [self.item_pos[i] for i in items if i in self.item_pos]  # noqa: E731
-            processors.append(
-                TrieConstraint(
-                    self.trie,
-                    num_beams=beams,
-                    excluded=[to_idx(e) for e in excluded] if excluded is not None else None,
-                    allowed=[to_idx(a) for a in allowed] if allowed is not None else None,
-                )
-            )
+        to_idx = lambda items: [self.item_pos[i] for i in items if i in self.item_pos]
+        excluded_idx = [to_idx(e) for e in excluded] if excluded is not None else None
+        allowed_idx = [to_idx(a) for a in allowed] if allowed is not None else None
         bf16 = self.config.eval.precision == "bf16"
         with torch.autocast(self.model.device.type, dtype=torch.bfloat16, enabled=bf16):
+            if constrained and supports_fixed_length_search(self.model, self.trie):
+                rows = fixed_length_beam_search(self.model, enc, self.trie, beams, excluded_idx, allowed_idx)
+                return [[(self.catalogue[i], s) for i, s in row[:k]] for row in rows]
+            processors = [TrieConstraint(self.trie, beams, excluded_idx, allowed_idx)] if constrained else []
             out = self.model.generate(
                 **enc,
                 num_beams=beams,

@@ -23,6 +23,7 @@ new model changes the key, so a cached answer is never stale.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hmac
 import logging
 import signal
@@ -34,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import APIKeyHeader
@@ -42,8 +43,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from .batching import MicroBatcher
-from .engine import LIKE_THRESHOLD, Answer, Engine, Query
+from .engine import LIKE_THRESHOLD, Answer
 from .store import FeedbackEvent, FeedbackStore
+from .worker import Job, ModelLoadError, ModelPool
 
 log = logging.getLogger("promptrec.serve")
 
@@ -70,7 +72,10 @@ class ServeSettings(BaseModel):
     history_events: int = Field(500, ge=1)  # newest feedback events read per user
     like_threshold: float = LIKE_THRESHOLD  # ratings below it demote the item
     batch_size: int = Field(32, ge=1)
-    batch_wait_ms: float = Field(2.0, ge=0)
+    # 0: a batch takes what queued while the model was busy, and waits for nothing more.
+    batch_wait_ms: float = Field(0.0, ge=0)
+    model_processes: int = Field(1, ge=1, le=64)  # copies of the model, each in a process of its own
+    threads: int | None = Field(None, ge=1)  # torch threads per model process; None: torch's default
     cache_size: int = Field(10_000, ge=0)
 
     def database_url(self) -> str:
@@ -155,25 +160,15 @@ class ReloadResponse(BaseModel):
 
 
 # -- server state ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Job:
-    """One /recommend request as the model thread sees it."""
-
-    user_id: str
-    events: list
-    explicit: list[str] | None
-    k: int
-    exclude_seen: bool
-    candidates: tuple[str, ...] | None
-
-
 class Server:
     def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
-        self.engine: Engine | None = None
+        self.engine: ModelPool | None = None
         self.store: FeedbackStore | None = None
         self.cache: OrderedDict[tuple, Answer] = OrderedDict()
-        self.batcher = MicroBatcher(self._answer, settings.batch_size, settings.batch_wait_ms / 1000)
+        self.batcher = MicroBatcher(
+            self._answer, settings.batch_size, settings.batch_wait_ms / 1000, workers=settings.model_processes
+        )
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "promptrec_requests", "HTTP requests", ["method", "path", "status"], registry=self.registry
@@ -191,26 +186,24 @@ class Server:
         self._reload_lock = asyncio.Lock()
 
     def _answer(self, jobs: Sequence[Job]) -> list[Answer]:
-        engine = self.engine  # one engine for the whole batch, even if a swap happens meanwhile
+        engine = self.engine  # one model for the whole batch, even if a swap happens meanwhile
         assert engine is not None
         self.batch_sizes.observe(len(jobs))
-        queries = []
-        for job in jobs:
-            state = engine.user_state(job.user_id, job.events, job.explicit)
-            candidates = job.candidates
-            if candidates is not None:  # a swap may have dropped items validated before it
-                candidates = tuple(c for c in candidates if c in engine.catalogue)
-            queries.append(Query(job.user_id, state, job.k, job.exclude_seen, candidates))
-        return engine.answer(queries)
+        return engine.answer(jobs)
 
     async def reload(self, model_dir: str | Path | None) -> ReloadResponse:
         async with self._reload_lock:
             old = self.engine
             directory = Path(model_dir) if model_dir else (old.model_dir if old else self.settings.model_dir)
             new = await run_in_threadpool(
-                Engine, directory, self.settings.quantize, self.settings.like_threshold
+                ModelPool, directory, self.settings.quantize, self.settings.like_threshold, self.settings.threads,
+                self.settings.model_processes,
             )
             self.engine = new  # one reference assignment: the swap is atomic
+            if old is not None:
+                # The old process finishes the call in flight (its batch was taken before the
+                # swap), then stops.
+                asyncio.get_running_loop().run_in_executor(None, old.close)
             self.reloads.inc()
             log.info("serving %s (version %s) after %s", directory, new.version, old.version if old else None)
             return ReloadResponse(
@@ -277,6 +270,40 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+class Metrics:
+    """Request count and latency per route and status, as a plain ASGI middleware.
+
+    Not ``@app.middleware("http")``: Starlette's ``BaseHTTPMiddleware`` runs every response through
+    an extra task and stream, which cost more event-loop time than a small model's answer.
+    """
+
+    def __init__(self, app: Any, server: Server) -> None:
+        self.app = app
+        self.server = server
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        status = 500  # what the client sees if the app fails before starting a response
+
+        async def send_status(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            # The router records the matched route in the scope; unmatched paths share one label
+            # so that scanning clients cannot create unbounded metric series.
+            path = getattr(scope.get("route"), "path", "unmatched")
+            method = scope["method"]
+            self.server.latency.labels(method, path).observe(time.perf_counter() - start)
+            self.server.requests.labels(method, path, str(status)).inc()
+
+
 def create_app(settings: ServeSettings) -> FastAPI:
     server = Server(settings)
 
@@ -288,6 +315,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         server.store = await run_in_threadpool(FeedbackStore, settings.database_url())
         await server.reload(settings.model_dir)
         server.batcher.start()
+        gc.freeze()  # what startup loaded lives as long as the server: out of the collector's way
         loop = asyncio.get_running_loop()
         try:  # SIGHUP reloads the served directory (e.g. after it was replaced)
             loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(_reload_logged(None)))
@@ -295,6 +323,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
             pass
         yield
         await server.batcher.stop()
+        if server.engine is not None:
+            await run_in_threadpool(server.engine.close)
         server.store.close()
 
     async def _reload_logged(directory: str | None) -> None:
@@ -310,24 +340,15 @@ def create_app(settings: ServeSettings) -> FastAPI:
     )
     app.state.server = server
 
-    @app.middleware("http")
-    async def metrics(request: Request, call_next: Any) -> Any:
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        server.latency.labels(request.method, path).observe(time.perf_counter() - start)
-        server.requests.labels(request.method, path, str(response.status_code)).inc()
-        return response
-
+    app.add_middleware(Metrics, server=server)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
 
-    def engine() -> Engine:
+    def engine() -> ModelPool:
         if server.engine is None:
             raise HTTPException(503, "no model loaded yet")
         return server.engine
 
-    def unknown_items(eng: Engine, items: Sequence[str], what: str) -> None:
+    def unknown_items(eng: ModelPool, items: Sequence[str], what: str) -> None:
         missing = [i for i in dict.fromkeys(items) if i not in eng.catalogue]
         if missing:
             shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
@@ -374,7 +395,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
             ignored_history=ignored,
         )
 
-    async def pairs_for(body: PairsRequest, family: str) -> tuple[Engine, list[tuple[str, str]]]:
+    async def pairs_for(body: PairsRequest, family: str) -> tuple[ModelPool, list[tuple[str, str]]]:
         eng = engine()
         if family not in eng.families:
             raise HTTPException(409, f"this model was not trained on the {family} family")
@@ -390,9 +411,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
         eng, pairs = await pairs_for(body, "yesno")
 
         def run() -> list[float]:
-            histories = {u: eng.user_state(u, server.store.user_events(u, settings.history_events)).history
-                         for u in dict.fromkeys(u for u, _ in pairs)}
-            return eng.score([(u, i, histories[u]) for u, i in pairs])
+            events = {u: server.store.user_events(u, settings.history_events) for u in dict.fromkeys(u for u, _ in pairs)}
+            return eng.score(pairs, events)
 
         values = await run_in_threadpool(run)
         return PairsResponse(
@@ -426,7 +446,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
             raise HTTPException(422, f"{directory[:200]} is not a promptrec model directory (no promptrec_config.json)")
         try:
             return await server.reload(directory)
-        except (OSError, ValueError, KeyError) as err:
+        except ModelLoadError as err:
             raise HTTPException(422, f"could not load {directory}: {err}; the previous model keeps serving") from err
 
     @app.get("/health")
@@ -436,8 +456,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
     @app.get("/ready")
     async def ready() -> JSONResponse:
         ok_store = server.store is not None and await run_in_threadpool(server.store.ping)
-        ok = server.engine is not None and ok_store
-        body = {"status": "ready" if ok else "not ready", "model": server.engine is not None, "store": ok_store}
+        ok_model = server.engine is not None and server.engine.alive()
+        ok = ok_model and ok_store
+        body = {"status": "ready" if ok else "not ready", "model": ok_model, "store": ok_store}
         return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/info")
@@ -449,6 +470,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
             "items": len(eng.catalogue),
             "families": sorted(eng.families),
             "quantize": eng.quantize,
+            "model_pids": eng.pids,
             "store": server.store.url if server.store else None,
             "batches": server.batcher.batches,
             "batched_requests": server.batcher.items,

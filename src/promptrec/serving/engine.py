@@ -20,11 +20,15 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from ..model import P5Recommender
 from .store import StoredEvent
+
+if TYPE_CHECKING:
+    import torch
+
+# torch and the model are imported where an Engine is built and used: the HTTP process, which
+# only exchanges these dataclasses with the model process, never loads them.
 
 POSITIVE = ("click", "purchase")
 LIKE_THRESHOLD = 3.0  # a rating at or above it is positive feedback, below it demotes the item
@@ -73,6 +77,7 @@ def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
     batch on the fly): CPU only, no calibration data needed."""
     import warnings
 
+    import torch
     from torch.ao.quantization import quantize_dynamic
 
     with warnings.catch_warnings():
@@ -95,6 +100,8 @@ class Engine:
     def __init__(
         self, model_dir: str | Path, quantize: str | None = None, like_threshold: float = LIKE_THRESHOLD
     ) -> None:
+        from ..model import P5Recommender
+
         directory = Path(model_dir)
         started = time.perf_counter()
         self.rec = P5Recommender.from_pretrained(directory, device="cpu")
@@ -157,6 +164,8 @@ class Engine:
     def answer(self, queries: Sequence[Query]) -> list[Answer]:
         """Answers for many queries at once; model queries with the same beam count share one
         beam search (the micro-batch)."""
+        import torch
+
         answers: list[Answer | None] = [None] * len(queries)
         groups: dict[tuple[int, bool], list[int]] = {}
         for n, q in enumerate(queries):
@@ -199,11 +208,15 @@ class Engine:
 
     def score(self, pairs: Sequence[tuple[str, str, list[str]]]) -> list[float]:
         """P(yes) of the yes/no family for (user, item, history) triples."""
+        import torch
+
         users, items, histories = zip(*pairs) if pairs else ((), (), ())
         with torch.inference_mode():
             return self.rec.score(list(users), list(items), histories=list(histories)).tolist()
 
     def rate(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        import torch
+
         users, items = zip(*pairs) if pairs else ((), ())
         with torch.inference_mode():
             return self.rec.predict_rating(list(users), list(items)).tolist()

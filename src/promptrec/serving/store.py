@@ -162,9 +162,12 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
 
 def _on_sqlite_begin(connection: sa.Connection) -> None:
     # Writers take the write lock up front: a deferred transaction that reads and then writes can
-    # fail at once with SQLITE_BUSY instead of waiting out busy_timeout.
-    immediate = connection.get_execution_options().get("promptrec_write", False)
-    connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    # fail at once with SQLITE_BUSY instead of waiting out busy_timeout. A single SELECT needs no
+    # BEGIN: SQLite runs it in a consistent snapshot of its own.
+    options = connection.get_execution_options()
+    if options.get("promptrec_single_read", False):
+        return
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if options.get("promptrec_write", False) else "BEGIN")
 
 
 class FeedbackStore:
@@ -179,13 +182,23 @@ class FeedbackStore:
         if backend == "postgresql" and "connect_timeout" not in self._url.query:
             connect_args["connect_timeout"] = 10  # fail a readiness probe, do not hang it
         try:
-            self._engine = sa.create_engine(self._url, pool_pre_ping=True, connect_args=connect_args)
+            # A database server can drop pooled connections; an SQLite file cannot, and a ping
+            # per read would only add a round trip to every request.
+            self._engine = sa.create_engine(self._url, pool_pre_ping=backend == "postgresql", connect_args=connect_args)
         except Exception as exc:
             raise FeedbackStoreError(f"cannot use feedback store URL {self.url}: {exc}") from exc
         if backend == "sqlite":
             sa.event.listen(self._engine, "connect", _on_sqlite_connect)
             sa.event.listen(self._engine, "begin", _on_sqlite_begin)
         self._insert = (sqlite.insert if backend == "sqlite" else postgresql.insert)(feedback_events)
+        t = feedback_events.c
+        newest_first = (
+            sa.select(*(t[c] for c in COLUMNS))
+            .where(t.user_id == sa.bindparam("user_id"))
+            .order_by(t.timestamp.desc(), t.seq.desc())
+        )
+        self._user_events = newest_first
+        self._user_events_limited = newest_first.limit(sa.bindparam("limit", type_=sa.Integer))
         try:
             self._migrate()
         except (sa.exc.SQLAlchemyError, CommandError) as exc:
@@ -238,11 +251,10 @@ class FeedbackStore:
         """The user's events, oldest first by (timestamp, seq); ``limit`` keeps the newest ones."""
         if limit is not None and limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit}")
-        t = feedback_events.c
-        query = sa.select(*(t[c] for c in COLUMNS)).where(t.user_id == user_id)
-        query = query.order_by(t.timestamp.desc(), t.seq.desc()).limit(limit)
-        with self._engine.connect() as conn:
-            rows = conn.execute(query).all()
+        # Runs for every /recommend: the statement is built once, and SQLite skips its BEGIN.
+        query = self._user_events if limit is None else self._user_events_limited
+        with self._engine.connect().execution_options(promptrec_single_read=True) as conn:
+            rows = conn.execute(query, {"user_id": user_id, "limit": limit}).all()
         return [StoredEvent(*row) for row in reversed(rows)]
 
     def events_since(self, since: float | None = None, until: float | None = None) -> pd.DataFrame:
