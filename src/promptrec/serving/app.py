@@ -10,14 +10,16 @@ uvicorn. Endpoints (OpenAPI at ``/docs``):
   was trained on that family, else 409.
 - ``POST /feedback`` (API key): events, acknowledged only after the store committed them; event
   ids make retries idempotent.
-- ``POST /admin/reload`` (API key) or SIGHUP: load a model directory beside the running one, then
-  swap. Requests in flight finish on the old model and new ones start on the new one, so none
-  fails during the swap; a directory that does not load leaves the old model serving.
+- ``POST /admin/reload`` (API key) or SIGHUP: load a model directory in new model processes beside
+  the running ones, then swap. Requests in flight finish on the old model and new ones start on
+  the new one, so none fails during the swap; a directory that does not load leaves the old model
+  serving.
 - ``GET /health`` (the process answers), ``GET /ready`` (model loaded and store reachable),
   ``GET /metrics`` (Prometheus: request counts, latency histogram, batch sizes), ``GET /info``.
 
 Answers are cached per (model version, user, newest event of the user, request): feedback or a
-new model changes the key, so a cached answer is never stale.
+new model changes the key, so a cached answer is never stale. The model itself runs in child
+processes (:mod:`promptrec.serving.worker`); this process never imports torch.
 """
 
 from __future__ import annotations
