@@ -23,6 +23,7 @@ Two implementations of the same search:
 from __future__ import annotations
 
 from collections import Counter
+from functools import cached_property
 from typing import Sequence
 
 import torch
@@ -72,6 +73,11 @@ class ItemTrie:
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    @cached_property
+    def tables(self) -> TrieTables:
+        """The trie as flat tensors (equal-length codes only), built on first use."""
+        return TrieTables(self)
 
     def walk(self, tokens: Sequence[int]) -> int | None:
         node = 0
@@ -283,14 +289,6 @@ class TrieTables:
         return out
 
 
-def trie_tables(trie: ItemTrie) -> TrieTables:
-    """The trie's tensor tables, built on first use and kept with the trie."""
-    tables = getattr(trie, "_tables", None)
-    if tables is None:
-        tables = trie._tables = TrieTables(trie)
-    return tables
-
-
 SHARED_ENCODER_ATTENTION = "promptrec_shared_encoder_sdpa"
 
 
@@ -344,7 +342,7 @@ def fixed_length_beam_search(
     of the code tokens' log-probabilities (as ``generate`` with ``length_penalty=0`` reports it).
     Fewer pairs come back only when fewer items are available.
     """
-    tables = trie_tables(trie)
+    tables = trie.tables
     device = encoded["input_ids"].device
     batch = encoded["input_ids"].shape[0]
     if allowed is not None:

@@ -33,7 +33,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -197,9 +197,10 @@ class Server:
         async with self._reload_lock:
             old = self.engine
             directory = Path(model_dir) if model_dir else (old.model_dir if old else self.settings.model_dir)
+            s = self.settings
             new = await run_in_threadpool(
-                ModelPool, directory, self.settings.quantize, self.settings.like_threshold, self.settings.threads,
-                self.settings.model_processes,
+                partial(ModelPool, directory, s.model_processes, quantize=s.quantize,
+                        like_threshold=s.like_threshold, threads=s.threads)
             )
             self.engine = new  # one reference assignment: the swap is atomic
             if old is not None:

@@ -26,7 +26,7 @@ from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
 
-from .engine import Answer, Ranked
+from .engine import LIKE_THRESHOLD, Answer, Ranked
 from .store import StoredEvent
 
 log = logging.getLogger("promptrec.serve")
@@ -142,7 +142,7 @@ class ModelProcess:
         self,
         model_dir: str | Path,
         quantize: str | None = None,
-        like_threshold: float = 3.0,
+        like_threshold: float = LIKE_THRESHOLD,
         threads: int | None = None,
     ) -> None:
         started = time.perf_counter()
@@ -223,7 +223,8 @@ class ModelProcess:
         with self._lock:
             try:
                 self._conn.send_bytes(b'{"op": "stop"}')
-                self._conn.poll(STOP_TIMEOUT_S) and self._conn.recv_bytes()
+                if self._conn.poll(STOP_TIMEOUT_S):
+                    self._conn.recv_bytes()  # the child's goodbye
             except (EOFError, OSError):
                 pass
             self._process.join(STOP_TIMEOUT_S)
@@ -241,19 +242,13 @@ class ModelPool:
     idle one. More than one pays off when the machine has cores to spare: batches then run side
     by side instead of one after another."""
 
-    def __init__(
-        self,
-        model_dir: str | Path,
-        quantize: str | None = None,
-        like_threshold: float = 3.0,
-        threads: int | None = None,
-        processes: int = 1,
-    ) -> None:
+    def __init__(self, model_dir: str | Path, processes: int = 1, **options: Any) -> None:
+        """``options``: what each :class:`ModelProcess` takes besides the directory."""
         if processes < 1:
             raise ValueError(f"processes must be >= 1, got {processes}")
         started = time.perf_counter()
         with ThreadPoolExecutor(processes) as pool:  # loaded side by side
-            futures = [pool.submit(ModelProcess, model_dir, quantize, like_threshold, threads) for _ in range(processes)]
+            futures = [pool.submit(ModelProcess, model_dir, **options) for _ in range(processes)]
         members, errors = [], []
         for future in futures:
             try:
