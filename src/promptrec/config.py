@@ -31,10 +31,31 @@ class IndexConfig(_Strict):
     params: dict[str, Any] = Field(default_factory=dict, description="indexer parameters (levels, base, clusters, depth, ...)")
 
 
+class TuningConfig(_Strict):
+    """How the backbone is trained: fully, or through a peft adapter with the base frozen."""
+
+    method: Literal["full", "lora", "prompt", "prefix", "ia3"] = Field(
+        "full", description="full fine-tuning, or peft: lora, prompt (soft prompts), prefix, ia3"
+    )
+    r: int = Field(8, ge=1, description="LoRA rank")
+    alpha: int = Field(16, ge=1, description="LoRA scaling numerator")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="LoRA dropout")
+    target_modules: list[str] | str | None = Field(
+        None, description="modules to adapt (LoRA, IA3); empty = peft's default for the architecture"
+    )
+    virtual_tokens: int = Field(20, ge=1, description="soft prompt / prefix length")
+    # Item and user tokens are new to any base model, so their embeddings must be learned even
+    # when the rest is frozen; off, only the adapter trains (cross-domain "no new vocabulary").
+    train_embeddings: bool = Field(True, description="also train the token embedding matrix")
+
+
 class ModelConfig(_Strict):
-    backbone: str = Field("t5", description="registered backbone")
+    backbone: str = Field("t5", description="registered backbone: t5, gpt2, llama, qwen2")
     preset: str = Field("small", description="size preset: tiny, mini, compact, small, base")
-    pretrained: str | None = Field(None, description="local transformers directory to start from")
+    pretrained: str | None = Field(
+        None, description="local transformers directory or promptrec model directory to start from"
+    )
+    tuning: TuningConfig = Field(default_factory=TuningConfig)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     # Off by default: under leave-one-out a user token sees only that user's few training
     # examples, so it stays close to its random init, while 22k of them (Beauty) double the
@@ -89,6 +110,7 @@ class EvalConfig(_Strict):
     sampled_candidates: int = Field(100, ge=2, description="list size for the sampled choose evaluation")
     unconstrained_users: int = Field(500, ge=0, description="users decoded without the trie to measure invalid outputs")
     users: int = Field(0, ge=0, description="evaluate only this many users (0 = all)")
+    shots: int = Field(0, ge=0, description="in-context demonstrations from other users' training data")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="inference precision (bf16 autocast)")
 
 
