@@ -100,6 +100,7 @@ class TrainConfig(_Strict):
     examples_per_epoch: int | None = Field(None, ge=1, description="default: one pass over training positions")
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     time_limit: float | None = Field(None, gt=0, description="stop training after this many seconds")
+    num_workers: int = Field(0, ge=0, description="processes rendering and tokenising batches (0 = in the training process)")
     seed: int = 0
 
 

@@ -135,9 +135,11 @@ class TrieConstraint(LogitsProcessor):
         num_beams: int,
         excluded: Sequence[Sequence[int]] | None = None,
         allowed: Sequence[Sequence[int]] | None = None,
+        start: int = 1,
     ) -> None:
         self.trie = trie
         self.num_beams = num_beams
+        self.start = start
         # Either a pool of available items per example (candidate lists, history removed) or the
         # excluded items per example; both stored as item counts per trie node.
         self.pools: list[Counter] | None = None
@@ -168,8 +170,9 @@ class TrieConstraint(LogitsProcessor):
         return [tok for tok, child in self.trie.children[node].items() if self._available(b, child) > 0]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        # input_ids: (B * num_beams, t) decoder tokens so far, the first being the start token.
-        prefixes = input_ids[:, 1:].tolist()
+        # input_ids: (B * num_beams, t) tokens so far; the code begins at ``start`` (after the
+        # decoder's start token, or after a decoder-only model's prompt).
+        prefixes = input_ids[:, self.start :].tolist()
         rows: list[int] = []
         cols: list[int] = []
         cache: dict[tuple[int, int], list[int]] = {}

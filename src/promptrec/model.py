@@ -1,4 +1,8 @@
-"""P5-style recommender: item codes in prompts, a seq2seq LM, trie-constrained generation.
+"""P5-style recommender: item codes in prompts, a language model, trie-constrained generation.
+
+The LM is an encoder-decoder (T5) or a decoder-only causal LM (GPT-2, LLaMA, Qwen2); a causal LM
+reads the prompt and the target as one sequence and is trained on the target tokens only. Either
+is trained fully or through a peft adapter (:mod:`promptrec.tuning`).
 
 ``P5Recommender`` is an estimator: ``fit(split)`` fits the item index, the tokenizer and the LM
 on training data; ``recommend(user_ids, k)`` takes and returns external ids; ``save_pretrained``
@@ -19,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import __version__
-from .backbones import BACKBONES
+from .backbones import BACKBONES, load_pretrained
 from .config import RunConfig
 from .data import Split
 from .data.split import group_sequences
@@ -29,6 +33,7 @@ from .prompts import TemplateSet
 from .recommender import RECOMMENDERS, Recommender, check_k, check_stage
 from .tasks import TaskContext, rating_text
 from .tokenization import add_tokens, build_tokenizer
+from .tuning import apply_tuning, is_peft, load_tuned, save_tuned, trainable_parameters, unwrap
 
 WEIGHTS = "model.safetensors"
 
@@ -68,12 +73,20 @@ class P5Recommender(Recommender):
         self.user_tokens = {u: f"<u_{i}>" for i, u in enumerate(users)} if cfg.model.user_tokens else {}
         if cfg.model.pretrained:
             # A pretrained backbone keeps its own tokenizer (its ids match the weights); the item
-            # and user tokens are added to it and the embeddings grow to match.
-            from transformers import AutoTokenizer
-
-            self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.pretrained)
+            # and user tokens are added to it (those it has are reused) and the embeddings grow
+            # to match. The architecture is the directory's, whatever model.backbone says. The
+            # path is stored absolute: a peft model is loaded from it wherever it is served.
+            self.config = cfg = cfg.update({"model.pretrained": str(Path(cfg.model.pretrained).resolve())})
+            base, self.tokenizer = load_pretrained(cfg.model.pretrained)
             add_tokens(self.tokenizer, self.indexer.tokens(), list(self.user_tokens.values()))
+            base.resize_token_embeddings(len(self.tokenizer))
         else:
+            if is_peft(cfg.model.tuning):
+                raise ValueError(
+                    f"model.tuning.method={cfg.model.tuning.method} freezes the base model, so it needs "
+                    "model.pretrained (a local transformers or promptrec model directory); a "
+                    "random-initialised backbone is trained fully (tuning.method=full)"
+                )
             template_text = [text for t in self.templates.templates for text in (t.input, t.target)]
             self.tokenizer = build_tokenizer(
                 self._corpus(split),
@@ -82,16 +95,25 @@ class P5Recommender(Recommender):
                 max_words=cfg.model.max_words,
                 required=[re.sub(r"\{\w+\}", " ", text) for text in template_text],
             )
-        self.model = BACKBONES.get(cfg.model.backbone)(
-            vocab_size=len(self.tokenizer),
-            preset=cfg.model.preset,
-            pretrained=cfg.model.pretrained,
-            dropout=cfg.model.dropout,
-            pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.tokenizer.eos_token_id,
-        )
+            base = BACKBONES.get(cfg.model.backbone)(
+                vocab_size=len(self.tokenizer),
+                preset=cfg.model.preset,
+                dropout=cfg.model.dropout,
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.tokenizer.eos_token_id,
+            )
+        self.model = apply_tuning(base, cfg.model.tuning, "CAUSAL_LM" if _causal(base) else "SEQ_2_SEQ_LM")
         self._build_trie()
         return self
+
+    @property
+    def causal(self) -> bool:
+        """True for a decoder-only LM (prompt and answer in one sequence)."""
+        return _causal(unwrap(self.model))
+
+    def parameter_counts(self) -> dict[str, int]:
+        trainable, total = trainable_parameters(self.model)
+        return {"trainable_parameters": trainable, "total_parameters": total}
 
     def _corpus(self, split: Split) -> Iterable[str]:
         # Item text of training items only: the vocabulary must not depend on held-out events.
@@ -104,6 +126,9 @@ class P5Recommender(Recommender):
                 yield " ".join(cats) if isinstance(cats, (list, tuple, np.ndarray)) else str(cats)
 
     def _build_trie(self) -> None:
+        # Beam search pads finished rows and stops at this tokenizer's EOS, whatever a base says.
+        gen = unwrap(self.model).generation_config
+        gen.pad_token_id, gen.eos_token_id = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
         self.catalogue = list(self.indexer.codes)
         self.item_pos = {item: i for i, item in enumerate(self.catalogue)}
         vocab = self.tokenizer.get_vocab()
@@ -154,9 +179,44 @@ class P5Recommender(Recommender):
         return hist
 
     def _encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
-        enc = self.tokenizer(prompts, padding=True, return_tensors="pt", return_token_type_ids=False)
+        # A causal LM continues the prompt, so prompts are padded on the left and all end at the
+        # last position; an encoder reads them whole, padded on the right.
+        enc = self.tokenizer(
+            prompts, padding=True, padding_side="left" if self.causal else "right",
+            return_tensors="pt", return_token_type_ids=False,
+        )
         device = self.model.device
         return {k: v.to(device) for k, v in enc.items()}
+
+    def training_batch(self, inputs: list[str], targets: list[str]) -> dict[str, torch.Tensor]:
+        """Model inputs plus ``targets``: the token to predict at each of the last positions of
+        the logits (-100 where nothing is), so one loss serves both kinds of LM."""
+        tok = self.tokenizer
+        if not self.causal:
+            enc = tok(inputs, padding=True, return_tensors="pt", return_token_type_ids=False)
+            labels = tok(targets, padding=True, return_tensors="pt", return_token_type_ids=False)["input_ids"]
+            labels[labels == tok.pad_token_id] = -100
+            enc["labels"] = labels  # the decoder's inputs are the labels shifted right
+            enc["targets"] = labels
+            return enc
+        prompts = tok(inputs, return_token_type_ids=False)["input_ids"]
+        answers = tok(targets, return_token_type_ids=False)["input_ids"]
+        seqs, tgts = [], []
+        for p, a in zip(prompts, answers):
+            if not a or a[-1] != tok.eos_token_id:  # the answer must end, or decoding never would
+                a = [*a, tok.eos_token_id]
+            seqs.append(p + a)
+            # Position t predicts token t + 1: only answer tokens are targets (loss on the target).
+            tgts.append([-100] * (len(p) - 1) + a + [-100])
+        width = max(map(len, seqs))
+        ids = torch.full((len(seqs), width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        target = torch.full((len(seqs), width), -100, dtype=torch.long)
+        for r, (seq, tgt) in enumerate(zip(seqs, tgts)):
+            ids[r, : len(seq)] = torch.tensor(seq)
+            mask[r, : len(seq)] = 1
+            target[r, : len(tgt)] = torch.tensor(tgt)
+        return {"input_ids": ids, "attention_mask": mask, "targets": target}
 
     def _sequential_template(self, template: str | None = None):
         tid = template or self.config.eval.template
@@ -168,7 +228,41 @@ class P5Recommender(Recommender):
         """Next-item prompts for ``users`` with the given histories (the most recent items shown)."""
         tmpl = self._sequential_template(template)
         ctx = self.prompt_context
-        return [tmpl.render_input({"user": self.user_text(u), "history": ctx.history_text(h)}) for u, h in zip(users, histories)]
+        prompts = [tmpl.render_input({"user": self.user_text(u), "history": ctx.history_text(h)}) for u, h in zip(users, histories)]
+        shots = self.config.eval.shots
+        if shots:
+            prompts = [self.demonstrations(u, shots, tmpl) + p for u, p in zip(users, prompts)]
+        return prompts
+
+    def demonstrations(self, user: str, shots: int, template=None) -> str:
+        """``shots`` solved examples for in-context prompting, each from another user's training
+        sequence (a prefix and the item after it), chosen by a seed of the user's id. The target
+        user's own events, and every validation and test event, stay out."""
+        tmpl = template or self._sequential_template()
+        ctx = self.prompt_context
+        others = [u for u in self._demo_users() if u != user]
+        if not others:
+            return ""
+        rng = np.random.default_rng([self.config.train.seed, *user.encode()])
+        lines = []
+        for j in rng.choice(len(others), size=min(shots, len(others)), replace=False):
+            other = others[int(j)]
+            seq = self.train_history[other]
+            t = int(rng.integers(1, len(seq)))
+            src, tgt = tmpl.render({"user": self.user_text(other), "history": ctx.history_text(seq[:t]), "target": ctx.item_text(seq[t])})
+            lines.append(f"{src} {tgt}\n")
+        return "".join(lines)
+
+    def _demo_users(self) -> list[str]:
+        if getattr(self, "_demo_pool", None) is None:
+            self._demo_pool = sorted(u for u, s in self.train_history.items() if len(s) >= 2)
+        return self._demo_pool
+
+    def _soft_prompted_causal(self) -> bool:
+        return self.causal and self.model is not unwrap(self.model) and self.model.active_peft_config.is_prompt_learning
+
+    def _lengths(self, prompts: list[str]) -> list[int]:
+        return [len(ids) for ids in self.tokenizer(prompts)["input_ids"]]
 
     @torch.no_grad()
     def generate_items(
@@ -185,6 +279,17 @@ class P5Recommender(Recommender):
         fixed-length codes the closing EOS, near-certain after a complete code, is not decoded).
         """
         self.model.eval()
+        prompt_learning = self.model is not unwrap(self.model) and self.model.active_peft_config.is_prompt_learning
+        if self._soft_prompted_causal() and len(set(lengths := self._lengths(prompts))) > 1:
+            # peft drops the position ids when it prepends a soft prompt, so a left-padded prompt
+            # would be read at shifted positions: decode prompts of one length together instead.
+            results: list = [None] * len(prompts)
+            for length in set(lengths):
+                rows = [r for r, n in enumerate(lengths) if n == length]
+                pick = lambda lists: [lists[r] for r in rows] if lists is not None else None
+                for r, res in zip(rows, self.generate_items(pick(prompts), k, pick(excluded), pick(allowed), constrained)):
+                    results[r] = res
+            return results
         # One beam would be greedy search, which reports no sequence scores: search with two
         # and keep the best.
         beams = max(k, 2)
@@ -193,11 +298,15 @@ class P5Recommender(Recommender):
         excluded_idx = [to_idx(e) for e in excluded] if excluded is not None else None
         allowed_idx = [to_idx(a) for a in allowed] if allowed is not None else None
         bf16 = self.config.eval.precision == "bf16"
+        # The decoded tokens start after the decoder's start token, or after a causal prompt.
+        start = enc["input_ids"].shape[1] if self.causal else 1
         with torch.autocast(self.model.device.type, dtype=torch.bfloat16, enabled=bf16):
-            if constrained and supports_fixed_length_search(self.model, self.trie):
-                rows = fixed_length_beam_search(self.model, enc, self.trie, beams, excluded_idx, allowed_idx)
+            # LoRA and IA3 live inside the base model's layers, so the fast search can run on it;
+            # soft prompts and prefixes are added by the peft wrapper's own forward and generate.
+            if constrained and not prompt_learning and supports_fixed_length_search(unwrap(self.model), self.trie):
+                rows = fixed_length_beam_search(unwrap(self.model), enc, self.trie, beams, excluded_idx, allowed_idx)
                 return [[(self.catalogue[i], s) for i, s in row[:k]] for row in rows]
-            processors = [TrieConstraint(self.trie, beams, excluded_idx, allowed_idx)] if constrained else []
+            processors = [TrieConstraint(self.trie, beams, excluded_idx, allowed_idx, start=start)] if constrained else []
             out = self.model.generate(
                 **enc,
                 num_beams=beams,
@@ -211,7 +320,7 @@ class P5Recommender(Recommender):
                 output_scores=True,
             )
         rows = collect_beams(
-            self.trie, out.sequences[:, 1:].tolist(), out.sequences_scores.float().tolist(), beams, constrained
+            self.trie, out.sequences[:, start:].tolist(), out.sequences_scores.float().tolist(), beams, constrained
         )
         results = [[(self.catalogue[i] if i is not None else None, s) for i, s in row[:k]] for row in rows]
         return results
@@ -257,9 +366,22 @@ class P5Recommender(Recommender):
     def _first_token_probs(self, prompts: list[str], words: list[str]) -> np.ndarray:
         """P(word) for each of ``words`` as the first answer token, renormalised over ``words``."""
         self.model.eval()
+        if self._soft_prompted_causal() and len(set(lengths := self._lengths(prompts))) > 1:
+            out = np.zeros((len(prompts), len(words)))
+            for n in set(lengths):  # see generate_items: no padding under a soft prompt
+                rows = [r for r, m in enumerate(lengths) if m == n]
+                out[rows] = self._first_token_probs([prompts[r] for r in rows], words)
+            return out
         enc = self._encode(prompts)
-        start = torch.full((len(prompts), 1), self.model.config.decoder_start_token_id, device=self.model.device)
-        logits = self.model(**enc, decoder_input_ids=start).logits[:, 0, :]
+        if self.causal:
+            # Left-padded: every prompt's next token is read at the last position, and positions
+            # count from each prompt's first real token (absolute position embeddings need it).
+            if not self._soft_prompted_causal():
+                enc["position_ids"] = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+            logits = self.model(**enc).logits[:, -1, :]
+        else:
+            start = torch.full((len(prompts), 1), unwrap(self.model).config.decoder_start_token_id, device=self.model.device)
+            logits = self.model(**enc, decoder_input_ids=start).logits[:, 0, :]
         ids = [self.tokenizer.convert_tokens_to_ids(w) for w in words]
         return torch.softmax(logits[:, ids].float(), dim=-1).cpu().numpy()
 
@@ -342,12 +464,18 @@ class P5Recommender(Recommender):
         (d / "templates.yaml").write_text(self.templates.to_yaml())
         self.indexer.save(d)
         self.tokenizer.save_pretrained(str(d / "tokenizer"))
-        self.model.config.save_pretrained(str(d / "backbone"))
-        # Tied embeddings share storage; save one copy and let loading re-tie them.
-        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        if getattr(self.model.config, "tie_word_embeddings", False):
-            state = {k: v for k, v in state.items() if k not in ("lm_head.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight")}
-        save_file(state, str(d / WEIGHTS), metadata={"format": "pt", "promptrec_version": __version__})
+        unwrap(self.model).config.save_pretrained(str(d / "backbone"))
+        if is_peft(self.config.model.tuning):
+            # The frozen base stays where model.pretrained points; only what was trained is saved.
+            save_tuned(self.model, d)
+        else:
+            # Tied embeddings share storage; save one copy and let loading re-tie them.
+            state, seen = {}, set()
+            for name, value in self.model.state_dict().items():
+                if value.data_ptr() not in seen:
+                    seen.add(value.data_ptr())
+                    state[name] = value.detach().cpu().contiguous()
+            save_file(state, str(d / WEIGHTS), metadata={"format": "pt", "promptrec_version": __version__})
         hist = [(u, i, "train") for u, items in self.train_history.items() for i in items]
         hist += [(u, i, "valid") for u, i in self.valid_item.items()]
         pd.DataFrame(hist, columns=["user_id", "item_id", "part"]).to_parquet(d / "histories.parquet", index=False)
@@ -361,7 +489,7 @@ class P5Recommender(Recommender):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | None = None) -> "P5Recommender":
-        from transformers import AutoConfig, AutoModelForSeq2SeqLM, PreTrainedTokenizerFast
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedTokenizerFast
 
         d = Path(directory)
         meta_path = d / "promptrec_config.json"
@@ -373,14 +501,22 @@ class P5Recommender(Recommender):
         obj.fit_info = meta.get("fit_info", {})
         obj.indexer = ItemIndexer.load(d)
         obj.tokenizer = PreTrainedTokenizerFast.from_pretrained(str(d / "tokenizer"))
-        bconf = AutoConfig.from_pretrained(str(d / "backbone"))
-        obj.model = AutoModelForSeq2SeqLM.from_config(bconf)
-        state = load_file(str(d / WEIGHTS))
-        missing, unexpected = obj.model.load_state_dict(state, strict=False)
-        tied = {"lm_head.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight"}
-        if unexpected or set(missing) - tied:
-            raise ValueError(f"weights do not match the backbone: missing {missing}, unexpected {unexpected}")
-        obj.model.tie_weights()
+        if is_peft(config.model.tuning):
+            base, _ = load_pretrained(config.model.pretrained)
+            obj.model = load_tuned(base, d)
+        else:
+            bconf = AutoConfig.from_pretrained(str(d / "backbone"))
+            auto = AutoModelForSeq2SeqLM if getattr(bconf, "is_encoder_decoder", False) else AutoModelForCausalLM
+            obj.model = auto.from_config(bconf)
+            state = load_file(str(d / WEIGHTS))
+            missing, unexpected = obj.model.load_state_dict(state, strict=False)
+            obj.model.tie_weights()
+            # Only tensors tied to a loaded one may be absent from the file.
+            params = obj.model.state_dict()
+            loaded = {params[k].data_ptr() for k in state}
+            untied = [k for k in missing if params[k].data_ptr() not in loaded]
+            if unexpected or untied:
+                raise ValueError(f"weights do not match the backbone: missing {untied}, unexpected {unexpected}")
         if device:
             obj.model.to(device)
         obj.model.eval()
@@ -394,3 +530,7 @@ class P5Recommender(Recommender):
         obj._build_trie()
         return obj
 
+
+
+def _causal(model) -> bool:
+    return not getattr(model.config, "is_encoder_decoder", False)

@@ -111,8 +111,10 @@ def train(
     total_steps = max(1, steps_per_epoch * cfg.epochs)
 
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    # Only what the tuning method leaves trainable (everything, for full fine-tuning).
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trainable if p.ndim >= 2]
+    no_decay = [p for p in trainable if p.ndim < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr,
@@ -139,7 +141,6 @@ def train(
         best_state = load_file(str(ckpt / "best.safetensors"))
 
     templates = {name: rec.templates.family(name, seen=True) for name in families}
-    tok = rec.tokenizer
 
     def collate(batch: list[tuple[int, str, int]]) -> dict[str, torch.Tensor]:
         inputs, targets = [], []
@@ -150,11 +151,7 @@ def train(
             src, tgt = tmpl.render(fields)
             inputs.append(src)
             targets.append(tgt)
-        enc = tok(inputs, padding=True, return_tensors="pt", return_token_type_ids=False)
-        labels = tok(targets, padding=True, return_tensors="pt", return_token_type_ids=False)["input_ids"]
-        labels[labels == tok.pad_token_id] = -100
-        enc["labels"] = labels
-        return enc
+        return rec.training_batch(inputs, targets)
 
     val_users = list(split.valid["user_id"])
     if cfg.val_users and len(val_users) > cfg.val_users:
@@ -167,7 +164,8 @@ def train(
         seeds = rng.integers(0, 2**63 - 1, size=len(plan))
         examples = [(int(s), f, i) for s, (f, i) in zip(seeds, plan)]
         batches = length_batches(plan, families, cfg.batch_size, rng)
-        loader = DataLoader(examples, batch_sampler=batches, collate_fn=collate)
+        # On a GPU, rendering and tokenising prompts in the training process can be the bottleneck.
+        loader = DataLoader(examples, batch_sampler=batches, collate_fn=collate, num_workers=cfg.num_workers)
         model.train()
         epoch_start = time.time()
         running = 0.0
@@ -178,9 +176,11 @@ def train(
         )
         for batch in bar:
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            targets = batch.pop("targets")
             with accelerator.autocast():
-                logits = model(**batch).logits  # (B, T_target, V)
-                loss = loss_fn(logits.float().view(-1, logits.size(-1)), batch["labels"].view(-1))
+                # The last positions line up with the targets (soft prompts add positions in front).
+                logits = model(**batch).logits[:, -targets.size(1) :]
+                loss = loss_fn(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
             accelerator.backward(loss)
             if cfg.grad_clip > 0:
                 accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -235,6 +235,7 @@ def train(
         "stopped_by_time_limit": stopped_early,
         "wall_seconds": round(time.time() - t0, 2),
         "device": str(accelerator.device),
+        **rec.parameter_counts(),
     }
     return rec
 
