@@ -11,6 +11,9 @@ all 18,357 items ranked, history excluded; trainable parameters; training time; 
     python bench/transfer.py --row prompt        # soft prompt (+ token embeddings), base frozen
     python bench/transfer.py --row prefix        # prefix tuning (+ token embeddings), base frozen
 
+``--base DIR`` starts the Sports rows from another Beauty model directory (e.g. the one that
+``python bench/beauty_p5.py --indexing collaborative`` trains).
+
 Both datasets get their own collaborative item ids, fitted on their training data: the codes are
 the same token inventory, but a code names a Sports item on Sports. What can carry over is how the
 LM reads a prompt and a history of codes, not which item a code is; zero-shot is therefore near
@@ -53,6 +56,7 @@ def main() -> None:
     ap.add_argument("--sports", default=str(SHARED / "sports"), help="Sports directory")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (every row)")
     ap.add_argument("--runs", default=str(ROOT / "runs" / "transfer"), help="where run directories go")
+    ap.add_argument("--base", default=None, help="the Beauty model directory (default: RUNS/beauty/model, from --row beauty)")
     ap.add_argument("--results", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--generic-search", action="store_true", help="decode with generate() + the trie processor only")
     args = ap.parse_args()
@@ -71,7 +75,7 @@ def main() -> None:
     else:
         cfg = base.update({"data.path": args.sports, **ROWS[args.row]})
         if args.row != "scratch":
-            pretrained = runs / "beauty" / "model"
+            pretrained = Path(args.base) if args.base else runs / "beauty" / "model"
             if not (pretrained / "promptrec_config.json").exists():
                 sys.exit(f"{pretrained} not found: run `python bench/transfer.py --row beauty` first")
             cfg = cfg.update({"model.pretrained": str(pretrained)})
