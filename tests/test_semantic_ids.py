@@ -23,7 +23,11 @@ def encoder(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("encoder")
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ":", ";", ",", "title", "categories", "brand", "price", "item", *WORDS]
     (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab_file=str(directory / "vocab.txt")).save_pretrained(directory)
+    # transformers 5 takes the vocabulary file as ``vocab``; ``vocab_file`` would be ignored and
+    # every word would read as [UNK].
+    tokenizer = BertTokenizerFast(vocab=str(directory / "vocab.txt"))
+    assert tokenizer.tokenize("red lipstick") == ["red", "lipstick"]
+    tokenizer.save_pretrained(directory)
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
     BertModel(config).save_pretrained(directory)
     return directory
@@ -34,7 +38,9 @@ def catalogue_and_items(n: int = 60, seed: int = 0) -> tuple[list[str], pd.DataF
     ids = [f"i{j}" for j in range(n)]
     titles = [" ".join(rng.choice(WORDS, size=3)) for _ in ids]
     titles[1] = titles[0]  # two items with the same text share a cell
-    items = pd.DataFrame({"title": titles, "brand": [f"{WORDS[j % 3]}" for j in range(n)]}, index=pd.Index(ids, name="item_id"))
+    brands = [WORDS[j % 3] for j in range(n)]
+    brands[1] = brands[0]
+    items = pd.DataFrame({"title": titles, "brand": brands}, index=pd.Index(ids, name="item_id"))
     return ids, items
 
 

@@ -45,7 +45,7 @@ RECOMMENDERS: Registry[type["Recommender"]] = Registry("recommender")
 
 # Modules whose import registers the built-in recommenders; imported in this order only until the
 # wanted name is registered. Both import torch (promptrec.baselines through bpr and sasrec).
-_BUILTIN_MODULES = ("promptrec.baselines", "promptrec.model")
+_BUILTIN_MODULES = ("promptrec.baselines", "promptrec.model", "promptrec.cross_encoder")
 
 _NO_ITEMS = np.zeros(0, dtype=np.int64)
 
