@@ -102,6 +102,45 @@ def evaluate(
 
 
 @app.command()
+def templates(
+    model: Annotated[Path, typer.Option("--model", "-m", help="model directory written by train")],
+    stage: Annotated[
+        Optional[list[str]], typer.Option(help="stage(s) to evaluate, repeatable (default: valid and test)")
+    ] = None,
+    users: Annotated[int, typer.Option(help="evaluate this many users, drawn with the model's seed (0 = all)")] = 0,
+    family: Annotated[str, typer.Option(help="template family")] = "sequential",
+    output: Annotated[Optional[Path], typer.Option(help="write results JSON here")] = None,
+    verbose: bool = False,
+) -> None:
+    """Evaluate a saved model with every template of a family (seen and unseen), all items
+    ranked; pick the best seen template by validation NDCG@10 and report the unseen gap."""
+    from .data import leave_one_out
+    from .model import P5Recommender
+    from .pipeline import load_data
+    from .template_search import search_templates
+
+    _setup_logging(verbose)
+    rec = P5Recommender.from_pretrained(model)
+    split = leave_one_out(load_data(rec.config.data))
+    try:
+        result = search_templates(rec, split, family=family, stages=stage or ("valid", "test"),
+                                  users=users, seed=rec.config.train.seed)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from err
+    typer.echo(result.format())
+    if result.templates(seen=True) and result.templates(seen=False):
+        for st in result.stages:
+            g = result.gap(st)
+            typer.echo(
+                f"{st}: seen mean NDCG@10 {g['NDCG@10']['seen']:.4f}, unseen {g['NDCG@10']['unseen']:.4f} "
+                f"(gap {g['NDCG@10']['gap']:+.4f}); HR@10 {g['HR@10']['seen']:.4f} vs "
+                f"{g['HR@10']['unseen']:.4f} (gap {g['HR@10']['gap']:+.4f}); {g['users']} users"
+            )
+    if output:
+        output.write_text(result.to_json())
+
+
+@app.command()
 def recommend(
     model: Annotated[Path, typer.Option("--model", "-m", help="model directory")],
     user: Annotated[list[str], typer.Option("--user", "-u", help="external user id (repeatable)")],

@@ -1,4 +1,4 @@
 from .base import LOADERS, DataFormatError, InteractionData, load_dataset
-from .split import Split, leave_one_out
+from .split import Split, cold_item_split, leave_one_out
 
-__all__ = ["LOADERS", "DataFormatError", "InteractionData", "Split", "leave_one_out", "load_dataset"]
+__all__ = ["LOADERS", "DataFormatError", "InteractionData", "Split", "cold_item_split", "leave_one_out", "load_dataset"]
