@@ -192,3 +192,21 @@ def test_p5_passes_the_recommender_contract(fitted, tmp_path):
 
     rec, split = fitted
     assert_recommender_contract(rec, split, tmp_path / "p5")
+
+
+def test_a_diverging_run_stops_with_a_clear_error(cyclic_split, monkeypatch):
+    """A NaN loss must not be trained through: the weights would turn to NaN and every ranking
+    would come back empty (scored as HR 0) without a word."""
+    import torch
+
+    real = torch.nn.CrossEntropyLoss.forward
+    calls = {"n": 0}
+
+    def poisoned(self, logits, target):
+        calls["n"] += 1
+        loss = real(self, logits, target)
+        return loss * float("nan") if calls["n"] > 4 else loss  # from the third step on
+
+    monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", poisoned)
+    with pytest.raises(FloatingPointError, match="training loss is nan at step 3 "):
+        P5Recommender(tiny_config()).fit(cyclic_split, progress=False)

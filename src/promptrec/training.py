@@ -181,6 +181,14 @@ def train(
                 # The last positions line up with the targets (soft prompts add positions in front).
                 logits = model(**batch).logits[:, -targets.size(1) :]
                 loss = loss_fn(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
+            value = loss.item()
+            if not math.isfinite(value):
+                # Left alone, the weights turn to NaN and every later ranking comes back empty.
+                raise FloatingPointError(
+                    f"training loss is {value} at step {state['step'] + 1} (epoch {epoch + 1}, lr "
+                    f"{scheduler.get_last_lr()[0]:.2e}, mixed precision {cfg.mixed_precision}): lower "
+                    "train.lr, keep train.grad_clip on, or train without mixed precision"
+                )
             accelerator.backward(loss)
             if cfg.grad_clip > 0:
                 accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -188,10 +196,10 @@ def train(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state["step"] += 1
-            running = 0.98 * running + 0.02 * loss.item() if state["step"] > 1 else loss.item()
+            running = 0.98 * running + 0.02 * value if state["step"] > 1 else value
             bar.set_postfix(loss=f"{running:.3f}", refresh=False)
             if state["step"] % 50 == 0:
-                mlog.write(state["step"], loss=loss.item(), lr=scheduler.get_last_lr()[0])
+                mlog.write(state["step"], loss=value, lr=scheduler.get_last_lr()[0])
             if cfg.time_limit and state["train_seconds"] + time.time() - epoch_start > cfg.time_limit:
                 stopped_early = True
                 break
