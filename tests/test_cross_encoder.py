@@ -99,6 +99,14 @@ def test_missing_bundled_encoder_says_how_to_install(monkeypatch) -> None:
 
 @pytest.mark.parametrize("method", ["full", "lora", "prompt", "prefix", "ia3"])
 def test_tuning_method_trains_saves_and_reloads_identically(encoder, tmp_path, method) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    from promptrec.tuning import supports_prefix_tuning
+
+    if method == "prefix" and not supports_prefix_tuning(AutoModelForSequenceClassification.from_pretrained(encoder)):
+        with pytest.raises(ValueError, match="prefix tuning is not available"):
+            small(encoder, tuning={"method": "prefix"}, epochs=1).fit_examples(examples(good_bad_items(), 8), good_bad_items())
+        pytest.skip("this transformers version's BERT takes no past_key_values, which peft's prefix tuning needs")
     items = good_bad_items()
     train, test = examples(items, 8, seed=0), examples(items, 12, seed=1)
     tuning = {"method": method, "r": 4, "virtual_tokens": 4}

@@ -74,7 +74,7 @@ def test_codebooks_are_fitted_on_training_items_only(encoder) -> None:
     before = build_indexer("semantic", seed=0, **params).fit(train, ids, items).codes
     rewritten = items.copy()
     cold = [i for i in ids if i not in trained]
-    rewritten.loc[cold, "title"] = "garden hose garden hose"
+    rewritten.loc[cold, ["title", "brand"]] = ["garden hose garden hose", "green"]
     after = build_indexer("semantic", seed=0, **params).fit(train, ids, rewritten).codes
     assert all(before[i] == after[i] for i in trained)
     # The cold items' own codes follow their text: one text now, so one cell for all of them.

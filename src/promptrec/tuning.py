@@ -7,6 +7,7 @@ were added to the vocabulary) is all that is saved, next to a reference to the b
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,11 +57,24 @@ def _embedding_weights(model) -> dict[str, torch.nn.Parameter]:
     return out
 
 
+def supports_prefix_tuning(model: "PreTrainedModel") -> bool:
+    """peft's prefix tuning passes the prefixes as ``past_key_values``; models whose forward no
+    longer takes that name (BERT from transformers 5.24 on calls it ``cache``) cannot use it."""
+    return "past_key_values" in inspect.signature(model.forward).parameters
+
+
 def apply_tuning(model: "PreTrainedModel", cfg: "TuningConfig", task_type: str):
     """Wrap ``model`` for ``cfg.method`` (unchanged for full fine-tuning)."""
     if not is_peft(cfg):
         return model
     import peft
+
+    if cfg.method == "prefix" and not supports_prefix_tuning(model):
+        raise ValueError(
+            f"prefix tuning is not available for {type(model).__name__} with this transformers "
+            "version (its forward takes no past_key_values, through which peft passes the "
+            "prefixes); use lora, prompt or ia3"
+        )
 
     wrapped = peft.get_peft_model(model, peft_config(cfg, task_type))
     if cfg.train_embeddings:
