@@ -57,10 +57,11 @@ def _embedding_weights(model) -> dict[str, torch.nn.Parameter]:
     return out
 
 
-def supports_prefix_tuning(model: "PreTrainedModel") -> bool:
-    """peft's prefix tuning passes the prefixes as ``past_key_values``; models whose forward no
-    longer takes that name (BERT from transformers 5.24 on calls it ``cache``) cannot use it."""
-    return "past_key_values" in inspect.signature(model.forward).parameters
+def supports_prefix_tuning(model: "PreTrainedModel", task_type: str = "SEQ_CLS") -> bool:
+    """peft's prefix tuning passes the prefixes as ``past_key_values``. For classification it
+    insists on a forward parameter of that name, which BERT from transformers 5.24 on calls
+    ``cache``; generation models take the old name through transformers' deprecation shim."""
+    return task_type != "SEQ_CLS" or "past_key_values" in inspect.signature(model.forward).parameters
 
 
 def apply_tuning(model: "PreTrainedModel", cfg: "TuningConfig", task_type: str):
@@ -69,7 +70,7 @@ def apply_tuning(model: "PreTrainedModel", cfg: "TuningConfig", task_type: str):
         return model
     import peft
 
-    if cfg.method == "prefix" and not supports_prefix_tuning(model):
+    if cfg.method == "prefix" and not supports_prefix_tuning(model, task_type):
         raise ValueError(
             f"prefix tuning is not available for {type(model).__name__} with this transformers "
             "version (its forward takes no past_key_values, through which peft passes the "
