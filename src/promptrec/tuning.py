@@ -61,7 +61,11 @@ def supports_prefix_tuning(model: "PreTrainedModel", task_type: str = "SEQ_CLS")
     """peft's prefix tuning passes the prefixes as ``past_key_values``. For classification it
     insists on a forward parameter of that name, which BERT from transformers 5.24 on calls
     ``cache``; generation models take the old name through transformers' deprecation shim."""
-    return task_type != "SEQ_CLS" or "past_key_values" in inspect.signature(model.forward).parameters
+    if task_type != "SEQ_CLS":
+        return True
+    # peft looks at the model's forward, then at its encoder's (``model.bert`` for BERT).
+    modules = (model, getattr(model, model.base_model_prefix, None))
+    return any(m is not None and "past_key_values" in inspect.signature(m.forward).parameters for m in modules)
 
 
 def apply_tuning(model: "PreTrainedModel", cfg: "TuningConfig", task_type: str):
