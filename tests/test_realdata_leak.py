@@ -17,7 +17,7 @@ def beauty_split():
     return leave_one_out(load_dataset("p5", shared_dataset("beauty")))
 
 
-@pytest.mark.parametrize("method", ["sequential", "collaborative"])
+@pytest.mark.parametrize("method", ["random", "sequential", "collaborative"])
 def test_indexer_sees_only_training_interactions(beauty_split, monkeypatch, method):
     seen = {}
     original = ItemIndexer.fit
@@ -46,3 +46,13 @@ def test_sequential_codes_do_not_depend_on_held_out_items(beauty_split):
     assert any(idx.codes[i] != leaky.codes[i] for i in train_items)
     # The fitted index never sees the file's integer ids: external ids are 10-character ASINs.
     assert all(len(i) == 10 for i in catalogue) and "1" not in set(catalogue)
+
+
+def test_independent_ids_carry_nothing_about_any_interaction(beauty_split):
+    """One token per item (configs/sequence_lm.yaml): the assignment is a seeded permutation of
+    the catalogue, identical whether the interactions it is given hold the held-out items or not."""
+    catalogue = list(beauty_split.data.items.index)
+    idx = build_indexer("random", seed=0, levels=1).fit(beauty_split.train_sequences(), catalogue)
+    full = build_indexer("random", seed=0, levels=1).fit(beauty_split.data.sequences(), catalogue)
+    assert idx.codes == full.codes
+    assert len(set(idx.codes.values())) == len(catalogue) and {len(c) for c in idx.codes.values()} == {1}

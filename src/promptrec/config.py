@@ -69,7 +69,7 @@ class ModelConfig(_Strict):
 class TaskConfig(_Strict):
     weights: dict[str, float] = Field(
         default_factory=lambda: {"sequential": 1.0},
-        description="task family -> sampling weight: sequential, yesno, choose, rating",
+        description="task family -> sampling weight: sequential, sequence, yesno, choose, rating",
     )
     train_candidates: int = Field(20, ge=2, description="candidate list size for 'choose' in training")
 
@@ -95,6 +95,11 @@ class TrainConfig(_Strict):
     schedule: Literal["linear", "cosine", "constant"] = "cosine"
     grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0 disables")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    # SASRec learns from every position of a sequence in one pass; a causal LM reading a history
+    # can too, at no extra forward cost. Only for history-only families (sequential, sequence).
+    history_loss: bool = Field(
+        False, description="causal LMs: also learn each history item of a next-item prompt from the items before it"
+    )
     patience: int = Field(3, ge=1, description="epochs without validation NDCG@10 gain before stopping")
     val_users: int = Field(2000, ge=0, description="validation users per epoch (0 = all)")
     examples_per_epoch: int | None = Field(None, ge=1, description="default: one pass over training positions")

@@ -408,3 +408,29 @@ def fixed_length_beam_search(
     items = tables.item_at[nodes].view(batch, width).tolist()
     scores = score.view(batch, width).tolist()
     return [[(i, s) for i, s in zip(ir, sr) if i >= 0] for ir, sr in zip(items, scores)]
+
+
+def top_items(
+    scores: torch.Tensor,
+    k: int,
+    excluded: Sequence[Sequence[int]] | None = None,
+    allowed: Sequence[Sequence[int]] | None = None,
+) -> list[list[tuple[int, float]]]:
+    """The ``k`` best (item index, score) pairs per row of an (examples, items) score matrix,
+    leaving out ``excluded`` items and, when given, any item not in ``allowed``."""
+    scores = scores.float().cpu().clone()
+    if allowed is not None:
+        keep = torch.zeros_like(scores, dtype=torch.bool)
+        for b, items in enumerate(allowed):
+            keep[b, list(items)] = True
+        scores[~keep] = float("-inf")
+    if excluded is not None:
+        for b, items in enumerate(excluded):
+            scores[b, list(items)] = float("-inf")
+    for b in torch.nonzero(torch.isinf(scores).all(dim=1)).flatten().tolist():
+        raise _nothing_available(b)
+    top, index = scores.topk(min(k, scores.shape[1]), dim=1)
+    return [
+        [(i, s) for i, s in zip(ir, sr) if s != float("-inf")]
+        for ir, sr in zip(index.tolist(), top.tolist())
+    ]

@@ -27,7 +27,7 @@ from .backbones import BACKBONES, load_pretrained
 from .config import RunConfig
 from .data import Split
 from .data.split import group_sequences
-from .generation import ItemTrie, TrieConstraint, collect_beams, fixed_length_beam_search, supports_fixed_length_search
+from .generation import ItemTrie, TrieConstraint, collect_beams, fixed_length_beam_search, supports_fixed_length_search, top_items
 from .indexing import ItemIndexer, build_indexer
 from .prompts import TemplateSet
 from .recommender import RECOMMENDERS, Recommender, check_k, check_stage
@@ -134,6 +134,8 @@ class P5Recommender(Recommender):
         vocab = self.tokenizer.get_vocab()
         codes = [[vocab[t] for t in self.indexer.codes[i]] for i in self.catalogue]
         self.trie = ItemTrie(codes, self.tokenizer.eos_token_id)
+        self.item_token_ids = frozenset(t for code in codes for t in code)
+        self.trie_first_tokens = torch.tensor([code[0] for code in codes])
         self.titles = (
             self.items["title"].dropna().astype(str).to_dict() if "title" in self.items else {}
         )
@@ -188,11 +190,19 @@ class P5Recommender(Recommender):
         device = self.model.device
         return {k: v.to(device) for k, v in enc.items()}
 
-    def training_batch(self, inputs: list[str], targets: list[str]) -> dict[str, torch.Tensor]:
+    def training_batch(
+        self, inputs: list[str], targets: list[str], history: Sequence[bool] | None = None
+    ) -> dict[str, torch.Tensor]:
         """Model inputs plus ``targets``: the token to predict at each of the last positions of
-        the logits (-100 where nothing is), so one loss serves both kinds of LM."""
+        the logits (-100 where nothing is), so one loss serves both kinds of LM.
+
+        history: per example, whether the item tokens inside its prompt (its history, in order)
+        are targets too (causal LMs only): each is then learned from the tokens before it.
+        """
         tok = self.tokenizer
         if not self.causal:
+            if history is not None and any(history):
+                raise ValueError("history targets need a causal LM")
             enc = tok(inputs, padding=True, return_tensors="pt", return_token_type_ids=False)
             labels = tok(targets, padding=True, return_tensors="pt", return_token_type_ids=False)["input_ids"]
             labels[labels == tok.pad_token_id] = -100
@@ -204,12 +214,17 @@ class P5Recommender(Recommender):
         prompts = tok(inputs, return_token_type_ids=False)["input_ids"]
         answers = tok(targets, return_token_type_ids=False)["input_ids"]
         seqs, tgts = [], []
-        for p, a in zip(prompts, answers):
+        for r, (p, a) in enumerate(zip(prompts, answers)):
             if not a or a[-1] != tok.eos_token_id:  # the answer must end, or decoding never would
                 a = [*a, tok.eos_token_id]
             seqs.append(p + a)
-            # Position t predicts token t + 1: only answer tokens are targets (loss on the target).
-            tgts.append([-100] * (len(p) - 1) + a + [-100])
+            # Position t predicts token t + 1: only answer tokens are targets (loss on the target),
+            # and, for history examples, the item tokens of the prompt.
+            if history is not None and history[r]:
+                lead = [t if t in self.item_token_ids else -100 for t in p[1:]]
+            else:
+                lead = [-100] * (len(p) - 1)
+            tgts.append(lead + a + [-100])
         width = max(map(len, seqs))
         ids = torch.full((len(seqs), width), tok.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -316,6 +331,13 @@ class P5Recommender(Recommender):
         # The decoded tokens start after the decoder's start token, or after a causal prompt.
         start = enc["input_ids"].shape[1] if self.causal else 1
         with torch.autocast(self.model.device.type, dtype=torch.bfloat16, enabled=bf16):
+            if constrained and self.trie.code_length == 1:
+                # One token per item: the first decoding step already scores every item, so the
+                # exact full ranking is one forward pass (beam search would give the same top k).
+                logp = torch.log_softmax(self._next_token_logits(enc).float(), dim=-1)
+                scores = logp[:, self.trie_first_tokens]
+                rows = top_items(scores, k, excluded_idx, allowed_idx)
+                return [[(self.catalogue[i], s) for i, s in row] for row in rows]
             # LoRA and IA3 live inside the base model's layers, so the fast search can run on it;
             # soft prompts and prefixes are added by the peft wrapper's own forward and generate.
             if constrained and not self._prompt_learning and supports_fixed_length_search(unwrap(self.model), self.trie):
@@ -384,18 +406,20 @@ class P5Recommender(Recommender):
         grouped = self._per_length(lambda p: self._first_token_probs(p, words), prompts)
         if grouped is not None:
             return np.stack(grouped)
-        enc = self._encode(prompts)
+        logits = self._next_token_logits(self._encode(prompts))
+        ids = [self.tokenizer.convert_tokens_to_ids(w) for w in words]
+        return torch.softmax(logits[:, ids].float(), dim=-1).cpu().numpy()
+
+    def _next_token_logits(self, enc: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits of the first answer token for encoded prompts, one row per prompt."""
         if self.causal:
             # Left-padded: every prompt's next token is read at the last position, and positions
             # count from each prompt's first real token (absolute position embeddings need it).
             if not self._prompt_learning:
-                enc["position_ids"] = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-            logits = self.model(**enc).logits[:, -1, :]
-        else:
-            start = torch.full((len(prompts), 1), unwrap(self.model).config.decoder_start_token_id, device=self.model.device)
-            logits = self.model(**enc, decoder_input_ids=start).logits[:, 0, :]
-        ids = [self.tokenizer.convert_tokens_to_ids(w) for w in words]
-        return torch.softmax(logits[:, ids].float(), dim=-1).cpu().numpy()
+                enc = {**enc, "position_ids": (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)}
+            return self.model(**enc, logits_to_keep=1).logits[:, -1, :]
+        start = torch.full((enc["input_ids"].shape[0], 1), unwrap(self.model).config.decoder_start_token_id, device=self.model.device)
+        return self.model(**enc, decoder_input_ids=start).logits[:, 0, :]
 
     def score(
         self,

@@ -57,6 +57,12 @@ class TaskFamily:
 
     name: ClassVar[str]
     fields: ClassVar[tuple[str, ...]]
+    # The template family that words this family's examples (default: its own name).
+    template_family: ClassVar[str | None] = None
+    # True when every item token of the prompt is the user's own history, in order, so a causal
+    # LM may learn each of them from the ones before (``train.history_loss``). Not for families
+    # whose prompts also show other items (random negatives, candidate lists).
+    history_only: ClassVar[bool] = False
 
     def __init__(self, ctx: TaskContext) -> None:
         self.ctx = ctx
@@ -99,11 +105,50 @@ class Sequential(_PositionFamily):
 
     name = "sequential"
     fields = ("user", "history", "target")
+    history_only = True
 
     def example(self, i: int, rng: np.random.Generator) -> dict[str, str]:
         user, seq, t = self._at(i)
         return {
             "user": self.ctx.user_text(user),
+            "history": self.ctx.history_text(seq[:t]),
+            "target": self.ctx.item_text(seq[t]),
+        }
+
+
+@TASKS.register("sequence")
+class WholeSequence(TaskFamily):
+    """One example per user: the most recent ``max_history`` training items and the item after.
+
+    With ``train.history_loss`` a causal LM learns every item of the sequence from the ones before
+    it, so one example carries what ``sequential`` spreads over one example per position, and an
+    epoch is one pass over users instead of positions. A sequence longer than the window ends at
+    a random position, so over the epochs every item is a target.
+    """
+
+    name = "sequence"
+    fields = ("user", "history", "target")
+    template_family = "sequential"
+    history_only = True
+
+    def __init__(self, ctx: TaskContext) -> None:
+        super().__init__(ctx)
+        self.rows = [u for u, s in enumerate(ctx.sequences) if len(s) >= 2]
+
+    def size(self) -> int:
+        return len(self.rows)
+
+    def length(self, i: int) -> int:
+        return min(len(self.ctx.sequences[self.rows[i]]) - 1, self.ctx.max_history)
+
+    def example(self, i: int, rng: np.random.Generator) -> dict[str, str]:
+        u = self.rows[i]
+        seq = self.ctx.sequences[u]
+        t = len(seq) - 1
+        if t > self.ctx.max_history:
+            t = int(rng.integers(self.ctx.max_history, t + 1))
+        return {
+            "user": self.ctx.user_text(self.ctx.users[u]),
             "history": self.ctx.history_text(seq[:t]),
             "target": self.ctx.item_text(seq[t]),
         }

@@ -19,7 +19,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import get_scheduler
+from transformers import PreTrainedModel, get_scheduler
 
 from .data.split import group_sequences
 from .tasks import TASKS, length_batches, mixture_plan
@@ -105,6 +105,11 @@ def train(
     ctx = rec.context(rec.train_history, ratings=_ratings_by_user(split, users))
     weights = {k: v for k, v in rec.config.tasks.weights.items() if v > 0}
     families = {name: TASKS.get(name)(ctx) for name in weights}
+    if cfg.history_loss and not rec.causal:
+        raise ValueError(
+            "train.history_loss needs a causal backbone (gpt2, llama, qwen2): an encoder-decoder "
+            "reads the whole history at once, so its history items cannot be targets"
+        )
     base = families["sequential"].size() if "sequential" in families else max(f.size() for f in families.values())
     per_epoch = cfg.examples_per_epoch or base
     steps_per_epoch = math.ceil(per_epoch / cfg.batch_size)
@@ -140,10 +145,10 @@ def train(
 
         best_state = load_file(str(ckpt / "best.safetensors"))
 
-    templates = {name: rec.templates.family(name, seen=True) for name in families}
+    templates = {name: rec.templates.family(f.template_family or name, seen=True) for name, f in families.items()}
 
     def collate(batch: list[tuple[int, str, int]]) -> dict[str, torch.Tensor]:
-        inputs, targets = [], []
+        inputs, targets, dense = [], [], []
         for ex_seed, fam, i in batch:
             rng = np.random.default_rng(ex_seed)
             fields = families[fam].example(i, rng)
@@ -151,7 +156,8 @@ def train(
             src, tgt = tmpl.render(fields)
             inputs.append(src)
             targets.append(tgt)
-        return rec.training_batch(inputs, targets)
+            dense.append(cfg.history_loss and families[fam].history_only)
+        return rec.training_batch(inputs, targets, history=dense if any(dense) else None)
 
     val_users = list(split.valid["user_id"])
     if cfg.val_users and len(val_users) > cfg.val_users:
@@ -178,9 +184,7 @@ def train(
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             targets = batch.pop("targets")
             with accelerator.autocast():
-                # The last positions line up with the targets (soft prompts add positions in front).
-                logits = model(**batch).logits[:, -targets.size(1) :]
-                loss = loss_fn(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
+                loss = _loss(model, batch, targets, loss_fn)
             value = loss.item()
             if not math.isfinite(value):
                 # Left alone, the weights turn to NaN and every later ranking comes back empty.
@@ -246,6 +250,22 @@ def train(
         **rec.parameter_counts(),
     }
     return rec
+
+
+def _loss(model, batch: dict[str, torch.Tensor], targets: torch.Tensor, loss_fn) -> torch.Tensor:
+    """Mean cross-entropy of the targets (-100 = none) aligned with the last logits positions."""
+    if isinstance(model, PreTrainedModel) and not model.config.is_encoder_decoder:
+        # A causal LM's output layer over the whole vocabulary is most of a step when items are
+        # single tokens; only the target positions need it, so the body's hidden states are
+        # gathered there first (prompt positions far outnumber targets). Wrapped models (peft,
+        # distributed) go through their own forward.
+        hidden = model.base_model(**batch).last_hidden_state
+        real = targets != -100
+        logits = model.get_output_embeddings()(hidden[real])
+        return loss_fn(logits.float(), targets[real])
+    # The last positions line up with the targets (soft prompts add positions in front).
+    logits = model(**batch).logits[:, -targets.size(1) :]
+    return loss_fn(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
 
 
 def _save_checkpoint(rec, accelerator: Accelerator, ckpt: Path, state: dict, best_state: dict | None) -> None:

@@ -1,0 +1,93 @@
+"""Quality experiments on Amazon Beauty and Sports: one recipe (a config file plus overrides), one
+dataset, one seed per run; all items ranked for all users, history excluded.
+
+    python bench/quality.py --config configs/sequence_lm.yaml --dataset beauty --seed 0
+    python bench/quality.py --config configs/sequence_lm.yaml --dataset beauty --seed 0 --set model.dropout=0.5 --name dropout05
+    python bench/quality.py --table     # the results table of every recorded experiment
+
+Each run writes runs/quality/<dataset>_<name>_s<seed>/ (model, per-user results, metrics) and
+appends one line to bench/results/quality.jsonl: the config, the validation and test numbers, the
+training and evaluation time and the command. SASRec-CE rows come from bench/baselines.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from promptrec.config import RunConfig
+from promptrec.pipeline import train_and_evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+TABLE = ROOT / "bench" / "results" / "quality.jsonl"
+DATA = {"beauty": ROOT.parent / "shared" / "data" / "beauty", "sports": ROOT.parent / "shared" / "data" / "sports"}
+KEYS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20", "invalid_rate", "unconstrained_invalid_rate",
+        "coverage@10", "eval_users", "eval_seconds", "users_per_second")
+
+
+def run(args: argparse.Namespace) -> None:
+    overrides = {k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in args.set)}
+    data_path = args.data or str(DATA[args.dataset])
+    if not Path(data_path).is_dir():
+        sys.exit(f"{args.dataset} data not found at {data_path} (pass --data DIR)")
+    cfg = RunConfig.load(args.config).update({"data.path": data_path, "train.seed": args.seed, **overrides})
+    name = args.name or Path(args.config).stem
+    run_dir = Path(args.runs) / f"{args.dataset}_{name}_s{args.seed}"
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    t0 = time.perf_counter()
+    metrics = train_and_evaluate(cfg, run_dir, command=command, progress=sys.stderr.isatty() or args.progress)
+    model = metrics["model"]
+    fit = model  # the model's entry carries its fit_info (epochs, times, device, parameters)
+    row = {
+        "dataset": args.dataset, "recipe": name, "seed": args.seed,
+        **{k: model.get(k) for k in KEYS},
+        "best_valid_NDCG@10": fit.get("best_valid_NDCG@10"), "epochs_run": fit.get("epochs_run"),
+        "best_epoch": fit.get("best_epoch"), "train_seconds": fit.get("train_seconds"),
+        "stopped_by_time_limit": fit.get("stopped_by_time_limit"), "device": fit.get("device"),
+        "total_parameters": fit.get("total_parameters"), "popularity_HR@10": metrics["popularity"]["HR@10"],
+        "wall_seconds": round(time.perf_counter() - t0, 1), "run_dir": str(run_dir),
+        "config": cfg.to_dict(), "command": command,
+    }
+    TABLE.parent.mkdir(parents=True, exist_ok=True)
+    with TABLE.open("a") as f:
+        f.write(json.dumps(row, default=str) + "\n")
+    print(json.dumps({k: v for k, v in row.items() if k != "config"}, default=str))
+
+
+def table() -> None:
+    if not TABLE.exists():
+        sys.exit(f"no experiments recorded yet ({TABLE})")
+    rows = [json.loads(line) for line in TABLE.read_text().splitlines() if line.strip()]
+    cols = ["dataset", "recipe", "seed", "best_valid_NDCG@10", "HR@10", "NDCG@10", "HR@20", "epochs_run",
+            "train_seconds", "eval_seconds", "device"]
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+    for r in rows:
+        cells = [f"{r.get(c):.4f}" if isinstance(r.get(c), float) and c not in ("train_seconds", "eval_seconds")
+                 else str(r.get(c)) for c in cols]
+        print("| " + " | ".join(cells) + " |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=str(ROOT / "configs" / "sequence_lm.yaml"))
+    ap.add_argument("--dataset", choices=sorted(DATA), default="beauty")
+    ap.add_argument("--data", default=None, help="dataset directory (default: ../shared/data/<dataset>)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--name", default=None, help="recipe name in the table (default: the config's file name)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    ap.add_argument("--runs", default=str(ROOT / "runs" / "quality"))
+    ap.add_argument("--progress", action="store_true", help="progress bars even when output is redirected")
+    ap.add_argument("--table", action="store_true", help="print the results table and exit")
+    args = ap.parse_args()
+    table() if args.table else run(args)
+
+
+if __name__ == "__main__":
+    main()

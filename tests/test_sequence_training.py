@@ -1,0 +1,132 @@
+"""Whole-sequence training of causal LMs: every history item is a target, one example per user,
+and the exact one-pass ranking of single-token item ids."""
+
+import numpy as np
+import pytest
+import torch
+
+from promptrec.config import RunConfig
+from promptrec.data import leave_one_out
+from promptrec.model import P5Recommender
+from promptrec.tasks import TASKS
+from promptrec.training import _loss
+
+
+def config(**extra):
+    base = {
+        "model.preset": "tiny", "model.backbone": "gpt2", "index.method": "random",
+        "index.params": {"levels": 1}, "train.epochs": 1, "train.batch_size": 16,
+        "train.val_users": 10, "eval.unconstrained_users": 0,
+    }
+    return RunConfig().update({**base, **extra})
+
+
+@pytest.fixture(scope="module")
+def split():
+    from conftest import cyclic_data
+
+    return leave_one_out(cyclic_data(n_users=30, n_items=20))
+
+
+def test_history_items_of_the_prompt_become_targets(split):
+    rec = P5Recommender(config()).build(split)
+    tok = rec.tokenizer
+    prompt, answer = "history : <a_1> <a_3> <a_2> next item :", "<a_7>"
+    batch = rec.training_batch([prompt, prompt], [answer, answer], history=[True, False])
+    ids = batch["input_ids"][0].tolist()
+    item_ids = set(tok.convert_tokens_to_ids(["<a_1>", "<a_3>", "<a_2>", "<a_7>"]))
+    dense = batch["targets"][0].tolist()
+    # Position t predicts token t + 1: every item token after the first position, and the answer
+    # and its end, are targets; nothing else is.
+    expected = [
+        ids[t + 1] if ids[t + 1] in item_ids or t + 1 >= len(tok(prompt)["input_ids"]) else -100
+        for t in range(len(ids) - 1)
+    ] + [-100]
+    assert dense == expected
+    assert sum(t != -100 for t in dense) == 5  # three history items, the answer, its EOS
+    plain = batch["targets"][1].tolist()
+    assert sum(t != -100 for t in plain) == 2
+
+
+def test_history_targets_need_a_causal_lm(split):
+    rec = P5Recommender(config(**{"model.backbone": "t5"})).build(split)
+    with pytest.raises(ValueError, match="causal"):
+        rec.training_batch(["history : <a_1>"], ["<a_2>"], history=[True])
+    with pytest.raises(ValueError, match="causal backbone"):
+        P5Recommender(config(**{"model.backbone": "t5", "train.history_loss": True})).fit(split, progress=False)
+
+
+@pytest.mark.parametrize("backbone", ["gpt2", "llama"])
+def test_target_only_output_layer_gives_the_full_loss(backbone, split):
+    """The loss from hidden states gathered at the targets equals the loss over all logits."""
+    rec = P5Recommender(config(**{"model.backbone": backbone})).build(split)
+    rec.model.eval()  # the same dropout masks cannot be drawn twice
+    prompts = ["history : <a_1> <a_3> <a_2> next item :", "history : <a_5> next item :"]
+    batch = rec.training_batch(prompts, ["<a_7>", "<a_6>"], history=[True, True])
+    targets = batch.pop("targets")
+    loss_fn = torch.nn.CrossEntropyLoss(ignore_index=-100)
+    logits = rec.model(**batch).logits
+    full = loss_fn(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+    assert _loss(rec.model, batch, targets, loss_fn).item() == pytest.approx(full.item(), rel=1e-5)
+
+
+def test_whole_sequence_family_has_one_example_per_user_and_windows_long_histories():
+    seqs = [["a", "b", "c"], ["d"], [str(i) for i in range(30)]]
+    from promptrec.tasks import TaskContext
+
+    ctx = TaskContext(
+        sequences=seqs, users=["u0", "u1", "u2"], catalogue=sorted({i for s in seqs for i in s}),
+        item_text=lambda i: f"<{i}>", user_text=lambda u: u, max_history=5,
+    )
+    fam = TASKS.get("sequence")(ctx)
+    assert fam.size() == 2  # a one-item sequence has nothing to predict
+    ex = fam.example(0, np.random.default_rng(0))
+    assert ex == {"user": "u0", "history": "<a> <b>", "target": "<c>"}
+    ends = set()
+    for seed in range(200):
+        ex = fam.example(1, np.random.default_rng(seed))
+        shown = ex["history"].split()
+        target = int(ex["target"].strip("<>"))
+        # The window is the five items right before the target, in order.
+        assert shown == [f"<{i}>" for i in range(target - 5, target)]
+        ends.add(target)
+    assert ends == set(range(5, 30))  # every position of the long sequence can be a target
+
+
+def test_single_token_ids_rank_every_item_exactly(split):
+    """With one token per item the top k is the full ranking by the next-token log-probability."""
+    rec = P5Recommender(config()).fit(split, progress=False)
+    assert rec.trie.code_length == 1
+    users = list(split.test["user_id"][:3])
+    hists = [rec.history(u) for u in users]
+    hists[0] = hists[0][-1:]  # a shorter prompt: the others are padded against it
+    prompts = rec.sequential_prompts(users, hists)
+    everything = len(rec.catalogue)
+    for prompt, hist, row in zip(prompts, hists, rec.generate_items(prompts, everything, excluded=hists)):
+        assert len(row) == everything - len(set(hist))
+        assert {i for i, _ in row} == set(rec.catalogue) - set(hist)
+        ids = rec.tokenizer(prompt)["input_ids"]
+        with torch.no_grad():
+            logp = torch.log_softmax(rec.model(input_ids=torch.tensor([ids])).logits[0, -1], -1)
+        for item, score in row:
+            token = rec.tokenizer.convert_tokens_to_ids(rec.indexer.codes[item][0])
+            assert score == pytest.approx(logp[token].item(), abs=1e-4)
+        assert [s for _, s in row] == sorted((s for _, s in row), reverse=True)
+    allowed = [rec.catalogue[:3]] * len(prompts)
+    for row in rec.generate_items(prompts, 10, allowed=allowed):
+        assert {i for i, _ in row} == set(rec.catalogue[:3])
+
+
+def test_whole_sequence_training_learns_the_cycle():
+    """A known answer, as for the per-position recipe, from one example per user and epoch."""
+    from conftest import cyclic_data
+
+    split = leave_one_out(cyclic_data(n_users=80, n_items=20))
+    cfg = config(**{
+        "tasks.weights": {"sequence": 1.0}, "train.history_loss": True, "train.epochs": 40,
+        "train.patience": 40, "train.lr": 0.01, "train.schedule": "constant", "train.batch_size": 8,
+    })
+    rec = P5Recommender(cfg).fit(split, progress=False)
+    assert rec.fit_info["steps"] == 40 * 10  # 80 users, one example each, batches of 8
+    res = rec.evaluate(split, progress=False)
+    assert res["MRR"] > 0.6, res
