@@ -31,7 +31,7 @@ from .generation import ItemTrie, TrieConstraint, collect_beams, fixed_length_be
 from .indexing import ItemIndexer, build_indexer
 from .prompts import TemplateSet
 from .recommender import RECOMMENDERS, Recommender, check_k, check_stage
-from .tasks import TaskContext, rating_text
+from .tasks import TASKS, TaskContext, rating_text
 from .tokenization import add_tokens, build_tokenizer
 from .tuning import apply_tuning, is_peft, load_tuned, save_tuned, trainable_parameters, unwrap
 
@@ -87,7 +87,12 @@ class P5Recommender(Recommender):
                     "model.pretrained (a local transformers or promptrec model directory); a "
                     "random-initialised backbone is trained fully (tuning.method=full)"
                 )
-            template_text = [text for t in self.templates.templates for text in (t.input, t.target)]
+            # The words of the templates a P5 model is trained or asked with; the file's chat
+            # templates (for general chat models) are not its business.
+            p5_families = {TASKS.get(n).template_family or n for n in TASKS}
+            template_text = [
+                text for t in self.templates.templates if t.family in p5_families for text in (t.input, t.target)
+            ]
             self.tokenizer = build_tokenizer(
                 self._corpus(split),
                 self.indexer.tokens(),

@@ -44,8 +44,8 @@ CONFIG_FILE = "promptrec_config.json"
 RECOMMENDERS: Registry[type["Recommender"]] = Registry("recommender")
 
 # Modules whose import registers the built-in recommenders; imported in this order only until the
-# wanted name is registered. Both import torch (promptrec.baselines through bpr and sasrec).
-_BUILTIN_MODULES = ("promptrec.baselines", "promptrec.model", "promptrec.cross_encoder")
+# wanted name is registered.
+_BUILTIN_MODULES = ("promptrec.baselines", "promptrec.model", "promptrec.cross_encoder", "promptrec.llm")
 
 _NO_ITEMS = np.zeros(0, dtype=np.int64)
 

@@ -1,0 +1,294 @@
+"""The ``llm`` recommender against real HTTP servers on loopback: a scripted OpenAI-compatible
+endpoint whose "model" knows the cycle of the fixture (users walk items i, i+1, ...), and the same
+server injecting faults (429, 500, time-outs, malformed JSON, empty choices)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("openai")
+pytest.importorskip("rapidfuzz")
+
+import uvicorn  # noqa: E402
+from fastapi import FastAPI, Request  # noqa: E402
+from fastapi.responses import JSONResponse, PlainTextResponse  # noqa: E402
+
+from promptrec.data import leave_one_out  # noqa: E402
+from promptrec.evaluation import evaluate_rankings  # noqa: E402
+from promptrec.llm import BudgetExceeded, Grounder, LLMError, LLMRecommender  # noqa: E402
+
+TITLE = re.compile(r"thing number (\d+)")
+KEY = "sk-test-0123456789abcdef-secret"
+
+
+class FakeLLM:
+    """An OpenAI-compatible server on a free loopback port. ``faults`` is a list consumed one
+    per request ("429", "500", "timeout", "malformed", "empty"); once empty, requests are
+    answered by ``answer(messages, body) -> str`` (with top log-probabilities when asked)."""
+
+    def __init__(self, answer, n_items: int) -> None:
+        self.answer, self.n_items = answer, n_items
+        self.faults: list[str] = []
+        self.requests: list[dict] = []
+        self.auth: list[str] = []
+        app = FastAPI()
+
+        @app.post("/v1/chat/completions")
+        async def chat(request: Request):
+            body = await request.json()
+            self.requests.append(body)
+            self.auth.append(request.headers.get("authorization", ""))
+            fault = self.faults.pop(0) if self.faults else None
+            if fault in ("429", "500"):
+                return JSONResponse({"error": {"message": "injected", "type": "server_error"}}, status_code=int(fault))
+            if fault == "timeout":
+                await asyncio.sleep(1.5)  # longer than the client's time-out in these tests
+            if fault == "malformed":
+                return PlainTextResponse("{not json", media_type="application/json")
+            content = self.answer(body["messages"], body)
+            choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}
+            if body.get("logprobs"):
+                first = content.splitlines()[0].strip()
+                tops = [{"token": t, "logprob": lp, "bytes": None} for t, lp in _label_logprobs(content)]
+                choice["logprobs"] = {"content": [{"token": first, "logprob": tops[0]["logprob"], "bytes": None, "top_logprobs": tops}]}
+            return {
+                "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                "choices": [] if fault == "empty" else [choice],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+            }
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def __enter__(self) -> "FakeLLM":
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(5)
+
+
+def _label_logprobs(content: str) -> list[tuple[str, float]]:
+    labels = [ln.strip() for ln in content.splitlines() if ln.strip()]
+    return [(lab, -0.5 * j) for j, lab in enumerate(labels)]
+
+
+def cycle_answer(n_items: int):
+    """Knows the cycle: the successors of the last history item, by title; plus noise the
+    grounding must handle (a history item, a made-up title, a repeat)."""
+
+    def answer(messages, body):
+        history = messages[-1]["content"].split("oldest first:\n")[1].split("\n\n")[0]
+        seen = [int(x) for x in TITLE.findall(history)] or [n_items - 1]
+        succ = [f"thing number {(seen[-1] + j) % n_items}" for j in (1, 2, 3)]
+        lines = [succ[0], f"thing number {seen[0]}", "The Unknown Film (2031)", succ[0], *succ[1:]]
+        return "\n".join(f"{n}. {t}" for n, t in enumerate(lines, 1))
+
+    return answer
+
+
+def rerank_answer(messages, body):
+    """Orders the labelled candidates by closeness to the successor of the last history item."""
+    text = messages[-1]["content"]
+    last = int(TITLE.findall(text.split("Candidates:")[0])[-1])
+    cands = re.findall(r"^([A-Z]{1,2})\. thing number (\d+)$", text, flags=re.MULTILINE)
+    order = sorted(cands, key=lambda c: (int(c[1]) - last - 1) % 1000)
+    return "\n".join(lab for lab, _ in order)
+
+
+@pytest.fixture(scope="module")
+def split():
+    from conftest import cyclic_data
+
+    return leave_one_out(cyclic_data(n_users=30, n_items=20))
+
+
+def llm(server: FakeLLM, tmp_path: Path, **params) -> LLMRecommender:
+    base = dict(base_url=server.url, model="fake", cache_dir=str(tmp_path / "cache"), api_key_env="PROMPTREC_TEST_KEY",
+                timeout=0.5, backoff=0.01)
+    base.update(params)
+    backoff = base.pop("backoff")
+    rec = LLMRecommender(**base)
+    rec.client.backoff = backoff
+    return rec
+
+
+# ------------------------------------------------------------------------------------ grounding
+def test_grounding_maps_titles_ids_labels_and_codes():
+    titles = {"1": "Star Wars (1977)", "2": "Fargo (1996)", "3": "Toy Story (1995)", "4": "Star Trek: Generations (1994)"}
+    g = Grounder(titles, threshold=85)
+    out = g.ground("1. Star Wars\n2) fargo (1996)\n- Toy Story (id 3)\n* The Unknown Film (2031)\n5. Fargo")
+    assert out.items == ["1", "2", "3"] and out.named == 5 and out.invalid == 1 and out.duplicates == 1
+    assert g.ground("id: 4").items == ["4"]
+    assert g.ground("").parse_failure and g.ground("nothing here at all").parse_failure
+    # Candidate labels, alone, with their title, or comma-separated on one line.
+    lab = {"A": "2", "B": "1", "C": "3"}
+    assert g.ground("B\nA. Fargo (1996)\n[C]", lab).items == ["1", "2", "3"]
+    assert g.ground("C, B, A", lab).items == ["3", "1", "2"]
+    # Item codes, however the tokenizer spaced them; an unknown code is invalid.
+    gc = Grounder(titles, codes={"<a_1><b_2>": "1", "<a_1><b_3>": "2"})
+    out = gc.ground("<a_1> <b_3> <a_1><b_2> <a_9><b_9>")
+    assert out.items == ["2", "1"] and out.invalid == 1
+
+
+# ---------------------------------------------------------------------------------- recommending
+def test_generate_mode_grounds_drops_and_fills_and_keeps_the_contract(split, tmp_path, monkeypatch):
+    from conftest import assert_recommender_contract
+
+    monkeypatch.setenv("PROMPTREC_TEST_KEY", KEY)
+    with FakeLLM(cycle_answer(20), 20) as server:
+        rec = llm(server, tmp_path).fit(split)
+        users = list(split.test["user_id"][:10])
+        recs = rec.recommend(users, k=5)
+        hist = split.history("test")
+        for u, g in recs.groupby("user_id", sort=False):
+            succ = [(int(hist[u][-1][4:]) + j) % 20 for j in (1, 2, 3)]
+            # The successors, grounded from titles, lead; history items and repeats are gone.
+            assert list(g["item_id"][:3]) == [f"item{i}" for i in succ]
+        s = rec.stats()
+        assert s["llm_users"] == 10 and s["invalid_answer_rate"] == pytest.approx(1 / 6)
+        assert s["history_dropped"] == 10 and s["duplicates_dropped"] == 10 and s["parse_failure_rate"] == 0
+        assert s["fill_rate"] == pytest.approx(2 / 5) and s["requests"] == 10 and s["prompt_tokens"] == 100
+        summary, _ = evaluate_rankings(rec, split, k=5, metrics=["HR@1"])
+        assert summary["HR@1"] == 1.0  # the scripted model knows the cycle
+        assert_recommender_contract(rec, split, tmp_path / "saved")
+        assert all(a == f"Bearer {KEY}" for a in server.auth)  # the key reached the server
+
+
+def test_second_run_is_answered_from_the_cache(split, tmp_path):
+    with FakeLLM(cycle_answer(20), 20) as server:
+        users = list(split.test["user_id"])
+        first = llm(server, tmp_path).fit(split)
+        a = first.recommend(users, k=5)
+        assert first.stats()["requests"] == len(users)
+        again = llm(server, tmp_path).fit(split)
+        b = again.recommend(users, k=5)
+        assert again.stats()["requests"] == 0 and again.stats()["cache_hits"] == len(users)
+        assert a.equals(b) and len(server.requests) == len(users)
+
+
+def test_rerank_orders_the_retrievers_candidates_by_text_or_by_label_logprobs(split, tmp_path):
+    with FakeLLM(rerank_answer, 20) as server:
+        users = list(split.test["user_id"][:8])
+        hist = split.history("test")
+        for logprobs in (False, True):
+            rec = llm(server, tmp_path / str(logprobs), mode="rerank", candidates=15, logprobs=logprobs).fit(split)
+            recs = rec.recommend(users, k=5)
+            retrieved = rec.retriever_.recommend(users, k=15)
+            for u, g in recs.groupby("user_id", sort=False):
+                cands = list(retrieved[retrieved["user_id"] == u]["item_id"])
+                assert set(g["item_id"]) <= set(cands)
+                want = sorted(cands, key=lambda i: (int(i[4:]) - int(hist[u][-1][4:]) - 1) % 1000)[:5]
+                assert list(g["item_id"]) == want
+            assert rec.stats()["fill_rate"] == 0 and rec.stats()["invalid_answer_rate"] == 0
+        assert "top_logprobs" in server.requests[-1] and "top_logprobs" not in server.requests[0]
+
+
+def test_few_shot_demonstrations_come_from_other_users_training_data(split, tmp_path):
+    with FakeLLM(cycle_answer(20), 20) as server:
+        rec = llm(server, tmp_path, shots=2).fit(split)
+        train = split.train_sequences()
+        for u in split.test["user_id"][:10]:
+            demos = rec._demos(u, 5)
+            assert len(demos) == 4 and demos == rec._demos(u, 5)  # seeded: prompts stay cached
+            pool = rec._demo_pool(u)
+            assert len(pool) == 2 and u not in pool  # other users only
+            for other, question, answer in zip(pool, demos[::2], demos[1::2]):
+                shown = [f"item{i}" for i in TITLE.findall(question["content"])]
+                nxt = [f"item{i}" for i in TITLE.findall(answer["content"])]
+                assert train[other][: len(shown) + len(nxt)] == shown + nxt  # its training data
+
+
+# ---------------------------------------------------------------------------------------- faults
+@pytest.mark.parametrize("fault", ["429", "500", "timeout", "malformed", "empty"])
+def test_a_transient_fault_is_retried(fault, split, tmp_path):
+    with FakeLLM(cycle_answer(20), 20) as server:
+        rec = llm(server, tmp_path).fit(split)
+        server.faults = [fault, fault]
+        recs = rec.recommend([split.test["user_id"][0]], k=5)
+        s = rec.stats()
+        assert s["retries"] == 2 and s["failed_requests"] == 0 and s["fill_rate"] == pytest.approx(2 / 5)
+        assert len(recs) == 5
+
+
+@pytest.mark.parametrize("fault", ["429", "500", "timeout", "malformed", "empty"])
+def test_a_lasting_fault_falls_back_to_the_retriever_or_raises_clearly(fault, split, tmp_path):
+    with FakeLLM(cycle_answer(20), 20) as server:
+        user = split.test["user_id"][0]
+        rec = llm(server, tmp_path, max_retries=2).fit(split)
+        server.faults = [fault] * 3
+        start = time.time()
+        recs = rec.recommend([user], k=5)
+        assert time.time() - start < 10  # retried, never hung
+        expected = rec.retriever_.recommend([user], k=5)
+        assert list(recs["item_id"]) == list(expected["item_id"])  # the documented fallback
+        s = rec.stats()
+        assert s["failed_requests"] == 1 and s["fallback_users"] == 1 and s["fill_rate"] == 1.0
+        strict = llm(server, tmp_path / "strict", max_retries=1, on_failure="raise").fit(split)
+        server.faults = [fault] * 2
+        with pytest.raises(LLMError, match="failed after 2 tries"):
+            strict.recommend([user], k=5)
+
+
+def test_a_client_error_is_not_retried(split, tmp_path):
+    with FakeLLM(cycle_answer(20), 20) as server:
+        rec = llm(server, tmp_path, model="fake").fit(split)
+        rec.client.base_url = server.url.replace("/v1", "/nowhere")
+        with pytest.raises(LLMError, match="HTTP 404"):
+            rec.recommend([split.test["user_id"][0]], k=5)
+        assert rec.stats()["requests"] == 1
+
+
+def test_the_budget_stops_before_the_request_and_a_rerun_continues_from_the_cache(split, tmp_path):
+    with FakeLLM(cycle_answer(20), 20) as server:
+        users = list(split.test["user_id"][:6])
+        rec = llm(server, tmp_path, max_requests=3, concurrency=1).fit(split)
+        with pytest.raises(BudgetExceeded, match="max_requests=3"):
+            rec.recommend(users, k=5)
+        assert len(server.requests) == 3
+        more = llm(server, tmp_path, max_requests=3, concurrency=1).fit(split)
+        more.recommend(users, k=5)
+        assert more.stats()["cache_hits"] == 3 and more.stats()["requests"] == 3
+
+
+def test_the_api_key_appears_in_no_log_line(split, tmp_path, monkeypatch, caplog, capfd):
+    monkeypatch.setenv("PROMPTREC_TEST_KEY", KEY)
+    monkeypatch.setenv("OPENAI_LOG", "debug")
+    caplog.set_level(logging.DEBUG)
+    with FakeLLM(cycle_answer(20), 20) as server:
+        rec = llm(server, tmp_path, max_retries=1).fit(split)
+        server.faults = ["500", "500", "429"]
+        rec.recommend(list(split.test["user_id"][:3]), k=5)
+        assert server.auth and all(KEY in a for a in server.auth)
+    assert caplog.records and not any(KEY in r.getMessage() for r in caplog.records)
+    out, err = capfd.readouterr()
+    assert KEY not in out and KEY not in err
+    assert KEY not in json.dumps(rec.get_params())
+
+
+def test_configuration_errors_are_clear():
+    with pytest.raises(ValueError, match="mode"):
+        LLMRecommender("http://x/v1", "m", mode="chat")
+    with pytest.raises(ValueError, match="codes_from"):
+        LLMRecommender("http://x/v1", "m", item_format="code")
+    with pytest.raises(ValueError, match="rerank"):
+        LLMRecommender("http://x/v1", "m", logprobs=True)
