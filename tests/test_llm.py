@@ -292,3 +292,73 @@ def test_configuration_errors_are_clear():
         LLMRecommender("http://x/v1", "m", item_format="code")
     with pytest.raises(ValueError, match="rerank"):
         LLMRecommender("http://x/v1", "m", logprobs=True)
+
+
+# ------------------------------------------------------------- an independent server: transformers
+@pytest.fixture(scope="module")
+def transformers_server(tmp_path_factory):
+    """``transformers serve`` on loopback, serving a tiny promptrec decoder that learned the cycle,
+    exported as a plain transformers chat model."""
+    import os
+    import subprocess
+    import sys
+    import urllib.request
+
+    from conftest import cyclic_data
+
+    from promptrec.config import RunConfig
+    from promptrec.llm.export import export_chat_model
+    from promptrec.model import P5Recommender
+
+    if subprocess.run([sys.executable, "-c", "from transformers.utils.import_utils import is_serve_available as a; assert a()"]).returncode:
+        pytest.skip("transformers serve needs its serving extra (fastapi, uvicorn, openai)")
+    split = leave_one_out(cyclic_data(n_users=80, n_items=20))
+    cfg = RunConfig().update({
+        "model.preset": "tiny", "model.backbone": "gpt2", "index.method": "random", "index.params": {"levels": 1},
+        "train.epochs": 20, "train.patience": 20, "train.lr": 0.005, "train.schedule": "constant",
+        "train.batch_size": 16, "train.val_users": 10,
+    })
+    root = tmp_path_factory.mktemp("decoder")
+    P5Recommender(cfg).fit(split, progress=False).save_pretrained(root / "p5")
+    chat = export_chat_model(root / "p5", root / "chat")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cli = Path(sys.executable).with_name("transformers")
+    proc = subprocess.Popen(
+        [str(cli), "serve", str(chat), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    body = json.dumps({"model": str(chat), "messages": [{"role": "user", "content": "history : none"}], "max_tokens": 2}).encode()
+    deadline = time.time() + 120
+    try:
+        while True:
+            try:
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", body, {"content-type": "application/json"})
+                urllib.request.urlopen(req, timeout=30).read()
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"transformers serve did not start: {proc.stderr.read().decode()[-2000:]}")
+                time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}/v1", str(chat), root / "p5", split
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_a_promptrec_decoder_behind_transformers_serve_recommends(transformers_server, tmp_path):
+    url, served, p5_dir, split = transformers_server
+    users = list(split.test["user_id"][:30])
+    params = dict(base_url=url, model=served, item_format="code", codes_from=str(p5_dir), template="seq-1",
+                  cache_dir=str(tmp_path / "cache"), timeout=30)
+    rec = LLMRecommender(**params).fit(split)
+    summary, _ = evaluate_rankings(rec, split, k=5, users=users, metrics=["HR@1", "HR@5"])
+    s = rec.stats()
+    # Every reply is a code of the catalogue; greedy decoding without the trie often names an item
+    # the user already has (the decoder copies), which is dropped and filled from the retriever.
+    assert s["requests"] == 30 and s["parse_failure_rate"] == 0 and s["invalid_answer_rate"] == 0
+    assert s["named_per_user"] >= 1 and s["history_dropped"] + 30 * 5 * (1 - s["fill_rate"]) == pytest.approx(s["named_per_user"] * 30)
+    again = LLMRecommender(**params).fit(split)
+    assert evaluate_rankings(again, split, k=5, users=users, metrics=["HR@1", "HR@5"])[0]["HR@1"] == summary["HR@1"]
+    assert again.stats()["requests"] == 0 and again.stats()["cache_hits"] == 30

@@ -1,0 +1,49 @@
+"""A promptrec decoder model as a plain ``transformers`` chat model directory.
+
+Any server that loads a transformers directory and applies its chat template (``transformers
+serve``, vLLM, ...) can then answer with the model: the template turns the conversation's last user
+message into exactly the prompt the model was trained on (the message, then ``</s>``), and
+generation stops at ``</s>`` after the item's code. The ``llm`` recommender with
+``item_format="code"`` and ``codes_from`` set to the promptrec model directory reads and writes
+those codes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# Only the last user message counts: the model was trained on single prompts, not dialogues.
+CHAT_TEMPLATE = (
+    "{%- set users = messages | selectattr('role', 'equalto', 'user') | list -%}"
+    "{%- set last = users[-1]['content'] -%}"
+    "{%- if last is not string -%}{%- set last = last | map(attribute='text') | join(' ') -%}{%- endif -%}"
+    "{{ last }} {{ eos_token }}"
+)
+
+
+def export_chat_model(model_dir: str | Path, output: str | Path) -> Path:
+    """Write the decoder (LoRA and other adapters merged) and its tokenizer, with a chat template
+    and a generation config that stops at ``</s>``, to ``output``; return ``output``."""
+    from ..model import P5Recommender
+    from ..tuning import unwrap
+
+    rec = P5Recommender.from_pretrained(model_dir)
+    if not rec.causal:
+        raise ValueError(
+            f"{model_dir} holds an encoder-decoder ({rec.config.model.backbone}); chat servers "
+            "serve decoder-only models: train with model.backbone gpt2, llama or qwen2"
+        )
+    model = rec.model
+    if hasattr(model, "merge_and_unload"):  # peft: one plain model, as servers expect
+        model = model.merge_and_unload()
+    model = unwrap(model)
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = rec.tokenizer
+    tok.chat_template = CHAT_TEMPLATE
+    gen = model.generation_config
+    gen.eos_token_id, gen.pad_token_id, gen.bos_token_id = tok.eos_token_id, tok.pad_token_id, None
+    gen.do_sample, gen.max_new_tokens = False, 16
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
