@@ -268,6 +268,10 @@ def test_the_budget_stops_before_the_request_and_a_rerun_continues_from_the_cach
         more = llm(server, tmp_path, max_requests=3, concurrency=1).fit(split)
         more.recommend(users, k=5)
         assert more.stats()["cache_hits"] == 3 and more.stats()["requests"] == 3
+        few = llm(server, tmp_path, max_users=8).fit(split)
+        few.recommend(users, k=5)
+        with pytest.raises(BudgetExceeded, match="max_users=8"):
+            few.recommend(users, k=5)
 
 
 def test_the_api_key_appears_in_no_log_line(split, tmp_path, monkeypatch, caplog, capfd):

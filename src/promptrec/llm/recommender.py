@@ -42,7 +42,7 @@ from ..recommender import (
     load_recommender,
     recommendation_frame,
 )
-from .client import ChatClient
+from .client import BudgetExceeded, ChatClient
 from .grounding import Grounder
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,8 @@ class LLMRecommender(Recommender):
         templates: a template file (default: promptrec's own).
         shots: few-shot demonstrations per prompt, from other users' training data.
         retriever / retriever_params: the registered recommender that proposes candidates and
-            fills short lists (fitted on the same split), e.g. ``"popularity"`` or ``"sasrec"``.
+            fills short lists (fitted on the same split), e.g. ``"popularity"`` or ``"sasrec"``,
+            or the directory of one saved after fitting on the same split.
         candidates: how many the retriever proposes in rerank mode.
         max_history: the most recent items shown.
         item_format: ``"title"`` (general chat models) or ``"code"`` (a promptrec decoder model
@@ -81,6 +82,8 @@ class LLMRecommender(Recommender):
         temperature / max_tokens / seed: sampling parameters sent with every request.
         api_key_env, cache_dir, concurrency, max_retries, timeout, max_requests, max_tokens_total,
         on_failure: see :class:`promptrec.llm.client.ChatClient`.
+        max_users: the most users this object asks the model about (until :meth:`reset_stats`);
+            a call that would pass it raises :class:`~promptrec.llm.client.BudgetExceeded` first.
     """
 
     name = "llm"
@@ -111,6 +114,7 @@ class LLMRecommender(Recommender):
         timeout: float = 60.0,
         max_requests: int | None = None,
         max_tokens_total: int | None = None,
+        max_users: int | None = None,
         on_failure: str = "fallback",
     ) -> None:
         if mode not in MODES:
@@ -137,9 +141,15 @@ class LLMRecommender(Recommender):
         return dict(self.params)
 
     # -------------------------------------------------------------------------------- fitting
-    def fit(self, split: Split) -> Self:
+    def fit(self, split: Split, retriever: Recommender | None = None) -> Self:
+        """``retriever``: an already fitted recommender of ``split`` to use instead of fitting one."""
         p = self.params
-        self.retriever_ = build_recommender(p["retriever"], **(p["retriever_params"] or {})).fit(split)
+        if retriever is not None:
+            self.retriever_ = retriever
+        elif Path(p["retriever"]).is_dir():  # a saved model of the same data: used as it is
+            self.retriever_ = load_recommender(p["retriever"])
+        else:
+            self.retriever_ = build_recommender(p["retriever"], **(p["retriever_params"] or {})).fit(split)
         items = split.data.items
         titles = items["title"] if "title" in items.columns else pd.Series(items.index, index=items.index)
         self.titles_ = {str(i): str(t) for i, t in titles.items() if isinstance(t, str) and t}
@@ -249,6 +259,11 @@ class LLMRecommender(Recommender):
         if not users:
             return recommendation_frame([], [], [], [])
         p = self.params
+        if p["max_users"] is not None and self._count["users"] + len(users) > p["max_users"]:
+            raise BudgetExceeded(
+                f"user budget: {self._count['users']} users asked so far, {len(users)} more would pass "
+                f"max_users={p['max_users']}"
+            )
         rerank = p["mode"] == "rerank"
         depth = max(k, p["candidates"]) if rerank else 2 * k  # room to fill after drops
         retrieved = self.retriever_.recommend(users, k=depth, exclude_seen=exclude_seen, stage=stage)
