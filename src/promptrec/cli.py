@@ -211,10 +211,14 @@ def serve(
     threads: Annotated[
         Optional[int], typer.Option(help="torch threads per model process (default: torch's)")
     ] = None,
+    model_name: Annotated[
+        str, typer.Option(help="the model's name on the OpenAI-compatible endpoints (/v1/models, /v1/chat/completions)")
+    ] = "promptrec",
 ) -> None:
     """Serve MODEL over HTTP (OpenAPI docs at /docs): recommendations that follow each user's
     feedback at once, a durable feedback store, and model swaps without downtime (POST
-    /admin/reload or SIGHUP). The model runs in a child process beside the HTTP server."""
+    /admin/reload or SIGHUP). OpenAI clients get recommendations from /v1/chat/completions
+    (base_url http://HOST:PORT/v1). The model runs in a child process beside the HTTP server."""
     import secrets
     import sys
 
@@ -232,9 +236,52 @@ def serve(
         print(f"no --api-key or PROMPTREC_API_KEY: write and admin requests need X-API-Key: {api_key}", file=sys.stderr)
     settings = ServeSettings(
         model_dir=model, database=database, api_key=api_key, quantize=quantize, max_k=max_k,
-        batch_wait_ms=batch_wait_ms, model_processes=model_processes, threads=threads,
+        batch_wait_ms=batch_wait_ms, model_processes=model_processes, threads=threads, model_name=model_name,
     )
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
+
+
+@app.command()
+def chat(
+    model: Annotated[Path, typer.Option("--model", "-m", help="model directory written by train")],
+    user: Annotated[
+        Optional[str], typer.Option("--user", "-u", help="start from this user's stored history (or say 'I am user 42')")
+    ] = None,
+    k: Annotated[int, typer.Option("-k", min=1, help="items per reply")] = 10,
+    threshold: Annotated[
+        float, typer.Option(min=0, max=100, help="fuzzy-match score (0-100) a title or attribute value must reach")
+    ] = 85.0,
+    json_: Annotated[bool, typer.Option("--json", help="one JSON object per reply: text, items, mentions, state")] = False,
+) -> None:
+    """Talk to a saved model: every line read from the terminal or a pipe is one turn, answered
+    with recommendations. Name items by title (typos are fine) or id ("item 50"), attributes by
+    value (a genre, category or brand); "not", "I didn't like", "no more" mark dislikes. For
+    example: "I am user 196", "I liked Toy Story and Fargo", "not Star Wars", "something in
+    genre comedy", "start over". "quit" or the end of the input ends the session."""
+    import sys
+
+    from .conversation import Catalogue, Conversation, engine_backend
+    from .serving.engine import Engine
+
+    if not (model / "promptrec_config.json").is_file():
+        raise typer.BadParameter(f"{model} is not a promptrec model directory (no promptrec_config.json)")
+    engine = Engine(model)
+    conversation = Conversation(
+        Catalogue.from_recommender(engine.rec, threshold), engine_backend(engine), user_id=user, k=k
+    )
+    interactive = sys.stdin.isatty()
+    if interactive:
+        typer.echo("Tell me what you liked or did not; 'quit' to leave.")
+    while True:
+        if interactive:
+            typer.echo("> ", nl=False)
+        line = sys.stdin.readline()
+        if not line or line.strip().lower() in {"quit", "exit"}:
+            break
+        if not line.strip():
+            continue
+        reply = conversation.turn(line.strip())
+        typer.echo(json.dumps(reply.to_dict()) if json_ else reply.text + "\n")
 
 
 @app.command()

@@ -14,6 +14,9 @@ uvicorn. Endpoints (OpenAPI at ``/docs``):
   the running ones, then swap. Requests in flight finish on the old model and new ones start on
   the new one, so none fails during the swap; a directory that does not load leaves the old model
   serving.
+- ``GET /v1/models``, ``POST /v1/chat/completions``: the OpenAI chat protocol (JSON or streamed),
+  answered by a conversational session over the same ranking as ``/recommend``
+  (:mod:`promptrec.serving.openai_api`).
 - ``GET /health`` (the process answers), ``GET /ready`` (model loaded and store reachable),
   ``GET /metrics`` (Prometheus: request counts, latency histogram, batch sizes), ``GET /info``.
 
@@ -46,7 +49,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from .batching import MicroBatcher
 from .engine import LIKE_THRESHOLD, Answer
-from .store import FeedbackEvent, FeedbackStore
+from .openai_api import add_openai_routes
+from .store import FeedbackEvent, FeedbackStore, StoredEvent
 from .worker import Job, ModelLoadError, ModelPool
 
 log = logging.getLogger("promptrec.serve")
@@ -79,6 +83,7 @@ class ServeSettings(BaseModel):
     model_processes: int = Field(1, ge=1, le=64)  # copies of the model, each in a process of its own
     threads: int | None = Field(None, ge=1)  # torch threads per model process; None: torch's default
     cache_size: int = Field(10_000, ge=0)
+    model_name: str = Field("promptrec", min_length=1, max_length=256)  # the model id of the OpenAI endpoints
 
     def database_url(self) -> str:
         return self.database or str(self.model_dir.resolve().parent / "feedback.db")
@@ -192,6 +197,44 @@ class Server:
         assert engine is not None
         self.batch_sizes.observe(len(jobs))
         return engine.answer(jobs)
+
+    async def rank(
+        self,
+        engine: ModelPool,
+        user_id: str,
+        k: int,
+        *,
+        explicit: list[str] | None = None,
+        candidates: tuple[str, ...] | None = None,
+        exclude_seen: bool = True,
+        liked: Sequence[str] = (),
+    ) -> tuple[Answer, bool]:
+        """The model's answer for a user, through the cache and the micro-batcher, and whether it
+        came from the cache: the one path of /recommend and the chat endpoint.
+
+        liked: items the user has just said they like (in a chat); they count as clicks after
+        the stored feedback, so they extend the history and are excluded as seen.
+        """
+        assert self.store is not None
+        # Feedback counts even with an explicit history: skips and low ratings still demote.
+        events = await run_in_threadpool(self.store.user_events, user_id, self.settings.history_events)
+        # The highest seq, not the newest timestamp: a late event with an old timestamp must
+        # change the key too.
+        key = (engine.version, user_id, max((e.seq for e in events), default=0), k, exclude_seen, candidates,
+               tuple(explicit) if explicit is not None else None, tuple(liked))
+        answer = self.cache.get(key)
+        if answer is not None:
+            self.cache.move_to_end(key)
+            self.cache_hits.inc()
+            return answer, True
+        now = time.time()
+        events = events + [StoredEvent(f"chat-{n}", user_id, i, "click", None, now, now, 0) for n, i in enumerate(liked)]
+        answer = await self.batcher.submit(Job(user_id, events, explicit, k, exclude_seen, candidates))
+        if self.settings.cache_size:
+            self.cache[key] = answer
+            while len(self.cache) > self.settings.cache_size:
+                self.cache.popitem(last=False)
+        return answer, False
 
     async def reload(self, model_dir: str | Path | None) -> ReloadResponse:
         async with self._reload_lock:
@@ -344,6 +387,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app.state.server = server
 
     app.add_middleware(Metrics, server=server)
+    add_openai_routes(app, server, settings)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
 
     def engine() -> ModelPool:
@@ -365,26 +409,11 @@ def create_app(settings: ServeSettings) -> FastAPI:
             raise HTTPException(422, f"k is {body.k}; this server allows at most {settings.max_k}")
         if body.candidates is not None:
             unknown_items(eng, body.candidates, "candidate items")
-        # Feedback counts even with an explicit history: skips and low ratings still demote.
-        events = await run_in_threadpool(server.store.user_events, body.user_id, settings.history_events)
         candidates = tuple(dict.fromkeys(body.candidates)) if body.candidates is not None else None
         explicit = list(body.history) if body.history is not None else None
-        # The highest seq, not the newest timestamp: a late event with an old timestamp must
-        # change the key too.
-        key = (eng.version, body.user_id, max((e.seq for e in events), default=0), body.k, body.exclude_seen, candidates,
-               tuple(explicit) if explicit is not None else None)
-        answer = server.cache.get(key)
-        cached = answer is not None
-        if cached:
-            server.cache.move_to_end(key)
-            server.cache_hits.inc()
-        else:
-            job = Job(body.user_id, events, explicit, body.k, body.exclude_seen, candidates)
-            answer = await server.batcher.submit(job)
-            if settings.cache_size:
-                server.cache[key] = answer
-                while len(server.cache) > settings.cache_size:
-                    server.cache.popitem(last=False)
+        answer, cached = await server.rank(
+            eng, body.user_id, body.k, explicit=explicit, candidates=candidates, exclude_seen=body.exclude_seen
+        )
         ignored = [i for i in (explicit or []) if i not in eng.catalogue]
         return RecommendResponse(
             user_id=body.user_id,

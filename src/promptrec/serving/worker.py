@@ -57,10 +57,15 @@ class Job:
 
 # -- the child side ------------------------------------------------------------------------------
 def _describe(engine: Any) -> dict[str, Any]:
+    from ..conversation import item_attributes
+
     return {
         "version": engine.version,
         "catalogue": engine.rec.catalogue,
         "titles": engine.rec.titles,
+        # What the chat endpoint grounds mentions in: attribute values and the users with a history.
+        "attributes": item_attributes(engine.rec.items),
+        "users": sorted(engine.rec.train_history),
         "families": sorted(engine.families),
         "load_seconds": engine.load_seconds,
     }
@@ -167,6 +172,9 @@ class ModelProcess:
         self.version: str = info["version"]
         self.catalogue: set[str] = set(info["catalogue"])
         self.titles: dict[str, str] = info["titles"]
+        self.item_order: list[str] = info["catalogue"]
+        self.attributes: dict[str, dict[str, list[str]]] = info["attributes"]
+        self.users: list[str] = info["users"]
         self.families: set[str] = set(info["families"])
         self.load_seconds = round(time.perf_counter() - started, 3)
         self.pid = self._process.pid
@@ -266,10 +274,21 @@ class ModelPool:
         first = members[0]
         self.model_dir, self.quantize, self.version = first.model_dir, first.quantize, first.version
         self.catalogue, self.titles, self.families = first.catalogue, first.titles, first.families
+        self.item_order, self.attributes, self.users = first.item_order, first.attributes, first.users
+        self._grounding: Any = None
         self.load_seconds = round(time.perf_counter() - started, 3)
 
     def title(self, item_id: str) -> str | None:
         return self.titles.get(item_id)
+
+    def grounding(self) -> Any:
+        """The :class:`~promptrec.conversation.Catalogue` of this model, built on first use (it
+        needs rapidfuzz, an optional dependency) and kept as long as the model serves."""
+        if self._grounding is None:
+            from ..conversation import Catalogue
+
+            self._grounding = Catalogue(self.item_order, self.titles, self.attributes, self.users)
+        return self._grounding
 
     def alive(self) -> bool:
         return all(m.alive() for m in self.members)
