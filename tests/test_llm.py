@@ -203,6 +203,25 @@ def test_rerank_orders_the_retrievers_candidates_by_text_or_by_label_logprobs(sp
         assert "top_logprobs" in server.requests[-1] and "top_logprobs" not in server.requests[0]
 
 
+def test_samples_rank_items_by_how_many_replies_name_them(split, tmp_path):
+    def answer(messages, body):
+        history = messages[-1]["content"].split("oldest first:\n")[1].split("\n\n")[0]
+        last = int(TITLE.findall(history)[-1])
+        return f"thing number {(last + 1 + (body['seed'] >= 3)) % 20}"  # seeds 0-2: the successor
+
+    with FakeLLM(answer, 20) as server:
+        users = list(split.test["user_id"][:6])
+        rec = llm(server, tmp_path, samples=5, temperature=1.0).fit(split)
+        recs = rec.recommend(users, k=5)
+        hist = split.history("test")
+        for u, g in recs.groupby("user_id", sort=False):
+            last = int(hist[u][-1][4:])
+            assert list(g["item_id"][:2]) == [f"item{(last + 1) % 20}", f"item{(last + 2) % 20}"]
+        assert rec.stats()["requests"] == 30 and sorted({b["seed"] for b in server.requests}) == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="temperature"):
+        LLMRecommender("http://x/v1", "m", samples=3)
+
+
 def test_few_shot_demonstrations_come_from_other_users_training_data(split, tmp_path):
     with FakeLLM(cycle_answer(20), 20) as server:
         rec = llm(server, tmp_path, shots=2).fit(split)
@@ -242,7 +261,7 @@ def test_a_lasting_fault_falls_back_to_the_retriever_or_raises_clearly(fault, sp
         expected = rec.retriever_.recommend([user], k=5)
         assert list(recs["item_id"]) == list(expected["item_id"])  # the documented fallback
         s = rec.stats()
-        assert s["failed_requests"] == 1 and s["fallback_users"] == 1 and s["fill_rate"] == 1.0
+        assert s["failed_requests"] == 1 and s["failed_replies"] == 1 and s["fill_rate"] == 1.0
         strict = llm(server, tmp_path / "strict", max_retries=1, on_failure="raise").fit(split)
         server.faults = [fault] * 2
         with pytest.raises(LLMError, match="failed after 2 tries"):
@@ -362,7 +381,7 @@ def test_a_promptrec_decoder_behind_transformers_serve_recommends(transformers_s
     # Every reply is a code of the catalogue; greedy decoding without the trie often names an item
     # the user already has (the decoder copies), which is dropped and filled from the retriever.
     assert s["requests"] == 30 and s["parse_failure_rate"] == 0 and s["invalid_answer_rate"] == 0
-    assert s["named_per_user"] >= 1 and s["history_dropped"] + 30 * 5 * (1 - s["fill_rate"]) == pytest.approx(s["named_per_user"] * 30)
+    assert s["named_per_reply"] >= 1 and s["history_dropped"] + 30 * 5 * (1 - s["fill_rate"]) == pytest.approx(s["named_per_reply"] * 30)
     again = LLMRecommender(**params).fit(split)
     assert evaluate_rankings(again, split, k=5, users=users, metrics=["HR@1", "HR@5"])[0]["HR@1"] == summary["HR@1"]
     assert again.stats()["requests"] == 0 and again.stats()["cache_hits"] == 30

@@ -51,6 +51,17 @@ MODES = ("generate", "rerank")
 ITEM_FORMATS = ("title", "code")
 
 
+def _by_votes(lists: list[list[str]]) -> list[str]:
+    """Items of several ranked lists by how many lists hold them, then by first appearance."""
+    if len(lists) == 1:
+        return lists[0]
+    votes: dict[str, int] = {}
+    for items in lists:
+        for i in items:
+            votes[i] = votes.get(i, 0) + 1
+    return sorted(votes, key=lambda i: -votes[i])  # stable: first appearance breaks ties
+
+
 def labels(n: int) -> list[str]:
     """A, B, ..., Z, AA, AB, ...: short, one token in most vocabularies, never a title."""
     letters = string.ascii_uppercase
@@ -80,6 +91,9 @@ class LLMRecommender(Recommender):
         logprobs: rerank by label log-probabilities (the endpoint must return ``top_logprobs``).
         threshold: the least fuzzy score (0-100) for a title to count as a catalogue item.
         temperature / max_tokens / seed: sampling parameters sent with every request.
+        samples: replies per user (seeds ``seed``, ``seed + 1``, ...; needs ``temperature > 0``);
+            items are ranked by how many replies name them, ties by first mention. For models
+            that name one item per reply, such as a promptrec decoder behind a plain server.
         api_key_env, cache_dir, concurrency, max_retries, timeout, max_requests, max_tokens_total,
         on_failure: see :class:`promptrec.llm.client.ChatClient`.
         max_users: the most users this object asks the model about (until :meth:`reset_stats`);
@@ -107,6 +121,7 @@ class LLMRecommender(Recommender):
         temperature: float = 0.0,
         max_tokens: int | None = None,
         seed: int | None = 0,
+        samples: int = 1,
         api_key_env: str = "OPENAI_API_KEY",
         cache_dir: str | None = ".cache/promptrec-llm",
         concurrency: int = 8,
@@ -125,8 +140,10 @@ class LLMRecommender(Recommender):
             raise ValueError("item_format='code' needs codes_from: the saved promptrec model whose item codes the LLM speaks")
         if logprobs and mode != "rerank":
             raise ValueError("logprobs scoring ranks labelled candidates: it needs mode='rerank'")
-        if shots < 0 or candidates < 1 or max_history < 1:
-            raise ValueError("shots must be >= 0, candidates and max_history >= 1")
+        if shots < 0 or candidates < 1 or max_history < 1 or samples < 1:
+            raise ValueError("shots must be >= 0; candidates, max_history and samples >= 1")
+        if samples > 1 and (temperature <= 0 or seed is None):
+            raise ValueError("samples > 1 draws different replies: it needs temperature > 0 and a seed")
         self.params = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.params["template"] = template or ("chat-1" if mode == "generate" else "chat-rerank-1")
         self.template = TemplateSet.load(templates).get(self.params["template"])
@@ -278,16 +295,19 @@ class LLMRecommender(Recommender):
             labelled.append(lab)
         request = {"temperature": p["temperature"]}
         request["max_tokens"] = p["max_tokens"] or (8 * k if p["item_format"] == "code" or rerank else 24 * k)
-        if p["seed"] is not None:
-            request["seed"] = p["seed"]
         if p["logprobs"]:
             request.update(logprobs=True, top_logprobs=min(20, p["candidates"]))
-        replies = self.client.complete(conversations, **request)
+        # One reply per user, or ``samples`` replies drawn with consecutive seeds (each its own
+        # cache entry), whose items are ranked by how many replies name them.
+        seeds = [None if p["seed"] is None else p["seed"] + j for j in range(p["samples"])]
+        replies = [
+            self.client.complete(conversations, **request, **({} if s is None else {"seed": s})) for s in seeds
+        ]
 
         rows_u, rows_i, rows_s, rows_r = [], [], [], []
-        for u, reply, lab in zip(users, replies, labelled):
+        for n, (u, lab) in enumerate(zip(users, labelled)):
             seen = set(self.histories_[stage].get(u, [])) if exclude_seen else set()
-            ranked = self._ranked(reply, lab, seen)
+            ranked = _by_votes([self._ranked(r[n], lab, seen) for r in replies])
             self._count["users"] += 1
             named = len(ranked)
             fill = [i for i in by_user.get(u, []) if i not in ranked and i not in seen]
@@ -304,6 +324,7 @@ class LLMRecommender(Recommender):
     def _ranked(self, reply, labelled: dict[str, str] | None, seen: set[str]) -> list[str]:
         """The reply's items in order, grounded, without history items; counts what it drops."""
         c = self._count
+        c["replies"] += 1
         if reply.error is not None:
             c["failed"] += 1
             c["parse_failures"] += 1
@@ -332,7 +353,8 @@ class LLMRecommender(Recommender):
     # -------------------------------------------------------------------------------- reporting
     def _reset_counts(self) -> None:
         self._count = dict.fromkeys(
-            ("users", "named", "invalid", "duplicates", "history_dropped", "off_candidates", "parse_failures", "failed", "filled", "slots"), 0
+            ("users", "replies", "named", "invalid", "duplicates", "history_dropped", "off_candidates", "parse_failures",
+             "failed", "filled", "slots"), 0
         )
 
     def stats(self) -> dict[str, Any]:
@@ -341,13 +363,13 @@ class LLMRecommender(Recommender):
         out = {
             "llm_users": c["users"],
             "invalid_answer_rate": c["invalid"] / c["named"] if c["named"] else 0.0,
-            "parse_failure_rate": c["parse_failures"] / c["users"] if c["users"] else 0.0,
+            "parse_failure_rate": c["parse_failures"] / c["replies"] if c["replies"] else 0.0,
             "fill_rate": c["filled"] / c["slots"] if c["slots"] else 0.0,
-            "named_per_user": c["named"] / c["users"] if c["users"] else 0.0,
+            "named_per_reply": c["named"] / c["replies"] if c["replies"] else 0.0,
             "history_dropped": c["history_dropped"],
             "duplicates_dropped": c["duplicates"],
             "off_candidates": c["off_candidates"],
-            "fallback_users": c["failed"],
+            "failed_replies": c["failed"],
         }
         return out | self.client.stats.as_dict()
 
