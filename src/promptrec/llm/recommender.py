@@ -214,7 +214,7 @@ class LLMRecommender(Recommender):
     def _candidates(self, items: Sequence[str]) -> tuple[str, dict[str, str]]:
         labelled = dict(zip(labels(len(items)), items))
         if self.params["item_format"] == "code":
-            return " , ".join(self._item(i) for i in items), labelled
+            return " ".join(self._item(i) for i in items), labelled  # as in promptrec's training
         return "\n".join(f"{lab}. {self._item(i)}" for lab, i in labelled.items()), labelled
 
     def _answer(self, items: Sequence[str], labelled: dict[str, str] | None = None) -> str:
