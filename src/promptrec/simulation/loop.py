@@ -91,11 +91,14 @@ def user_groups(data: InteractionData, users: pd.Index, activity: np.ndarray, ag
     return groups
 
 
-def build_world(cfg: SimulationConfig, oracle_dir: str | Path | None = None) -> World:
-    """Load the data, fit the oracle (or load it from ``oracle_dir`` when saved there before)."""
+def build_world(
+    cfg: SimulationConfig, oracle_dir: str | Path | None = None, data: InteractionData | None = None
+) -> World:
+    """Load the data (unless given), fit the oracle (or load it from ``oracle_dir`` when saved there
+    before) and set up the initial log, the held-out set and the user groups."""
     from ..pipeline import load_data
 
-    data = load_data(cfg.data)
+    data = data if data is not None else load_data(cfg.data)
     if oracle_dir is not None and (Path(oracle_dir) / "oracle.json").exists():
         oracle = Oracle.load(oracle_dir)
     else:
