@@ -60,7 +60,7 @@ _ABBREVIATION = re.compile(r"\b(?:mr|mrs|ms|dr|st|jr|sr|vs|vol)\.$")
 _RESET = re.compile(r"\b(?:start\s+over|reset|forget\s+(?:everything|it\s+all))\b")
 _WORD = re.compile(r"[\w][\w'’\-&]*")
 _USER = re.compile(r"\buser(?:[\s_-]*id)?(?:\s*[:=#]\s*|\s+(?:is\s+)?)([\w\-.]*\w)", re.IGNORECASE)
-_GLUED_USER = re.compile(r"\buser[\w\-.]*\d[\w\-.]*", re.IGNORECASE)
+_GLUED_USER = re.compile(r"\buser[\w\-.]*?\d(?:[\w\-.]*\w)?", re.IGNORECASE)
 _PREFIXED_ID = re.compile(r"(?:\b(?:item|id|movie|product)\s*[:#]?\s*|#)([\w\-.]*\w)", re.IGNORECASE)
 _STOP = frozenset({
     "i", "me", "my", "we", "a", "an", "the", "and", "or", "of", "in", "on", "at", "to", "for", "with", "some",
