@@ -216,6 +216,17 @@ def test_grounding(catalogue, message, expected) -> None:
     assert [(m.value, m.polarity) for m in catalogue.ground(message)] == expected
 
 
+def test_grounding_titles_with_commas_colons_and_cue_words() -> None:
+    titles = ["Like Water For Chocolate (Como agua para chocolate) (1992)", "Net, The (1995)",
+              "Mission: Impossible (1996)", "Ace Ventura: Pet Detective (1994)", "Ace Ventura: When Nature Calls (1995)"]
+    catalogue = Catalogue([str(i) for i in range(5)], {str(i): t for i, t in enumerate(titles)})
+    said = "I liked Ace Ventura: Pet Detective and Mission: Impossible, not Net, The, or Like Water for Chocolate"
+    assert [(m.value, m.polarity) for m in catalogue.ground(said)] == [
+        ("3", "like"), ("2", "like"), ("1", "dislike"), ("0", "dislike")
+    ]
+    assert [(m.value, m.polarity) for m in catalogue.ground("I did not like the net")] == [("1", "dislike")]
+
+
 def test_filters_that_leave_fewer_than_k_say_so(catalogue) -> None:
     asked: list[Plan] = []
 

@@ -55,7 +55,10 @@ _POSITIVE = re.compile(
 )
 # Sentence ends and contrast words: a cue does not reach past them.
 _BOUNDARY = re.compile(r"[;!?\n]|\.(?=\s|$)|\b(?:but|however|although|though)\b")
-_SPLIT = re.compile(r"[,:()\[\]\"“”/]")  # separate list members: no title window spans them
+# No title window spans these; commas and colons may be part of a title ("Net, The", "Mission:
+# Impossible"), and the best-scoring window wins anyway.
+_SPLIT = re.compile(r"[()\[\]\"“”/]")
+EXACT_WITH_CUE = 95.0  # a title window that contains a cue word ("Like Water for Chocolate") must score this
 _ABBREVIATION = re.compile(r"\b(?:mr|mrs|ms|dr|st|jr|sr|vs|vol)\.$")
 _RESET = re.compile(r"\b(?:start\s+over|reset|forget\s+(?:everything|it\s+all))\b")
 _WORD = re.compile(r"[\w][\w'’\-&]*")
@@ -90,10 +93,11 @@ def title_aliases(title: str) -> list[str]:
     text = title.strip()
     while _PARENS.search(text) and _PARENS.sub("", text):
         text = _PARENS.sub("", text)
+    forms = [normalize(text)]  # as the catalogue writes it: "net the"
     moved = _ARTICLE.match(text)
     if moved:
         text = f"{moved.group(2)} {moved.group(1)}"
-    forms = [normalize(text)]
+        forms.insert(0, normalize(text))
     bare = re.sub(r"^(?:the|a|an) ", "", forms[0])
     if len(bare.split()) >= 1 and bare != forms[0] and len(bare) >= 4:
         forms.append(bare)  # "Godfather" for "The Godfather"
@@ -233,18 +237,22 @@ class Catalogue:
             # "anything but" is a cue, not a contrast; "Mr." does not end a sentence.
             if not _overlaps(negative, m.start(), m.end()) and not _ABBREVIATION.search(lower, 0, m.end())
         ]
-        taken: list[tuple[int, int]] = []
         spans += [_Span(s, e, "dislike") for s, e in negative]
-        taken += negative
+        cues = list(negative)
         for m in _POSITIVE.finditer(lower):
-            if not _overlaps(taken, m.start(), m.end()):
+            if not _overlaps(cues, m.start(), m.end()):
                 spans.append(_Span(m.start(), m.end(), "like"))
-                taken.append((m.start(), m.end()))
-        for start, end, mention in self._users(text) + self._item_ids(text, taken):
+                cues.append((m.start(), m.end()))
+        taken: list[tuple[int, int]] = []  # what no other mention may overlap
+        for start, end, mention in self._users(text) + self._item_ids(text, cues):
             spans.append(_Span(start, end, "mention", mention))
             taken.append((start, end))
-        for start, end, mention in self._fuzzy(text, taken):
+        titles = []
+        for start, end, mention in self._fuzzy(text, taken, cues):
             spans.append(_Span(start, end, "mention", mention))
+            titles.append((start, end))
+        # A cue or boundary word inside a title ("Like Water for Chocolate") is part of the title.
+        spans = [sp for sp in spans if sp.kind == "mention" or not any(s <= sp.start and sp.end <= e for s, e in titles)]
         # Walk in order: a cue sets the polarity of what follows until the next boundary.
         out: list[Mention] = []
         polarity: Polarity = "like"
@@ -295,9 +303,12 @@ class Catalogue:
     def _item_mention(self, item: str, text: str, score: float) -> Mention:
         return Mention("item", item, text, "like", score, title=self.titles.get(item))
 
-    def _fuzzy(self, text: str, taken: list[tuple[int, int]]) -> list[tuple[int, int, Mention]]:
+    def _fuzzy(
+        self, text: str, taken: list[tuple[int, int]], cues: list[tuple[int, int]]
+    ) -> list[tuple[int, int, Mention]]:
         """Titles and attribute values over word windows; the best non-overlapping matches win
-        (higher score, then more words, then attributes before titles)."""
+        (higher score, then more words, then attributes before titles). A window may contain
+        cue words only as part of a near-exact title."""
         fuzz, process = self._fuzz, self._process
         words = [(m.start(), m.end()) for m in _WORD.finditer(text) if not _overlaps(taken, m.start(), m.end())]
         # Runs of consecutive free words: a window never crosses a cue, a mention or punctuation.
@@ -316,16 +327,17 @@ class Catalogue:
                     if not key or all(w in _STOP for w in key.split()):
                         continue
                     n_words = j - i
+                    has_cue = _overlaps(cues, start, end)
                     if self._title_aliases and len(key) >= 3:
                         # One word must match exactly: "big" in "a big fan" is not the film Big
                         # by a typo's distance.
-                        cutoff = 100.0 if n_words == 1 else self.threshold
+                        cutoff = 100.0 if n_words == 1 else EXACT_WITH_CUE if has_cue else self.threshold
                         hit = process.extractOne(key, self._title_aliases, scorer=fuzz.ratio, score_cutoff=cutoff)
                         if hit is not None:
                             item = self._title_items[hit[0]][0]
                             mention = self._item_mention(item, text[start:end], round(hit[1], 1))
                             candidates.append((hit[1], n_words, 1, start, end, mention))
-                    if self._value_keys and n_words <= 3:
+                    if self._value_keys and n_words <= 3 and not has_cue:
                         forms = dict.fromkeys((key, " ".join(_singular(w) for w in key.split())))
                         hits = [process.extractOne(f, self._value_keys, scorer=fuzz.ratio, score_cutoff=self.threshold)
                                 for f in forms]
