@@ -284,6 +284,55 @@ def chat(
         typer.echo(json.dumps(reply.to_dict()) if json_ else reply.text + "\n")
 
 
+@app.command("llm")
+def llm_eval(
+    base_url: Annotated[str, typer.Option(help="the endpoint's /v1 address, e.g. http://127.0.0.1:8000/v1")],
+    model: Annotated[str, typer.Option(help="model name the endpoint serves")],
+    loader: Annotated[str, typer.Option(help="data loader: ml-100k, p5, movielens, tabular")] = "ml-100k",
+    data: Annotated[Optional[str], typer.Option(help="dataset path (ml-100k: empty = the cached default copy)")] = None,
+    mode: Annotated[str, typer.Option(help="generate (the model names items) or rerank (it orders a retriever's candidates)")] = "generate",
+    retriever: Annotated[str, typer.Option(help="registered recommender (or saved model directory) that proposes candidates and fills short lists")] = "popularity",
+    candidates: Annotated[int, typer.Option(help="rerank: candidates shown")] = 20,
+    shots: Annotated[int, typer.Option(help="few-shot demonstrations from other users' training data")] = 0,
+    template: Annotated[Optional[str], typer.Option(help="template id (default chat-1 / chat-rerank-1)")] = None,
+    users: Annotated[int, typer.Option(help="evaluate a seeded sample of this many test users (0 = all)")] = 500,
+    k: Annotated[int, typer.Option("-k", help="list length")] = 10,
+    api_key_env: Annotated[str, typer.Option(help="environment variable holding the API key (never logged)")] = "OPENAI_API_KEY",
+    cache_dir: Annotated[Path, typer.Option(help="on-disk response cache: a rerun makes no request")] = Path(".cache/promptrec-llm"),
+    concurrency: Annotated[int, typer.Option(help="requests in flight at most")] = 8,
+    max_tokens_total: Annotated[Optional[int], typer.Option(help="token budget (prompt + completion)")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="other LLMRecommender parameter, e.g. --set logprobs=true")] = None,
+    output: Annotated[Optional[Path], typer.Option(help="write results JSON here")] = None,
+    verbose: bool = False,
+) -> None:
+    """Evaluate a chat model behind an OpenAI-compatible endpoint as a recommender: all items
+    ranked, history excluded, answers grounded in the catalogue; prints HR/NDCG with the
+    invalid-answer, parse-failure and fill rates, requests, cache hits, tokens and wall time."""
+    import numpy as np
+
+    from .config import DataConfig
+    from .data import leave_one_out
+    from .evaluation import evaluate_rankings
+    from .llm import LLMRecommender
+    from .pipeline import load_data
+
+    _setup_logging(verbose)
+    split = leave_one_out(load_data(DataConfig(loader=loader, path=data)))
+    params = dict(base_url=base_url, model=model, mode=mode, retriever=retriever, candidates=candidates, shots=shots,
+                  template=template, api_key_env=api_key_env, cache_dir=str(cache_dir), concurrency=concurrency,
+                  max_tokens_total=max_tokens_total, **_overrides(set_ or []))
+    rec = LLMRecommender(**params).fit(split)
+    pool = split.test["user_id"].tolist()
+    chosen = pool if not users or users >= len(pool) else sorted(np.random.default_rng(0).choice(pool, users, replace=False))
+    cutoffs = [c for c in (1, 5, 10, 20) if c <= k]
+    summary, _ = evaluate_rankings(rec, split, k=k, users=chosen, progress=True,
+                                   metrics=[f"{m}@{c}" for m in ("HR", "NDCG") for c in cutoffs])
+    result = {**summary, **rec.stats()}
+    print(json.dumps(result, indent=2, default=str))
+    if output:
+        output.write_text(json.dumps(result, indent=2, default=str))
+
+
 @app.command()
 def update(
     model: Annotated[Path, typer.Option("--model", "-m", help="model directory to start from")],
