@@ -385,3 +385,26 @@ def test_a_promptrec_decoder_behind_transformers_serve_recommends(transformers_s
     again = LLMRecommender(**params).fit(split)
     assert evaluate_rankings(again, split, k=5, users=users, metrics=["HR@1", "HR@5"])[0]["HR@1"] == summary["HR@1"]
     assert again.stats()["requests"] == 0 and again.stats()["cache_hits"] == 30
+
+
+def test_the_command_line_evaluates_an_endpoint(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from conftest import cyclic_data
+    from promptrec.cli import app
+
+    data = cyclic_data(n_users=30, n_items=20)
+    data.interactions.to_csv(tmp_path / "events.csv", index=False)
+    data.items.rename_axis("item_id").reset_index().to_csv(tmp_path / "items.csv", index=False)
+    monkeypatch.setenv("PROMPTREC_TEST_KEY", KEY)
+    with FakeLLM(cycle_answer(20), 20) as server:
+        args = ["llm", "--base-url", server.url, "--model", "fake", "--loader", "tabular", "--data", str(tmp_path / "events.csv"),
+                "--option", f"items={tmp_path / 'items.csv'}", "--users", "12", "-k", "5", "--api-key-env", "PROMPTREC_TEST_KEY",
+                "--cache-dir", str(tmp_path / "cache"), "--output", str(tmp_path / "out.json")]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        out = json.loads((tmp_path / "out.json").read_text())
+        assert out["eval_users"] == 12 and out["HR@1"] == 1.0 and out["requests"] == 12
+        assert CliRunner().invoke(app, args).exit_code == 0
+        assert json.loads((tmp_path / "out.json").read_text())["requests"] == 0  # all from the cache
+        assert KEY not in result.output

@@ -290,6 +290,7 @@ def llm_eval(
     model: Annotated[str, typer.Option(help="model name the endpoint serves")],
     loader: Annotated[str, typer.Option(help="data loader: ml-100k, p5, movielens, tabular")] = "ml-100k",
     data: Annotated[Optional[str], typer.Option(help="dataset path (ml-100k: empty = the cached default copy)")] = None,
+    option: Annotated[Optional[list[str]], typer.Option(help="loader argument, e.g. --option items=items.csv")] = None,
     mode: Annotated[str, typer.Option(help="generate (the model names items) or rerank (it orders a retriever's candidates)")] = "generate",
     retriever: Annotated[str, typer.Option(help="registered recommender (or saved model directory) that proposes candidates and fills short lists")] = "popularity",
     candidates: Annotated[int, typer.Option(help="rerank: candidates shown")] = 20,
@@ -317,7 +318,7 @@ def llm_eval(
     from .pipeline import load_data
 
     _setup_logging(verbose)
-    split = leave_one_out(load_data(DataConfig(loader=loader, path=data)))
+    split = leave_one_out(load_data(DataConfig(loader=loader, path=data, options=_overrides(option or []))))
     params = dict(base_url=base_url, model=model, mode=mode, retriever=retriever, candidates=candidates, shots=shots,
                   template=template, api_key_env=api_key_env, cache_dir=str(cache_dir), concurrency=concurrency,
                   max_tokens_total=max_tokens_total, **_overrides(set_ or []))
