@@ -7,14 +7,16 @@
 3. Evaluates, on the same seeded sample of test users, all items ranked, history excluded:
    - ``generate``: the served decoder names the next item (greedy, one code per reply); the list
      is filled from popularity;
-   - the same command again: every reply from the cache (0 requests);
+   - ``generate`` with ``--samples`` replies per user at temperature 1, items ranked by votes;
    - ``rerank``: a retriever (BPR-MF by default) proposes 20 candidates, the served decoder picks
      one with a candidate-choice prompt; the rest keep the retriever's order;
    - the retriever alone, and the decoder ranked by promptrec itself (constrained, exact), for
      reference.
 
 Each row (HR/NDCG@10, invalid-answer, parse-failure and fill rates, requests, cache hits,
-tokens, wall time) is printed as JSON and appended to ``bench/results/llm_ml100k.jsonl``.
+tokens, wall time) is printed as JSON and appended to ``bench/results/llm_ml100k.jsonl``. Replies
+are cached under ``runs/llm_ml100k/cache`` (keyed by endpoint, so the port is fixed): running the
+same command again makes no request.
 
     OMP_NUM_THREADS=2 python bench/llm_ml100k.py --users 500
 """
@@ -40,20 +42,16 @@ from promptrec.evaluation import evaluate_rankings
 from promptrec.llm import LLMRecommender
 from promptrec.llm.export import export_chat_model
 from promptrec.pipeline import load_data, train_and_evaluate
-from promptrec.recommender import build_recommender
+from promptrec.recommender import build_recommender, load_recommender
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("HR@10", "NDCG@10")
 
 
-def free_port() -> int:
+def start_transformers_serve(model_dir: Path, log_path: Path, port: int) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_transformers_serve(model_dir: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
+        if s.connect_ex(("127.0.0.1", port)) == 0:
+            raise SystemExit(f"port {port} is taken: pass --port (the response cache is keyed by the endpoint)")
     cli = Path(sys.executable).with_name("transformers")
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
@@ -96,6 +94,8 @@ def main() -> None:
     ap.add_argument("--runs", default=str(ROOT / "runs" / "llm_ml100k"), help="decoder run, chat export, cache, server log")
     ap.add_argument("--retriever", default="bpr", help="registered recommender proposing the rerank candidates")
     ap.add_argument("--candidates", type=int, default=20)
+    ap.add_argument("--samples", type=int, default=20, help="replies per user for the sampled generate row (1 = skip it)")
+    ap.add_argument("--port", type=int, default=8431, help="transformers serve's loopback port (part of the cache key)")
     ap.add_argument("--results", default=str(ROOT / "bench" / "results" / "llm_ml100k.jsonl"))
     args = ap.parse_args()
     command = "OMP_NUM_THREADS=2 python " + shlex.join(["bench/llm_ml100k.py", *sys.argv[1:]])
@@ -110,22 +110,31 @@ def main() -> None:
     chat = export_chat_model(decoder / "model", runs / "chat")
     users = sorted(np.random.default_rng(args.seed).choice(split.test["user_id"], min(args.users, len(split.test)), replace=False))
 
+    # Fitted (or loaded) once and saved: the rerank row and the retriever's own row use the same model.
+    saved = runs / f"retriever_{args.retriever}"
+    t = time.perf_counter()
+    if (saved / "promptrec_config.json").exists():  # fitted by an earlier run on the same split
+        retriever = load_recommender(saved)
+    else:
+        retriever = build_recommender(args.retriever).fit(split)
+        retriever.save_pretrained(saved)
+    fit_s = round(time.perf_counter() - t, 1)
+
     rows = []
-    proc, url = start_transformers_serve(chat, runs / "transformers_serve.log")
+    proc, url = start_transformers_serve(chat, runs / "transformers_serve.log", args.port)
     try:
         common = dict(base_url=url, model=str(chat), item_format="code", codes_from=str(decoder / "model"),
                       cache_dir=str(runs / "cache"), timeout=120, concurrency=4)
-        for attempt in ("first", "again"):
-            rec = LLMRecommender(**common, template="seq-1", retriever="popularity").fit(split)
-            rows.append(row(f"generate ({attempt} run)", rec, split, users))
-        retriever = build_recommender(args.retriever)
-        t = time.perf_counter()
-        retriever.fit(split)
-        fit_s = round(time.perf_counter() - t, 1)
+        rec = LLMRecommender(**common, template="seq-1", retriever="popularity").fit(split)
+        rows.append(row("generate", rec, split, users))
+        if args.samples > 1:
+            rec = LLMRecommender(**common, template="seq-1", retriever="popularity", samples=args.samples,
+                                 temperature=1.0).fit(split)
+            rows.append(row(f"generate, {args.samples} samples at temperature 1, ranked by votes", rec, split, users))
         rec = LLMRecommender(**common, mode="rerank", template="ch-1", retriever=args.retriever,
                              candidates=args.candidates).fit(split, retriever=retriever)
         rows.append(row(f"rerank: {args.retriever} top-{args.candidates} -> decoder", rec, split, users))
-        rows.append(row(f"{args.retriever} alone", retriever, split, users, {"train_seconds": fit_s}))
+        rows.append(row(f"{args.retriever} alone", retriever, split, users, {"fit_or_load_seconds": fit_s}))
     finally:
         proc.terminate()
         proc.wait(30)

@@ -43,7 +43,9 @@ def export_chat_model(model_dir: str | Path, output: str | Path) -> Path:
     tok.chat_template = CHAT_TEMPLATE
     gen = model.generation_config
     gen.eos_token_id, gen.pad_token_id, gen.bos_token_id = tok.eos_token_id, tok.pad_token_id, None
-    gen.do_sample, gen.max_new_tokens = False, 16
+    # Sampling unless a request says temperature 0 (servers such as transformers serve switch it
+    # off then, and never on): the OpenAI meaning of temperature.
+    gen.do_sample, gen.max_new_tokens = True, 16
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
