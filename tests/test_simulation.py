@@ -14,9 +14,9 @@ from promptrec.data.split import Split
 from promptrec.recommender import RECOMMENDERS
 from promptrec.baselines.popularity import MostPopular
 from promptrec.simulation import SimulationConfig, build_world, fit_oracle, run_one
-from promptrec.simulation.choice import ChoiceModel, UserState
+from promptrec.simulation.choice import ChoiceModel, UserState, chance_level
 from promptrec.simulation.interventions import SlateContext, build_intervention, popularity_groups
-from promptrec.simulation.loop import Job, jobs
+from promptrec.simulation.loop import Job, drop_skipped, jobs
 from promptrec.simulation.metrics import heldout_accuracy, intra_list_diversity
 from promptrec.simulation.oracle import Oracle, expected_calibration_error
 
@@ -284,6 +284,42 @@ def test_users_click_less_on_repeated_items_and_lower_slots(world):
     assert again.clicked.mean() < 0.5 * first.clicked.mean()
     assert np.all(np.diff(first.examined.mean(0)) < 0)  # position bias
     assert first.converted.sum() <= first.clicked.sum()
+
+
+def test_leaving_is_relative_to_each_users_chance_level(world):
+    p = world.oracle.prob_rows(np.arange(len(world.users)))
+    assert np.allclose(chance_level(world.oracle, chunk=7), (p**2).mean(1))
+    model = ChoiceModel(world.oracle, world.genres, small_config().choice)
+    assert np.allclose(model.threshold, 0.9 * model.chance)
+    assert np.allclose(model.initial_state().satisfaction, model.chance)
+    absolute = small_config().choice.model_copy(update={"leave_baseline": "absolute", "leave_threshold": 0.2})
+    model = ChoiceModel(world.oracle, world.genres, absolute)
+    assert np.all(model.threshold == 0.2) and np.all(model.initial_state().satisfaction == 0.5)
+
+
+def test_users_leave_random_slates_before_oracle_ones(world, tmp_path):
+    cfg = small_config(rounds=15, recommenders=[{"name": "oracle"}, {"name": "random"}])
+    retention = {rec.key: _run(cfg, world, tmp_path, rec.key)[-1]["retention"] for rec in cfg.recommenders}
+    assert retention["oracle"] > retention["random"]
+
+
+def test_drop_skipped_keeps_the_order_of_the_rest():
+    state = UserState.initial(2, 0)
+    state.add_shown(np.array([0 * 10 + 3, 0 * 10 + 3, 1 * 10 + 5]))  # user 0 saw item 3 twice, user 1 item 5 once
+    cands = np.array([[1, 3, 2, -1], [5, 4, 3, 0]])
+    out = drop_skipped(cands, np.array([0, 1]), state, 10, limit=2)
+    assert out.tolist() == [[1, 2, -1, -1], [5, 4, 3, 0]]
+    assert drop_skipped(cands, np.array([0, 1]), state, 10, limit=1).tolist() == [[1, 2, -1, -1], [4, 3, 0, -1]]
+
+
+def test_skip_limit_one_never_shows_an_item_twice(world, tmp_path):
+    cfg = small_config(rounds=5, skip_limit=1, recommenders=[{"name": "itemknn"}])
+    _run(cfg, world, tmp_path, "itemknn")
+    state = np.load(next(tmp_path.glob("*/checkpoint/state.npz")))
+    assert state["shown_counts"].max() == 1
+    cfg = small_config(rounds=5, skip_limit=None, recommenders=[{"name": "itemknn"}])
+    _run(cfg, world, tmp_path / "off", "itemknn")
+    assert np.load(next((tmp_path / "off").glob("*/checkpoint/state.npz")))["shown_counts"].max() > 1
 
 
 def test_grid_runs_reference_policies_once(tmp_path):

@@ -22,8 +22,19 @@ slate ``s`` of K items shown to user u, at ranks r = 1..K:
    ``sum_{clicked} p / #examined`` (unchanged when nothing was examined): low when the slate
    holds little the user likes, and low when it repeats itself so that nothing gets clicked; and the user's **satisfaction state** is its moving average
    ``state = satisfaction_memory * state + (1 - satisfaction_memory) * experience``;
-   a user whose state stays below ``leave_threshold`` for ``leave_patience`` rounds in a row
+   a user whose state stays below their threshold for ``leave_patience`` rounds in a row
    **leaves** the platform for good.
+
+**The leaving threshold is relative to each user's chance level** (``leave_baseline="chance"``,
+the default): ``chance_u = mean_i P(like | u, i) ** 2``, the expected experience when every
+examined item is a uniformly random one (an examined item is clicked with probability p and then
+adds p). A user leaves when the platform does worse for them than ``leave_threshold`` (0.9) x
+chance for ``leave_patience`` rounds in a row, and starts at ``state = chance_u``. Why relative:
+users differ far more from one another than policies do (chance levels run from about 0.1 to 0.6
+on MovieLens-100K), so with one absolute threshold the same users leave whatever they are shown
+and retention measures the user mix rather than the recommender. Measured on MovieLens-100K (no
+departures, 50 rounds; the defaults then give 92 % retention at round 50 under the oracle
+policy, 2 % under random, 38 % under popularity): see bench/README.md.
 
 All draws come from a generator seeded by (seed, round), so a round's outcome depends on the
 state and the slates only, and a run resumed from a checkpoint repeats an uninterrupted one.
@@ -55,10 +66,10 @@ class UserState:
     shown_counts: np.ndarray  # (n,) int32: how often
 
     @classmethod
-    def initial(cls, n_users: int, n_genres: int) -> "UserState":
+    def initial(cls, n_users: int, n_genres: int, satisfaction: np.ndarray | None = None) -> "UserState":
         return cls(
             active=np.ones(n_users, dtype=bool),
-            satisfaction=np.full(n_users, 0.5),
+            satisfaction=np.full(n_users, 0.5) if satisfaction is None else np.array(satisfaction, dtype=float),
             bad_rounds=np.zeros(n_users, dtype=np.int64),
             profile=np.zeros((n_users, n_genres), dtype=np.float32),
             shown_codes=np.zeros(0, dtype=np.int64),
@@ -111,6 +122,14 @@ def item_genre_vectors(categories: list | None, n_items: int) -> tuple[np.ndarra
     return np.divide(g, norms, out=np.zeros_like(g), where=norms > 0), names
 
 
+def chance_level(oracle: Oracle, chunk: int = 1024) -> np.ndarray:
+    """(U,) expected experience of each user from uniformly random slates: ``mean_i p_ui ** 2``."""
+    n = len(oracle.users)
+    return np.concatenate(
+        [(oracle.prob_rows(np.arange(a, min(a + chunk, n))) ** 2).mean(1) for a in range(0, n, chunk)]
+    )
+
+
 class ChoiceModel:
     """Vectorised users (module doc for the model); ``genres`` is (n_items, C) unit rows."""
 
@@ -119,6 +138,16 @@ class ChoiceModel:
         self.genres = genres
         self.cfg = cfg or ChoiceConfig()
         self.n_items = len(oracle.items)
+        self.chance = chance_level(oracle)  # (U,)
+        if self.cfg.leave_baseline == "chance":
+            self.threshold = self.cfg.leave_threshold * self.chance
+        else:
+            self.threshold = np.full(len(self.chance), self.cfg.leave_threshold)
+
+    def initial_state(self) -> UserState:
+        """Everyone active; satisfaction at the chance level (relative thresholds) or 0.5."""
+        start = self.chance if self.cfg.leave_baseline == "chance" else None
+        return UserState.initial(len(self.chance), self.genres.shape[1], start)
 
     def examine_probability(self, k: int) -> np.ndarray:
         """(k,) probability of examining each rank."""
@@ -150,7 +179,7 @@ class ChoiceModel:
         )
         m = cfg.satisfaction_memory
         state.satisfaction[users] = m * state.satisfaction[users] + (1 - m) * experience
-        bad = state.satisfaction[users] < cfg.leave_threshold
+        bad = state.satisfaction[users] < self.threshold[users]
         state.bad_rounds[users] = np.where(bad, state.bad_rounds[users] + 1, 0)
         left = state.bad_rounds[users] >= cfg.leave_patience
         state.active[users[left]] = False
@@ -161,4 +190,4 @@ class ChoiceModel:
         return Outcome(users, slates, p, examined, clicked, converted, left)
 
 
-__all__ = ["ChoiceModel", "Outcome", "UserState", "item_genre_vectors"]
+__all__ = ["ChoiceModel", "Outcome", "UserState", "chance_level", "item_genre_vectors"]

@@ -56,9 +56,17 @@ class ChoiceConfig(_Strict):
     )
     fatigue_memory: float = Field(0.8, ge=0, lt=1, description="per-round decay of the recent-consumption genre profile")
     satisfaction_memory: float = Field(
-        0.7, ge=0, lt=1, description="satisfaction state = memory * state + (1 - memory) * this round's experience"
+        0.9, ge=0, lt=1, description="satisfaction state = memory * state + (1 - memory) * this round's experience"
     )
-    leave_threshold: float = Field(0.2, ge=0, le=1, description="satisfaction below this is a bad round")
+    leave_baseline: Literal["chance", "absolute"] = Field(
+        "chance",
+        description="chance: a bad round is satisfaction below leave_threshold x the user's chance level (the "
+        "experience a uniformly random slate gives them in expectation; satisfaction also starts there); "
+        "absolute: below leave_threshold itself (satisfaction starts at 0.5)",
+    )
+    leave_threshold: float = Field(
+        0.9, ge=0, description="bad-round threshold, relative to the chance level or absolute (leave_baseline); 0: nobody leaves"
+    )
     leave_patience: int = Field(5, ge=1, description="consecutive bad rounds after which a user leaves")
 
 
@@ -123,6 +131,13 @@ class SimulationConfig(_Strict):
     rounds: int = Field(50, ge=1)
     slate_size: int = Field(10, ge=1, description="K: items shown per user per round")
     candidates: int = Field(50, ge=1, description="items asked of the recommender per user before the intervention")
+    skip_limit: int | None = Field(
+        2,
+        ge=1,
+        description="items shown to a user this many times without a click are not shown to them again "
+        "(impression discounting from the platform's own impression log; the recommender still ranks "
+        "them, the loop drops them from its candidates); null: never dropped",
+    )
     user_share: float = Field(1.0, gt=0, le=1, description="share of active users visiting in a round (seeded draw)")
     eval_k: int = Field(10, ge=1, description="cutoff of the held-out accuracy (HR, NDCG)")
     eval_every: int = Field(1, ge=1, description="rounds between held-out accuracy measurements")

@@ -10,7 +10,8 @@ event). One run (:func:`run_one`) is one recommender x update strategy x interve
    ranks ``candidates`` items per user in one batched ``recommend`` call, given each user's whole
    logged history (served models read the live history; their parameters change only through
    updates); the intervention picks the slate of K; the choice model draws examinations, clicks,
-   conversions and departures; clicks are appended to the log (rating 4 for a conversion, 2
+   conversions and departures (items shown ``skip_limit`` times to a user without a click are
+   dropped from that user's candidates first); clicks are appended to the log (rating 4 for a conversion, 2
    otherwise); a click on a user's own held-out item is not logged, so that no model ever trains
    on the held-out target;
 3. after every ``every`` rounds the update strategy runs: ``none`` keeps the model, ``retrain``
@@ -351,6 +352,17 @@ def _recent_split(world: World, events: _Log, since: float, update: UpdateEntry,
     return log_split(frame[keep].drop(columns="_new"), world.data.items)
 
 
+def drop_skipped(cands: np.ndarray, users: np.ndarray, state: UserState, n_items: int, limit: int) -> np.ndarray:
+    """(U, m) candidates without the items already shown ``limit`` times to their user (moved to
+    the end as -1, the order of the rest kept). Clicked items are in the history, hence never
+    candidates: what is dropped was shown ``limit`` times and never clicked. The counts are
+    impressions, which a platform logs itself; no recommender is given them."""
+    codes = users[:, None].astype(np.int64) * n_items + np.where(cands >= 0, cands, 0)
+    drop = (state.times_shown(codes) >= limit) | (cands < 0)
+    order = np.argsort(drop, axis=1, kind="stable")
+    return np.where(np.take_along_axis(drop, order, 1), -1, np.take_along_axis(cands, order, 1))
+
+
 def run_one(
     cfg: SimulationConfig,
     job: Job,
@@ -368,7 +380,7 @@ def run_one(
     out.mkdir(parents=True, exist_ok=True)
 
     choice = ChoiceModel(world.oracle, world.genres, cfg.choice)
-    state = UserState.initial(len(world.users), world.genres.shape[1])
+    state = choice.initial_state()
     events = _Log(world)
     policy = Policy(job.recommender, job.seed)
     intervention = build_intervention(job.intervention.name, **job.intervention.params)
@@ -405,7 +417,14 @@ def run_one(
         visit = _rng(job.seed, r, 0).random(len(active)) < cfg.user_share
         users = active[visit] if cfg.user_share < 1 else active
         histories = events.histories(users)
-        cands = policy.candidates(world, users, histories, cfg.candidates, _rng(job.seed, r, 1))
+        if cfg.skip_limit is None:
+            cands = policy.candidates(world, users, histories, cfg.candidates, _rng(job.seed, r, 1))
+        else:
+            # Ask for enough extra items to make up for the ones dropped for being skipped.
+            worn = state.shown_codes[state.shown_counts >= cfg.skip_limit] // len(world.items)
+            extra = int(np.bincount(worn, minlength=len(world.users))[users].max(initial=0))
+            cands = policy.candidates(world, users, histories, cfg.candidates + extra, _rng(job.seed, r, 1))
+            cands = drop_skipped(cands, users, state, len(world.items), cfg.skip_limit)[:, : cfg.candidates]
         t1 = time.perf_counter()
         counts = np.bincount(events.item, minlength=len(world.items)).astype(float)
         ctx = SlateContext(world.genres, counts, histories, len(world.items))
