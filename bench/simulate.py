@@ -72,9 +72,18 @@ GROUPS = {
         "updates": [{"strategy": "none"}, {"strategy": "finetune", "every": 10, "epochs": 1, "replay": 0.2}],
         "eval_every": 5,
     },
-    # Mansoury et al.: the loop alone, no departures (a user who left could not be compared).
+    # Mansoury et al.: the loop alone, no departures (a user who left could not be compared) and no
+    # impression discounting (their users see what the model ranks first); the loop's own effect
+    # is retraining every 5 rounds against no updates, seed by seed.
     "mansoury": {
         "recommenders": [{"name": "itemknn"}, {"name": "popularity"}, BPR],
+        "updates": [{"strategy": "none"}, {"strategy": "retrain", "every": 5}],
+        "choice.leave_threshold": 0.0,
+        "skip_limit": None,
+    },
+    # The same with the default skip_limit (2): retrained runs only.
+    "mansoury-skip2": {
+        "recommenders": [{"name": "itemknn"}, {"name": "popularity"}],
         "updates": [{"strategy": "retrain", "every": 5}],
         "choice.leave_threshold": 0.0,
     },
@@ -155,12 +164,12 @@ def report(
     for row in summary.to_dict(orient="records"):
         print(json.dumps(row, default=float))
 
-    if group == "mansoury":
-        table = table.merge(pool_popularity(out, cfg), on=["recommender", "seed", "round"], how="left")
+    if group.startswith("mansoury"):
+        table = table.merge(pool_popularity(out, cfg), on=["recommender", "update", "seed", "round"], how="left")
         for suffix in ("", "_M", "_F"):
             col = "popularity" if not suffix else f"group[gender={suffix[1:]}]_popularity"
             table[f"lift{suffix}"] = table[col] / table[f"pool_popularity{suffix}"]
-        print(json.dumps({"mansoury": mansoury(table)}))
+        print(json.dumps({"mansoury": mansoury(table), "loop_effect": loop_effect(table)}))
 
 
 def pool_popularity(out: Path, cfg: SimulationConfig) -> pd.DataFrame:
@@ -173,7 +182,7 @@ def pool_popularity(out: Path, cfg: SimulationConfig) -> pd.DataFrame:
     gender = world.groups["gender"][0]
     frames = []
     for path in sorted((out / "runs").glob("*/checkpoint/state.npz")):
-        rec, _, _, seed = path.parent.parent.name.split("__")
+        rec, update, _, seed = path.parent.parent.name.split("__")
         state = np.load(path)
         new = state["log_timestamp"] >= start
         users, items = state["log_user"][new], state["log_item"][new]
@@ -182,7 +191,7 @@ def pool_popularity(out: Path, cfg: SimulationConfig) -> pd.DataFrame:
         consumed = np.bincount(init["user"], minlength=n_users).astype(float)
         for r in range(1, int(json.loads((path.parent / "meta.json").read_text())["round"]) + 1):
             pool = (pop.sum() - consumed_pop) / (n_items - consumed)  # (U,) before round r
-            frames.append({"recommender": rec, "seed": int(seed[4:]), "round": r, "pool_popularity": pool.mean(),
+            frames.append({"recommender": rec, "update": update, "seed": int(seed[4:]), "round": r, "pool_popularity": pool.mean(),
                            "pool_popularity_M": pool[gender == 0].mean(), "pool_popularity_F": pool[gender == 1].mean()})  # fmt: skip
             now = rounds == r
             consumed_pop += np.bincount(users[now], weights=pop[items[now]], minlength=n_users)
@@ -191,14 +200,14 @@ def pool_popularity(out: Path, cfg: SimulationConfig) -> pd.DataFrame:
 
 
 def mansoury(table: pd.DataFrame) -> list[dict]:
-    """Directions over the loop, per recommender: popularity of recommended items, its lift over the
+    """Directions over the rounds, per recommender and update: popularity of recommended items, its lift over the
     popularity of what each user has left to consume, and aggregate diversity (distinct items
     recommended / catalogue), overall and per gender, first vs last round reached by every seed;
     the relative change and in how many seeds it has the sign of the mean."""
     rows = []
-    for rec, runs in table.groupby("recommender"):
+    for (rec, update), runs in table.groupby(["recommender", "update"]):
         last = int(runs.groupby("seed")["round"].max().min())
-        row = {"recommender": rec, "last_round": last}
+        row = {"recommender": rec, "update": update, "last_round": last}
         for name, col in [("popularity", "popularity"), ("coverage", "coverage"), ("lift", "lift"),
                           ("popularity_M", "group[gender=M]_popularity"), ("popularity_F", "group[gender=F]_popularity"),
                           ("lift_M", "lift_M"), ("lift_F", "lift_F"),
@@ -211,6 +220,34 @@ def mansoury(table: pd.DataFrame) -> list[dict]:
                 "change_pct": round(100 * float(change.mean()), 1),
                 "change_pct_min": round(100 * float(change.min()), 1), "change_pct_max": round(100 * float(change.max()), 1),
                 "seeds_same_sign": int((change * change.mean() > 0).sum()), "seeds": int(len(change)),
+            }  # fmt: skip
+        rows.append(row)
+    return rows
+
+
+def loop_effect(table: pd.DataFrame) -> list[dict]:
+    """Retraining against no updates at the last round both reached, per recommender and seed
+    (the same seed gives both runs the same first round): what the loop itself changes, with the
+    depletion of what users have not consumed yet common to both."""
+    rows = []
+    cols = {"popularity": "popularity", "coverage": "coverage",
+            "popularity_M": "group[gender=M]_popularity", "popularity_F": "group[gender=F]_popularity",
+            "coverage_M": "group[gender=M]_coverage", "coverage_F": "group[gender=F]_coverage"}  # fmt: skip
+    for rec, runs in table.groupby("recommender"):
+        updates = sorted(set(runs["update"]) - {"none"})
+        if "none" not in set(runs["update"]) or not updates:
+            continue
+        last = int(runs.groupby(["update", "seed"])["round"].max().min())
+        at = runs[runs["round"] == last]
+        none = at[at["update"] == "none"].set_index("seed")
+        loop = at[at["update"] == updates[0]].set_index("seed")
+        seeds = none.index.intersection(loop.index)
+        row = {"recommender": rec, "update": updates[0], "round": last, "seeds": len(seeds)}
+        for name, col in cols.items():
+            rel = 100 * (loop.loc[seeds, col] - none.loc[seeds, col]) / none.loc[seeds, col]
+            row[name] = {
+                "none": round(float(none.loc[seeds, col].mean()), 4), "loop": round(float(loop.loc[seeds, col].mean()), 4),
+                "diff_pct": round(float(rel.mean()), 1), "min": round(float(rel.min()), 1), "max": round(float(rel.max()), 1),
             }  # fmt: skip
         rows.append(row)
     return rows
