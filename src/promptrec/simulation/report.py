@@ -91,7 +91,9 @@ def summary_table(table: pd.DataFrame, metrics=SUMMARY_METRICS, hr: str = "HR@10
             row[f"{metric} last"] = last[metric].mean()
             row[f"{metric} last std"] = last[metric].std(ddof=0)
         row["s/round (no update)"] = group["round_seconds"].mean()
-        row["s/round (eval)"] = group["eval_seconds"].mean()
+        # With eval_every > 1 most rounds carry no evaluation: average over those that do.
+        evaluated = group[hr].notna() if hr in group else pd.Series(True, index=group.index)
+        row["s/round (eval)"] = group.loc[evaluated, "eval_seconds"].mean()
         updates = group.loc[group.get("updated", pd.Series(False, index=group.index)).fillna(False).astype(bool), "update_seconds"]
         row["s/update"] = updates.mean() if len(updates) else 0.0
         rows.append(row)
