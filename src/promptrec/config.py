@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -120,16 +120,12 @@ class EvalConfig(_Strict):
     precision: Literal["fp32", "bf16"] = Field("fp32", description="inference precision (bf16 autocast)")
 
 
-class RunConfig(_Strict):
-    data: DataConfig = Field(default_factory=DataConfig)
-    index: IndexConfig = Field(default_factory=IndexConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    tasks: TaskConfig = Field(default_factory=TaskConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
+class FileConfig(_Strict):
+    """A top-level config: read from YAML or JSON, written back as plain data, copied with
+    dotted-key overrides, validated like a file each time."""
 
     @classmethod
-    def load(cls, path: str | Path) -> "RunConfig":
+    def load(cls, path: str | Path) -> Self:
         text = Path(path).read_text()
         raw = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
         return cls.model_validate(raw or {})
@@ -137,7 +133,7 @@ class RunConfig(_Strict):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
-    def update(self, overrides: dict[str, Any]) -> "RunConfig":
+    def update(self, overrides: dict[str, Any]) -> Self:
         """A copy with dotted-key overrides (``{"train.epochs": 3}``), validated like a file."""
         raw = self.to_dict()
         for key, value in overrides.items():
@@ -150,4 +146,13 @@ class RunConfig(_Strict):
             if leaf not in node and not isinstance(node, dict):
                 raise ValueError(f"unknown config key {key!r}")
             node[leaf] = value
-        return RunConfig.model_validate(raw)
+        return type(self).model_validate(raw)
+
+
+class RunConfig(FileConfig):
+    data: DataConfig = Field(default_factory=DataConfig)
+    index: IndexConfig = Field(default_factory=IndexConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    tasks: TaskConfig = Field(default_factory=TaskConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)

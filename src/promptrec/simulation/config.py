@@ -8,19 +8,12 @@ A simulation is a grid: every entry of ``recommenders`` x ``updates`` x ``interv
 
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from ..config import DataConfig
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from ..config import DataConfig, FileConfig, _Strict
 
 
 class OracleConfig(_Strict):
@@ -118,7 +111,7 @@ class InterventionEntry(_Strict):
         return self.name + "-" + "-".join(f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}" for k, v in self.params.items())
 
 
-class SimulationConfig(_Strict):
+class SimulationConfig(FileConfig):
     data: DataConfig = Field(default_factory=DataConfig)
     oracle: OracleConfig = Field(default_factory=OracleConfig)
     choice: ChoiceConfig = Field(default_factory=ChoiceConfig)
@@ -145,7 +138,7 @@ class SimulationConfig(_Strict):
     checkpoint_every: int = Field(1, ge=1, description="rounds between checkpoints")
 
     @model_validator(mode="after")
-    def _check(self) -> "SimulationConfig":
+    def _check(self) -> SimulationConfig:
         if self.candidates < self.slate_size:
             raise ValueError(f"candidates ({self.candidates}) must be >= slate_size ({self.slate_size})")
         keys = [r.key for r in self.recommenders]
@@ -155,28 +148,6 @@ class SimulationConfig(_Strict):
             if not re.fullmatch(r"[\w.+-]+", key):
                 raise ValueError(f"recommender label {key!r} must be a plain name (letters, digits, . + - _)")
         return self
-
-    @classmethod
-    def load(cls, path: str | Path) -> "SimulationConfig":
-        text = Path(path).read_text()
-        raw = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
-        return cls.model_validate(raw or {})
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
-
-    def update(self, overrides: dict[str, Any]) -> "SimulationConfig":
-        """A copy with dotted-key overrides (``{"rounds": 5, "choice.examine": 0.5}``), validated."""
-        raw = self.to_dict()
-        for key, value in overrides.items():
-            node = raw
-            *parents, leaf = key.split(".")
-            for p in parents:
-                if p not in node or not isinstance(node[p], dict):
-                    raise ValueError(f"unknown config key {key!r}")
-                node = node[p]
-            node[leaf] = value
-        return SimulationConfig.model_validate(raw)
 
 
 __all__ = [
