@@ -25,22 +25,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 
-from promptrec.config import DataConfig, RunConfig
+from promptrec.config import RunConfig
 from promptrec.data import leave_one_out
 from promptrec.evaluation import evaluate_rankings
 from promptrec.llm import LLMRecommender
-from promptrec.llm.export import export_chat_model
+from promptrec.llm.export import export_chat_model, serve_chat_model
 from promptrec.pipeline import load_data, train_and_evaluate
 from promptrec.recommender import build_recommender, load_recommender
 
@@ -48,29 +45,10 @@ ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("HR@10", "NDCG@10")
 
 
-def start_transformers_serve(model_dir: Path, log_path: Path, port: int) -> tuple[subprocess.Popen, str]:
+def check_port_free(port: int) -> None:
     with socket.socket() as s:
         if s.connect_ex(("127.0.0.1", port)) == 0:
             raise SystemExit(f"port {port} is taken: pass --port (the response cache is keyed by the endpoint)")
-    cli = Path(sys.executable).with_name("transformers")
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            [str(cli), "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
-            env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=log, stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}/v1"
-    body = {"model": str(model_dir), "messages": [{"role": "user", "content": "history : none"}], "max_tokens": 2}
-    deadline = time.monotonic() + 300
-    while True:
-        try:
-            if httpx.post(f"{url}/chat/completions", json=body, timeout=60).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"transformers serve did not start; see {log_path}")
-        time.sleep(0.5)
 
 
 def row(name: str, rec, split, users, extra: dict | None = None) -> dict:
@@ -121,7 +99,8 @@ def main() -> None:
     fit_s = round(time.perf_counter() - t, 1)
 
     rows = []
-    proc, url = start_transformers_serve(chat, runs / "transformers_serve.log", args.port)
+    check_port_free(args.port)
+    proc, url = serve_chat_model(chat, args.port, runs / "transformers_serve.log")
     try:
         common = dict(base_url=url, model=str(chat), item_format="code", codes_from=str(decoder / "model"),
                       cache_dir=str(runs / "cache"), timeout=120, concurrency=4)

@@ -30,6 +30,12 @@ TITLE = re.compile(r"thing number (\d+)")
 KEY = "sk-test-0123456789abcdef-secret"
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class FakeLLM:
     """An OpenAI-compatible server on a free loopback port. ``faults`` is a list consumed one
     per request ("429", "500", "timeout", "malformed", "empty"); once empty, requests are
@@ -66,9 +72,7 @@ class FakeLLM:
                 "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
             }
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -322,15 +326,13 @@ def test_configuration_errors_are_clear():
 def transformers_server(tmp_path_factory):
     """``transformers serve`` on loopback, serving a tiny promptrec decoder that learned the cycle,
     exported as a plain transformers chat model."""
-    import os
     import subprocess
     import sys
-    import urllib.request
 
     from conftest import cyclic_data
 
     from promptrec.config import RunConfig
-    from promptrec.llm.export import export_chat_model
+    from promptrec.llm.export import export_chat_model, serve_chat_model
     from promptrec.model import P5Recommender
 
     if subprocess.run([sys.executable, "-c", "from transformers.utils.import_utils import is_serve_available as a; assert a()"]).returncode:
@@ -344,27 +346,9 @@ def transformers_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("decoder")
     P5Recommender(cfg).fit(split, progress=False).save_pretrained(root / "p5")
     chat = export_chat_model(root / "p5", root / "chat")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cli = Path(sys.executable).with_name("transformers")
-    proc = subprocess.Popen(
-        [str(cli), "serve", str(chat), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
-        env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    body = json.dumps({"model": str(chat), "messages": [{"role": "user", "content": "history : none"}], "max_tokens": 2}).encode()
-    deadline = time.time() + 120
+    proc, url = serve_chat_model(chat, free_port(), root / "serve.log", timeout=120)
     try:
-        while True:
-            try:
-                req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", body, {"content-type": "application/json"})
-                urllib.request.urlopen(req, timeout=30).read()
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"transformers serve did not start: {proc.stderr.read().decode()[-2000:]}")
-                time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/v1", str(chat), root / "p5", split
+        yield url, str(chat), root / "p5", split
     finally:
         proc.terminate()
         proc.wait(10)

@@ -25,6 +25,7 @@ import os
 import random
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -178,8 +179,6 @@ class ChatClient:
     def complete(self, conversations: Sequence[Messages], **params: Any) -> list[Reply]:
         """One :class:`Reply` per message list, in order. ``params`` go to the endpoint as they
         are (``temperature``, ``max_tokens``, ``logprobs``, ``top_logprobs``, ``seed``, ...)."""
-        import time
-
         start = time.perf_counter()
         try:
             return _run(self._complete_all(list(conversations), params))

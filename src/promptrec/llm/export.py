@@ -49,3 +49,37 @@ def export_chat_model(model_dir: str | Path, output: str | Path) -> Path:
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+def serve_chat_model(model_dir: str | Path, port: int, log_path: str | Path, timeout: float = 300.0):
+    """Start ``transformers serve`` on ``model_dir`` at ``127.0.0.1:port`` (its output appended to
+    ``log_path``) and return ``(process, base_url)`` once a chat completion answers; the caller
+    terminates the process. ``transformers serve`` comes with transformers' serving extra."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    cli = Path(sys.executable).with_name("transformers")
+    with open(log_path, "ab") as log:  # a pipe nobody reads would fill up and block the server
+        proc = subprocess.Popen(
+            [str(cli), "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
+            env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=log, stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}/v1"
+    # /v1/models scans the hub cache, so readiness is a real (two-token) completion.
+    body = {"model": str(model_dir), "messages": [{"role": "user", "content": "history : none"}], "max_tokens": 2}
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.post(f"{url}/chat/completions", json=body, timeout=60).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass  # not listening yet
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            tail = Path(log_path).read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"transformers serve did not start on port {port}:\n{tail}")
+        time.sleep(0.5)

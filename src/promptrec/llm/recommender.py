@@ -169,9 +169,8 @@ class LLMRecommender(Recommender):
             self.retriever_ = build_recommender(p["retriever"], **(p["retriever_params"] or {})).fit(split)
         items = split.data.items
         titles = items["title"] if "title" in items.columns else pd.Series(items.index, index=items.index)
-        self.titles_ = {str(i): str(t) for i, t in titles.items() if isinstance(t, str) and t}
-        for i in items.index:  # an item without a title is still in the catalogue
-            self.titles_.setdefault(str(i), "")
+        # An item without a title is still in the catalogue (it can be named by id).
+        self.titles_ = {str(i): t if isinstance(t, str) else "" for i, t in titles.items()}
         self.train_ = split.train_sequences()
         self.histories_ = {stage: split.history(stage) for stage in ("valid", "test")}
         self._prepare()
