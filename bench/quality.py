@@ -4,6 +4,11 @@ dataset, one seed per run; all items ranked for all users, history excluded.
     python bench/quality.py --config configs/sequence_lm.yaml --dataset beauty --seed 0
     python bench/quality.py --config configs/sequence_lm.yaml --dataset beauty --seed 0 --set model.dropout=0.5 --name dropout05
     python bench/quality.py --table     # the results table of every recorded experiment
+    python bench/quality.py --validate runs/quality/beauty_sequence_lm_s0   # all-user validation
+
+Each run's model is also scored on **all** validation users (``valid_all_*``): the early-stopping
+subset (``train.val_users``) is small and was used to pick the epoch, so it flatters the model;
+recipes are compared on the all-user number, the test split stays untouched.
 
 Each run writes runs/quality/<dataset>_<name>_s<seed>/ (model, per-user results, metrics) and
 appends one line to bench/results/quality.jsonl: the config, the validation and test numbers, the
@@ -22,7 +27,9 @@ from pathlib import Path
 import yaml
 
 from promptrec.config import RunConfig
-from promptrec.pipeline import train_and_evaluate
+from promptrec.data import leave_one_out
+from promptrec.model import P5Recommender
+from promptrec.pipeline import load_data, train_and_evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = ROOT / "bench" / "results" / "quality.jsonl"
@@ -43,12 +50,13 @@ def run(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     metrics = train_and_evaluate(cfg, run_dir, command=command, progress=sys.stderr.isatty() or args.progress)
     model = metrics["model"]
+    valid = full_validation(run_dir)
     fit = model  # the model's entry carries its fit_info (epochs, times, device, parameters)
     row = {
         "dataset": args.dataset, "recipe": name, "seed": args.seed,
         **{k: model.get(k) for k in KEYS},
         "best_valid_NDCG@10": fit.get("best_valid_NDCG@10"), "epochs_run": fit.get("epochs_run"),
-        "best_epoch": fit.get("best_epoch"), "train_seconds": fit.get("train_seconds"),
+        **valid, "best_epoch": fit.get("best_epoch"), "train_seconds": fit.get("train_seconds"),
         "stopped_by_time_limit": fit.get("stopped_by_time_limit"), "device": fit.get("device"),
         "total_parameters": fit.get("total_parameters"), "popularity_HR@10": metrics["popularity"]["HR@10"],
         "wall_seconds": round(time.perf_counter() - t0, 1), "run_dir": str(run_dir),
@@ -60,11 +68,35 @@ def run(args: argparse.Namespace) -> None:
     print(json.dumps({k: v for k, v in row.items() if k != "config"}, default=str))
 
 
+def full_validation(run_dir: Path) -> dict[str, float]:
+    """HR@10 / NDCG@10 of the run's saved model on every validation user."""
+    rec = P5Recommender.from_pretrained(Path(run_dir) / "model")
+    split = leave_one_out(load_data(rec.config.data))
+    t0 = time.perf_counter()
+    m = rec.evaluate_users(split, list(split.valid["user_id"]), stage="valid")
+    return {"valid_all_HR@10": m["HR@10"], "valid_all_NDCG@10": m["NDCG@10"],
+            "valid_all_seconds": round(time.perf_counter() - t0, 1)}
+
+
+def validate(run_dir: str) -> None:
+    """Add the all-user validation numbers to the recorded rows of ``run_dir`` (runs made before
+    they were recorded) and print them."""
+    valid = full_validation(Path(run_dir))
+    rows = [json.loads(line) for line in TABLE.read_text().splitlines() if line.strip()]
+    hits = [r for r in rows if Path(r["run_dir"]).resolve() == Path(run_dir).resolve()]
+    if not hits:
+        sys.exit(f"no recorded row has run_dir {run_dir}")
+    for r in hits:
+        r.update(valid)
+    TABLE.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
+    print(json.dumps({"run_dir": run_dir, **valid}))
+
+
 def table() -> None:
     if not TABLE.exists():
         sys.exit(f"no experiments recorded yet ({TABLE})")
     rows = [json.loads(line) for line in TABLE.read_text().splitlines() if line.strip()]
-    cols = ["dataset", "recipe", "seed", "best_valid_NDCG@10", "HR@10", "NDCG@10", "HR@20", "epochs_run",
+    cols = ["dataset", "recipe", "seed", "best_valid_NDCG@10", "valid_all_NDCG@10", "HR@10", "NDCG@10", "HR@20", "epochs_run",
             "train_seconds", "eval_seconds", "device"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
@@ -85,8 +117,14 @@ def main() -> None:
     ap.add_argument("--runs", default=str(ROOT / "runs" / "quality"))
     ap.add_argument("--progress", action="store_true", help="progress bars even when output is redirected")
     ap.add_argument("--table", action="store_true", help="print the results table and exit")
+    ap.add_argument("--validate", metavar="RUN_DIR", help="score a recorded run on all validation users and exit")
     args = ap.parse_args()
-    table() if args.table else run(args)
+    if args.table:
+        table()
+    elif args.validate:
+        validate(args.validate)
+    else:
+        run(args)
 
 
 if __name__ == "__main__":
