@@ -59,13 +59,19 @@ def run(args: argparse.Namespace) -> None:
         **valid, "best_epoch": fit.get("best_epoch"), "train_seconds": fit.get("train_seconds"),
         "stopped_by_time_limit": fit.get("stopped_by_time_limit"), "device": fit.get("device"),
         "total_parameters": fit.get("total_parameters"), "popularity_HR@10": metrics["popularity"]["HR@10"],
-        "wall_seconds": round(time.perf_counter() - t0, 1), "run_dir": str(run_dir),
+        "wall_seconds": round(time.perf_counter() - t0, 1), "run_dir": _relative(run_dir),
         "config": cfg.to_dict(), "command": command,
     }
     TABLE.parent.mkdir(parents=True, exist_ok=True)
     with TABLE.open("a") as f:
         f.write(json.dumps(row, default=str) + "\n")
     print(json.dumps({k: v for k, v in row.items() if k != "config"}, default=str))
+
+
+def _relative(path: Path) -> str:
+    """Run directories are recorded relative to the repository when they lie inside it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def full_validation(run_dir: Path) -> dict[str, float]:
@@ -83,7 +89,7 @@ def validate(run_dir: str) -> None:
     they were recorded) and print them."""
     valid = full_validation(Path(run_dir))
     rows = [json.loads(line) for line in TABLE.read_text().splitlines() if line.strip()]
-    hits = [r for r in rows if Path(r["run_dir"]).resolve() == Path(run_dir).resolve()]
+    hits = [r for r in rows if (ROOT / r["run_dir"]).resolve() == Path(run_dir).resolve()]
     if not hits:
         sys.exit(f"no recorded row has run_dir {run_dir}")
     for r in hits:
