@@ -5,6 +5,8 @@ dataset, one seed per run; all items ranked for all users, history excluded.
     python bench/quality.py --config configs/sequence_lm.yaml --dataset beauty --seed 0 --set model.dropout=0.5 --name dropout05
     python bench/quality.py --table     # the results table of every recorded experiment
     python bench/quality.py --validate runs/quality/beauty_sequence_lm_s0   # all-user validation
+    python bench/quality.py --paired runs/quality/beauty_cosine25_s0 runs/quality/beauty_cosine25_s1 \
+        --against runs/baselines/beauty_sasrec    # seed-averaged per-user test against a baseline
 
 Each run's model is also scored on **all** validation users (``valid_all_*``): the early-stopping
 subset (``train.val_users``) is small and was used to pick the epoch, so it flatters the model;
@@ -30,6 +32,7 @@ from promptrec.config import RunConfig
 from promptrec.data import leave_one_out
 from promptrec.model import P5Recommender
 from promptrec.pipeline import load_data, train_and_evaluate
+from promptrec.significance import paired_test
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = ROOT / "bench" / "results" / "quality.jsonl"
@@ -98,6 +101,26 @@ def validate(run_dir: str) -> None:
     print(json.dumps({"run_dir": run_dir, **valid}))
 
 
+def seed_paired(runs: list[str], against: str, metrics: tuple[str, ...] = ("HR@10", "NDCG@10")) -> None:
+    """Average each user's test values over ``runs`` (the seeds of one recipe) and test the mean
+    against ``against``'s values for the same users (paired t, Wilcoxon, bootstrap CI)."""
+    import pandas as pd
+
+    def per_user(run: str) -> pd.DataFrame:
+        return pd.read_parquet(Path(run) / "per_user_model.parquet").set_index("user_id")
+
+    seeds = [per_user(r) for r in runs]
+    users = seeds[0].index
+    if any(set(s.index) != set(users) for s in seeds):
+        sys.exit("the runs were evaluated on different users; seed averages need the same users")
+    base = per_user(against)
+    out = {"runs": runs, "against": against}
+    for m in metrics:
+        mean = sum(s[m].astype(float).reindex(users) for s in seeds) / len(seeds)
+        out[m] = paired_test(mean, base[m].astype(float))
+    print(json.dumps(out, indent=1, default=float))  # numpy scalars
+
+
 def table() -> None:
     if not TABLE.exists():
         sys.exit(f"no experiments recorded yet ({TABLE})")
@@ -124,8 +147,14 @@ def main() -> None:
     ap.add_argument("--progress", action="store_true", help="progress bars even when output is redirected")
     ap.add_argument("--table", action="store_true", help="print the results table and exit")
     ap.add_argument("--validate", metavar="RUN_DIR", help="score a recorded run on all validation users and exit")
+    ap.add_argument("--paired", nargs="+", metavar="RUN_DIR", help="runs (seeds) to average per user and test, then exit")
+    ap.add_argument("--against", metavar="RUN_DIR", help="the run --paired is tested against")
     args = ap.parse_args()
-    if args.table:
+    if args.paired:
+        if not args.against:
+            ap.error("--paired needs --against RUN_DIR")
+        seed_paired(args.paired, args.against)
+    elif args.table:
         table()
     elif args.validate:
         validate(args.validate)
