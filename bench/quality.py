@@ -49,9 +49,12 @@ def run(args: argparse.Namespace) -> None:
     cfg = RunConfig.load(args.config).update({"data.path": data_path, "train.seed": args.seed, **overrides})
     name = args.name or Path(args.config).stem
     run_dir = Path(args.runs) / f"{args.dataset}_{name}_s{args.seed}"
-    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    # The command reproduces the run from scratch; a resumed run is marked in its row instead.
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv if a != "--resume")
     t0 = time.perf_counter()
-    metrics = train_and_evaluate(cfg, run_dir, command=command, progress=sys.stderr.isatty() or args.progress)
+    metrics = train_and_evaluate(
+        cfg, run_dir, resume=args.resume, command=command, progress=sys.stderr.isatty() or args.progress
+    )
     model = metrics["model"]
     valid = full_validation(run_dir)
     fit = model  # the model's entry carries its fit_info (epochs, times, device, parameters)
@@ -62,7 +65,7 @@ def run(args: argparse.Namespace) -> None:
         **valid, "best_epoch": fit.get("best_epoch"), "train_seconds": fit.get("train_seconds"),
         "stopped_by_time_limit": fit.get("stopped_by_time_limit"), "device": fit.get("device"),
         "total_parameters": fit.get("total_parameters"), "popularity_HR@10": metrics["popularity"]["HR@10"],
-        "wall_seconds": round(time.perf_counter() - t0, 1), "run_dir": _relative(run_dir),
+        "wall_seconds": round(time.perf_counter() - t0, 1), "resumed": args.resume, "run_dir": _relative(run_dir),
         "config": cfg.to_dict(), "command": command,
     }
     TABLE.parent.mkdir(parents=True, exist_ok=True)
@@ -144,6 +147,7 @@ def main() -> None:
     ap.add_argument("--name", default=None, help="recipe name in the table (default: the config's file name)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     ap.add_argument("--runs", default=str(ROOT / "runs" / "quality"))
+    ap.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
     ap.add_argument("--progress", action="store_true", help="progress bars even when output is redirected")
     ap.add_argument("--table", action="store_true", help="print the results table and exit")
     ap.add_argument("--validate", metavar="RUN_DIR", help="score a recorded run on all validation users and exit")

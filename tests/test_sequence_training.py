@@ -139,3 +139,48 @@ def test_whole_sequence_training_learns_the_cycle():
     res = rec.evaluate(split, progress=False)
     # Ranking the ~13 unseen items at random gives an MRR near 0.25.
     assert res["MRR"] > 0.6, res
+
+
+def test_history_last_templates_put_the_last_item_right_before_the_answer(split):
+    """``configs/templates_history_last.yaml`` ends each prompt with the history: in training and
+    in evaluation the answer follows the last history item and the prompt's ``</s>``, with no
+    question words between."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "templates_history_last.yaml"
+    rec = P5Recommender(config(**{"model.templates": str(path)})).build(split)
+    tok = rec.tokenizer
+    tmpl = rec.templates.family("sequential")[0]
+    hist = ["<a_1>", "<a_3>", "<a_2>"]
+    prompt, answer = tmpl.render({"user": "the user", "history": " ".join(hist), "target": "<a_7>"})
+    batch = rec.training_batch([prompt], [answer], history=[True])
+    ids, targets = batch["input_ids"][0].tolist(), batch["targets"][0].tolist()
+    end = ids.index(tok.convert_tokens_to_ids("<a_7>")) - 1  # the position that predicts the answer
+    assert tok.convert_ids_to_tokens(ids[end - 3 : end + 1]) == [*hist, "</s>"]
+    assert [t for t in targets if t != -100] == tok.convert_tokens_to_ids([*hist, "<a_7>", "</s>"])
+    users = list(split.test["user_id"][:2])
+    for p in rec.sequential_prompts(users, [rec.history(u) for u in users]):
+        assert tok(p)["input_ids"][-2] in rec.item_token_ids
+
+
+def test_without_prompt_eos_the_answer_continues_the_history(split, tmp_path):
+    """``model.prompt_eos=false``: no ``</s>`` between a history-last prompt and its answer, in
+    training batches, in evaluation prompts and in the saved tokenizer that serving loads."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "templates_history_last.yaml"
+    rec = P5Recommender(config(**{"model.templates": str(path), "model.prompt_eos": False})).fit(split, progress=False)
+    tok = rec.tokenizer
+    batch = rec.training_batch(["history : <a_1> <a_3>"], ["<a_7>"], history=[True])
+    ids, targets = batch["input_ids"][0].tolist(), batch["targets"][0].tolist()
+    assert tok.convert_ids_to_tokens(ids) == ["history", ":", "<a_1>", "<a_3>", "<a_7>", "</s>"]
+    # The answer is learned where each history item is, from the item just before it.
+    assert targets == [-100, *tok.convert_tokens_to_ids(["<a_1>", "<a_3>", "<a_7>", "</s>"]), -100]
+    rec.save_pretrained(tmp_path / "model")
+    loaded = P5Recommender.from_pretrained(tmp_path / "model")
+    users = list(split.test["user_id"][:2])
+    for p in loaded.sequential_prompts(users, [loaded.history(u) for u in users]):
+        assert loaded.tokenizer(p)["input_ids"][-1] in loaded.item_token_ids
+    pd.testing.assert_frame_equal(loaded.recommend(users, k=3), rec.recommend(users, k=3))
+    with pytest.raises(ValueError, match="prompt_eos"):
+        P5Recommender(config(**{"model.prompt_eos": False, "model.pretrained": str(tmp_path)})).build(split)

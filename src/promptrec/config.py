@@ -64,6 +64,11 @@ class ModelConfig(_Strict):
     max_history: int = Field(20, ge=1, description="most recent items shown in a prompt")
     max_words: int = Field(5000, ge=10, description="word vocabulary size (template + item text)")
     templates: str | None = Field(None, description="template YAML file; empty = built-in P5 templates")
+    # A causal LM trained with train.history_loss learns each history item right after the one
+    # before; the target follows </s> instead, a position it learns from one example per user.
+    prompt_eos: bool = Field(
+        True, description="end every prompt with </s> (off: the answer directly continues the prompt)"
+    )
 
 
 class TaskConfig(_Strict):

@@ -71,6 +71,8 @@ class P5Recommender(Recommender):
         self.indexer.fit(self.train_history, list(data.items.index), data.items)
         users = sorted(self.train_history)
         self.user_tokens = {u: f"<u_{i}>" for i, u in enumerate(users)} if cfg.model.user_tokens else {}
+        if cfg.model.pretrained and not cfg.model.prompt_eos:
+            raise ValueError("model.prompt_eos=false needs promptrec's own tokenizer; a pretrained model keeps its own")
         if cfg.model.pretrained:
             # A pretrained backbone keeps its own tokenizer (its ids match the weights); the item
             # and user tokens are added to it (those it has are reused) and the embeddings grow
@@ -99,6 +101,7 @@ class P5Recommender(Recommender):
                 list(self.user_tokens.values()),
                 max_words=cfg.model.max_words,
                 required=[re.sub(r"\{\w+\}", " ", text) for text in template_text],
+                end_with_eos=cfg.model.prompt_eos,
             )
             base = BACKBONES.get(cfg.model.backbone)(
                 vocab_size=len(self.tokenizer),

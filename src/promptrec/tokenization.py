@@ -33,6 +33,7 @@ def build_tokenizer(
     max_words: int = 5000,
     min_count: int = 2,
     required: Iterable[str] = (),
+    end_with_eos: bool = True,
 ) -> PreTrainedTokenizerFast:
     """Word-level tokenizer: ids 0/1/2 are pad/eos/unk as T5 expects, then words, then added tokens.
 
@@ -41,6 +42,7 @@ def build_tokenizer(
     required: text whose every word is kept whatever its count (the templates: each appears once).
     item_tokens / user_tokens: whole tokens (``<a_12>``, ``<u_7>``) matched before splitting, so
         an item code is always exactly its tokens.
+    end_with_eos: append ``</s>`` to every encoded text (prompts and answers alike).
     """
     counts = words(corpus)
     vocab_words = list(dict.fromkeys([*ANSWER_WORDS, *words(required)]))
@@ -55,8 +57,11 @@ def build_tokenizer(
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
     tk.add_special_tokens([AddedToken(t, normalized=False) for t in (PAD, EOS, UNK)])
     tk.add_tokens([AddedToken(t, normalized=False) for t in [*item_tokens, *user_tokens]])
-    # Encoder inputs end with </s>, as in T5 pretraining.
-    tk.post_processor = processors.TemplateProcessing(single=f"$A {EOS}", special_tokens=[(EOS, 1)])
+    # Encoder inputs end with </s>, as in T5 pretraining. Without it, a causal LM whose prompt
+    # ends with the history predicts the answer where it predicts every history item: right
+    # after the item before. The choice is part of the saved tokenizer, so serving follows it.
+    if end_with_eos:
+        tk.post_processor = processors.TemplateProcessing(single=f"$A {EOS}", special_tokens=[(EOS, 1)])
     return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token=PAD, eos_token=EOS, unk_token=UNK)
 
 
