@@ -173,9 +173,10 @@ def test_without_prompt_eos_the_answer_continues_the_history(split, tmp_path):
     tok = rec.tokenizer
     batch = rec.training_batch(["history : <a_1> <a_3>"], ["<a_7>"], history=[True])
     ids, targets = batch["input_ids"][0].tolist(), batch["targets"][0].tolist()
-    assert tok.convert_ids_to_tokens(ids) == ["history", ":", "<a_1>", "<a_3>", "<a_7>", "</s>"]
-    # The answer is learned where each history item is, from the item just before it.
-    assert targets == [-100, *tok.convert_tokens_to_ids(["<a_1>", "<a_3>", "<a_7>", "</s>"]), -100]
+    assert tok.convert_ids_to_tokens(ids) == ["history", ":", "<a_1>", "<a_3>", "<a_7>"]
+    # The answer is learned where each history item is, from the item just before it, and nothing
+    # is learned after it: evaluation asks the last item's position for the next item, not an end.
+    assert targets == [-100, *tok.convert_tokens_to_ids(["<a_1>", "<a_3>", "<a_7>"]), -100]
     rec.save_pretrained(tmp_path / "model")
     loaded = P5Recommender.from_pretrained(tmp_path / "model")
     users = list(split.test["user_id"][:2])
@@ -184,3 +185,8 @@ def test_without_prompt_eos_the_answer_continues_the_history(split, tmp_path):
     pd.testing.assert_frame_equal(loaded.recommend(users, k=3), rec.recommend(users, k=3))
     with pytest.raises(ValueError, match="prompt_eos"):
         P5Recommender(config(**{"model.prompt_eos": False, "model.pretrained": str(tmp_path)})).build(split)
+    # Codes of different lengths need an </s> to end the shorter ones, which answers lack here.
+    first = loaded.catalogue[0]
+    loaded.indexer.codes[first] = [*loaded.indexer.codes[first], loaded.indexer.codes[loaded.catalogue[1]][0]]
+    with pytest.raises(ValueError, match="one length"):
+        loaded._build_trie()

@@ -67,7 +67,9 @@ class ModelConfig(_Strict):
     # A causal LM trained with train.history_loss learns each history item right after the one
     # before; the target follows </s> instead, a position it learns from one example per user.
     prompt_eos: bool = Field(
-        True, description="end every prompt with </s> (off: the answer directly continues the prompt)"
+        True,
+        description="end prompts and answers with </s> (off: the answer continues the prompt as one more item; "
+        "equal-length item codes only)",
     )
 
 

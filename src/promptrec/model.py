@@ -142,6 +142,11 @@ class P5Recommender(Recommender):
         vocab = self.tokenizer.get_vocab()
         codes = [[vocab[t] for t in self.indexer.codes[i]] for i in self.catalogue]
         self.trie = ItemTrie(codes, self.tokenizer.eos_token_id)
+        if not self.config.model.prompt_eos and self.trie.code_length is None:
+            raise ValueError(
+                "model.prompt_eos=false needs item codes of one length: answers then carry no </s>, "
+                "so decoding must stop at the code length"
+            )
         self.item_token_ids = frozenset(t for code in codes for t in code)
         self.trie_first_tokens = torch.tensor([code[0] for code in codes])
         self.titles = (
@@ -223,7 +228,10 @@ class P5Recommender(Recommender):
         answers = tok(targets, return_token_type_ids=False)["input_ids"]
         seqs, tgts = [], []
         for r, (p, a) in enumerate(zip(prompts, answers)):
-            if not a or a[-1] != tok.eos_token_id:  # the answer must end, or decoding never would
+            # The answer must end, or decoding never would. Without prompt_eos the answer is one
+            # more item of the sequence: an </s> target after it would teach the position that
+            # holds the last item (where evaluation asks for the next one) to predict the end.
+            if self.config.model.prompt_eos and (not a or a[-1] != tok.eos_token_id):
                 a = [*a, tok.eos_token_id]
             seqs.append(p + a)
             # Position t predicts token t + 1: only answer tokens are targets (loss on the target),
