@@ -32,6 +32,7 @@ from promptrec.config import RunConfig
 from promptrec.data import leave_one_out
 from promptrec.model import P5Recommender
 from promptrec.pipeline import load_data, train_and_evaluate
+from promptrec.report import load_run
 from promptrec.significance import paired_test
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,10 +108,12 @@ def validate(run_dir: str) -> None:
 def seed_paired(runs: list[str], against: str, metrics: tuple[str, ...] = ("HR@10", "NDCG@10")) -> None:
     """Average each user's test values over ``runs`` (the seeds of one recipe) and test the mean
     against ``against``'s values for the same users (paired t, Wilcoxon, bootstrap CI)."""
-    import pandas as pd
-
-    def per_user(run: str) -> pd.DataFrame:
-        return pd.read_parquet(Path(run) / "per_user_model.parquet").set_index("user_id")
+    def per_user(run: str):
+        # The same reader as `promptrec compare`: run directories or results JSON files.
+        values = load_run(run)[0].per_user
+        if values is None:
+            sys.exit(f"{run}: no per-user results to test")
+        return values.set_index("user_id")
 
     seeds = [per_user(r) for r in runs]
     users = seeds[0].index

@@ -71,9 +71,9 @@ class P5Recommender(Recommender):
         self.indexer.fit(self.train_history, list(data.items.index), data.items)
         users = sorted(self.train_history)
         self.user_tokens = {u: f"<u_{i}>" for i, u in enumerate(users)} if cfg.model.user_tokens else {}
-        if cfg.model.pretrained and not cfg.model.prompt_eos:
-            raise ValueError("model.prompt_eos=false needs promptrec's own tokenizer; a pretrained model keeps its own")
         if cfg.model.pretrained:
+            if not cfg.model.prompt_eos:
+                raise ValueError("model.prompt_eos=false needs promptrec's own tokenizer; a pretrained model keeps its own")
             # A pretrained backbone keeps its own tokenizer (its ids match the weights); the item
             # and user tokens are added to it (those it has are reused) and the embeddings grow
             # to match. The architecture is the directory's, whatever model.backbone says. The
