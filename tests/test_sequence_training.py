@@ -190,3 +190,33 @@ def test_without_prompt_eos_the_answer_continues_the_history(split, tmp_path):
     loaded.indexer.codes[first] = [*loaded.indexer.codes[first], loaded.indexer.codes[loaded.catalogue[1]][0]]
     with pytest.raises(ValueError, match="one length"):
         loaded._build_trie()
+
+
+def test_positions_from_the_end_read_the_answer_at_position_zero(split, tmp_path):
+    """``model.positions=end``: position ids count back from the token the answer follows, in
+    training batches (right-padded) and in ranking (left-padded) alike, so the logits that train
+    the answer are the logits that rank it; the setting is saved with the model."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "templates_history_last.yaml"
+    cfg = config(**{"model.templates": str(path), "model.prompt_eos": False, "model.positions": "end"})
+    rec = P5Recommender(cfg).fit(split, progress=False)
+    long, short = "history : <a_1> <a_3> <a_2>", "history : <a_4>"
+    batch = rec.training_batch([long, short], ["<a_7>", "<a_5>"], history=[True, True])
+    assert batch["position_ids"].tolist() == [[4, 3, 2, 1, 0, 0], [2, 1, 0, 0, 0, 0]]
+    rec.model.eval()
+    with torch.no_grad():
+        hidden = rec.model(**{k: v for k, v in batch.items() if k != "targets"}).logits
+        ranked = rec._next_token_logits(rec._encode([long, short]))
+    # Row r's answer is predicted at its last prompt token, whatever the padding around it.
+    torch.testing.assert_close(ranked[0], hidden[0, 4], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ranked[1], hidden[1, 2], atol=1e-4, rtol=1e-4)
+    rec.save_pretrained(tmp_path / "model")
+    loaded = P5Recommender.from_pretrained(tmp_path / "model")
+    assert loaded.config.model.positions == "end"
+    users = list(split.test["user_id"][:3])
+    pd.testing.assert_frame_equal(loaded.recommend(users, k=3), rec.recommend(users, k=3))
+    # With </s> after the answer, or an encoder-decoder, there is no one position 0 to ask.
+    for extra in ({"model.prompt_eos": True}, {"model.backbone": "t5", "model.prompt_eos": True}):
+        with pytest.raises(ValueError, match="positions=end"):
+            P5Recommender(cfg.update({**extra, "model.positions": "end"})).build(split)

@@ -71,6 +71,15 @@ class ModelConfig(_Strict):
         description="end prompts and answers with </s> (off: the answer continues the prompt as one more item; "
         "equal-length item codes only)",
     )
+    # Counted from the start, the position that asks for the next item moves with the length of
+    # the history, and the test prompt (one item longer than validation's) asks from a position
+    # that a user's own training never did. Counted back from the end, it is always position 0,
+    # which every training sequence teaches: SASRec's left-padded positions work this way.
+    positions: Literal["start", "end"] = Field(
+        "start",
+        description="causal LM position ids: 'start' counts from the prompt's first token, 'end' counts back "
+        "from the token the answer follows (one-token item codes with prompt_eos=false only)",
+    )
 
 
 class TaskConfig(_Strict):

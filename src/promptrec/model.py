@@ -147,6 +147,15 @@ class P5Recommender(Recommender):
                 "model.prompt_eos=false needs item codes of one length: answers then carry no </s>, "
                 "so decoding must stop at the code length"
             )
+        if self.config.model.positions == "end" and (
+            not self.causal or self.config.model.prompt_eos or self.trie.code_length != 1 or self._prompt_learning
+        ):
+            # Counting back from the end gives every answer token after the first position 0 too,
+            # and decoding a longer code would need positions below 0.
+            raise ValueError(
+                "model.positions=end needs a causal LM trained in full, one token per item and "
+                "model.prompt_eos=false: the answer is then one token read at position 0"
+            )
         self.item_token_ids = frozenset(t for code in codes for t in code)
         self.trie_first_tokens = torch.tensor([code[0] for code in codes])
         self.titles = (
@@ -249,7 +258,15 @@ class P5Recommender(Recommender):
             ids[r, : len(seq)] = torch.tensor(seq)
             mask[r, : len(seq)] = 1
             target[r, : len(tgt)] = torch.tensor(tgt)
-        return {"input_ids": ids, "attention_mask": mask, "targets": target}
+        batch = {"input_ids": ids, "attention_mask": mask, "targets": target}
+        if self.config.model.positions == "end":
+            if any(len(a) != 1 for a in answers):
+                raise ValueError("model.positions=end needs one-token answers")
+            # The last prompt token (the one the answer follows) is position 0 and each token
+            # before it one more; the answer token itself predicts nothing, so it shares 0.
+            prompt_len = torch.tensor([len(p) for p in prompts])[:, None]
+            batch["position_ids"] = (prompt_len - 1 - torch.arange(width)).clamp(min=0)
+        return batch
 
     def _sequential_template(self, template: str | None = None):
         tid = template or self.config.eval.template
@@ -430,9 +447,15 @@ class P5Recommender(Recommender):
         """Logits of the first answer token for encoded prompts, one row per prompt."""
         if self.causal:
             # Left-padded: every prompt's next token is read at the last position, and positions
-            # count from each prompt's first real token (absolute position embeddings need it).
+            # count from each prompt's first real token, or back from its last one (absolute
+            # position embeddings need either, not the padded index).
             if not self._prompt_learning:
-                enc = {**enc, "position_ids": (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)}
+                mask = enc["attention_mask"]
+                if self.config.model.positions == "end":
+                    pos = mask.sum(-1, keepdim=True) - mask.cumsum(-1)  # last real token: 0
+                else:
+                    pos = mask.cumsum(-1) - 1
+                enc = {**enc, "position_ids": pos.clamp(min=0)}
             return self.model(**enc, logits_to_keep=1).logits[:, -1, :]
         start = torch.full((enc["input_ids"].shape[0], 1), unwrap(self.model).config.decoder_start_token_id, device=self.model.device)
         return self.model(**enc, decoder_input_ids=start).logits[:, 0, :]
