@@ -29,6 +29,9 @@ BACKBONES: Registry[Callable[..., PreTrainedModel]] = Registry("backbone")
 T5_PRESETS: dict[str, dict[str, Any]] = {
     # d_model, feed-forward width, layers (encoder = decoder), heads, head size
     "tiny": dict(d_model=32, d_ff=64, num_layers=2, num_heads=2, d_kv=16),
+    # SASRec's reference shape on Amazon data (d 64, two causal blocks, one head) for the
+    # decoder-only backbones, which stack encoder + decoder layers.
+    "micro": dict(d_model=64, d_ff=256, num_layers=1, num_heads=1, d_kv=64),
     "mini": dict(d_model=128, d_ff=512, num_layers=2, num_heads=4, d_kv=32),
     "compact": dict(d_model=256, d_ff=1024, num_layers=4, num_heads=4, d_kv=64),
     "small": dict(d_model=512, d_ff=2048, num_layers=6, num_heads=8, d_kv=64),

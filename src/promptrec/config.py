@@ -51,7 +51,7 @@ class TuningConfig(_Strict):
 
 class ModelConfig(_Strict):
     backbone: str = Field("t5", description="registered backbone: t5, gpt2, llama, qwen2")
-    preset: str = Field("small", description="size preset: tiny, mini, compact, small, base")
+    preset: str = Field("small", description="size preset: tiny, micro, mini, compact, small, base")
     pretrained: str | None = Field(
         None, description="local transformers directory or promptrec model directory to start from"
     )
