@@ -191,3 +191,11 @@ def test_demonstrations_come_from_other_users_only():
         demos = rec.demonstrations(user, 5)
         assert rec.user_text(user) not in demos.split()
         assert sum(rec.user_text(u) in demos.split() for u in split.test["user_id"]) == 5
+
+
+def test_micro_preset_has_sasrecs_shape():
+    """``micro`` is the SASRec-CE baseline's reference shape: d 64, two causal blocks, one head."""
+    model = BACKBONES.get("gpt2")(vocab_size=50, preset="micro", dropout=0.3)
+    cfg = model.config
+    assert (cfg.n_embd, cfg.n_layer, cfg.n_head) == (64, 2, 1)
+    assert cfg.resid_pdrop == cfg.attn_pdrop == cfg.embd_pdrop == 0.3
