@@ -206,11 +206,11 @@ def test_positions_from_the_end_read_the_answer_at_position_zero(split, tmp_path
     assert batch["position_ids"].tolist() == [[4, 3, 2, 1, 0, 0], [2, 1, 0, 0, 0, 0]]
     rec.model.eval()
     with torch.no_grad():
-        hidden = rec.model(**{k: v for k, v in batch.items() if k != "targets"}).logits
+        trained = rec.model(**{k: v for k, v in batch.items() if k != "targets"}).logits
         ranked = rec._next_token_logits(rec._encode([long, short]))
     # Row r's answer is predicted at its last prompt token, whatever the padding around it.
-    torch.testing.assert_close(ranked[0], hidden[0, 4], atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(ranked[1], hidden[1, 2], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ranked[0], trained[0, 4], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ranked[1], trained[1, 2], atol=1e-4, rtol=1e-4)
     rec.save_pretrained(tmp_path / "model")
     loaded = P5Recommender.from_pretrained(tmp_path / "model")
     assert loaded.config.model.positions == "end"

@@ -147,13 +147,14 @@ class P5Recommender(Recommender):
                 "model.prompt_eos=false needs item codes of one length: answers then carry no </s>, "
                 "so decoding must stop at the code length"
             )
+        # (prompt_eos=false already rules out a pretrained base, hence soft prompts, which drop
+        # position ids.) Counting back from the end gives every answer token after the first
+        # position 0 too, and decoding a longer code would need positions below 0.
         if self.config.model.positions == "end" and (
-            not self.causal or self.config.model.prompt_eos or self.trie.code_length != 1 or self._prompt_learning
+            not self.causal or self.config.model.prompt_eos or self.trie.code_length != 1
         ):
-            # Counting back from the end gives every answer token after the first position 0 too,
-            # and decoding a longer code would need positions below 0.
             raise ValueError(
-                "model.positions=end needs a causal LM trained in full, one token per item and "
+                "model.positions=end needs a causal LM, one token per item and "
                 "model.prompt_eos=false: the answer is then one token read at position 0"
             )
         self.item_token_ids = frozenset(t for code in codes for t in code)
