@@ -141,3 +141,50 @@ def test_a_p5_model_trains_and_recommends_on_semantic_ids(encoder, tmp_path) -> 
     again = P5Recommender.from_pretrained(tmp_path / "m")
     assert again.indexer.codes == model.indexer.codes
     assert again.recommend(["user0", "user1"], k=5)["item_id"].tolist() == recs["item_id"].tolist()
+
+
+def test_text_vectors_of_training_items_ignore_held_out_text(encoder) -> None:
+    from promptrec.indexing.semantic import text_item_vectors
+
+    ids, items = catalogue_and_items()
+    trained = {i for seq in train_on(ids).values() for i in seq}
+    a = text_item_vectors(items, ids, trained, 8, encoder)
+    changed = items.copy()
+    changed.loc[ids[-1], "title"] = "garden hose garden hose"  # a held-out (cold) item
+    b = text_item_vectors(changed, ids, trained, 8, encoder)
+    assert a.shape == (len(ids), 8)
+    assert np.allclose(a[:-1], b[:-1], atol=1e-5) and not np.allclose(a[-1], b[-1], atol=1e-3)
+    # Fewer training items than components asked for: no more components than items.
+    assert text_item_vectors(items, ids, ids[:3], 8, encoder).shape == (len(ids), 3)
+
+
+def test_item_tokens_start_from_their_text(encoder) -> None:
+    import torch
+    from conftest import cyclic_data
+
+    from promptrec.config import RunConfig
+    from promptrec.data import leave_one_out
+    from promptrec.indexing.semantic import text_item_vectors
+    from promptrec.model import P5Recommender
+
+    data = cyclic_data()
+    rng = np.random.default_rng(1)
+    data.items["title"] = [" ".join(rng.choice(WORDS, size=3)) for _ in range(len(data.items))]
+    data.items.loc["item1", "title"] = data.items.loc["item0", "title"]
+    split = leave_one_out(data)
+    settings = {"model.backbone": "gpt2", "model.preset": "tiny", "index.method": "random", "index.params": {"levels": 1},
+                "model.item_init": "text", "model.item_encoder": str(encoder)}
+    model = P5Recommender(RunConfig().update(settings)).build(split)
+    weight = model.model.get_input_embeddings().weight.detach()
+    items = list(model.indexer.codes)
+    rows = weight[model.tokenizer.convert_tokens_to_ids([model.indexer.codes[i][0] for i in items])]
+    vectors = torch.from_numpy(text_item_vectors(data.items, items, split.train_items(), weight.shape[1], encoder))
+    k = vectors.shape[1]
+    # The text vectors, scaled once for all items; identical text, identical start.
+    scale = rows[:, :k].std() / vectors.std()
+    assert torch.allclose(rows[:, :k], vectors * scale, atol=1e-6)
+    assert torch.equal(rows[items.index("item0"), :k], rows[items.index("item1"), :k])
+    # The output layer is the same matrix, so answers start from the text too.
+    assert model.model.get_output_embeddings().weight.data_ptr() == weight.data_ptr()
+    with pytest.raises(ValueError, match="one token per item"):
+        P5Recommender(RunConfig().update({**settings, "index.params": {"levels": 2}})).build(split)

@@ -61,6 +61,15 @@ class ModelConfig(_Strict):
     # examples, so it stays close to its random init, while 22k of them (Beauty) double the
     # model and slow every step through a 5x larger output layer.
     user_tokens: bool = Field(False, description="one vocabulary token per training user")
+    # An item token is a new word to any LM. Started from what the item's text means (sentence
+    # embeddings, PCA-reduced to the model width) instead of noise, items described alike start
+    # close together, which sparse histories alone teach slowly.
+    item_init: Literal["random", "text"] = Field(
+        "random", description="item token embeddings: 'random' or 'text' (PCA of item text embeddings; one-token ids)"
+    )
+    item_encoder: str | None = Field(
+        None, description="local sentence encoder directory for item_init=text; empty = the bundled all-MiniLM-L6-v2"
+    )
     max_history: int = Field(20, ge=1, description="most recent items shown in a prompt")
     max_words: int = Field(5000, ge=10, description="word vocabulary size (template + item text)")
     templates: str | None = Field(None, description="template YAML file; empty = built-in P5 templates")

@@ -28,13 +28,14 @@ Choices, and why:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
 from sklearn.metrics import pairwise_distances_argmin
 
 from .base import INDEXERS, LEVEL_NAMES, ItemIndexer, level_token
@@ -102,6 +103,19 @@ def embed(texts: Sequence[str], encoder: str | Path, batch_size: int = 64, max_l
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
             out.append(torch.nn.functional.normalize(pooled, dim=-1).float().numpy())
     return np.concatenate(out) if out else np.zeros((0, 1), dtype=np.float32)
+
+
+def text_item_vectors(items: pd.DataFrame | None, catalogue: Sequence[str], trained: Iterable[str], dim: int,
+                      encoder: str | Path, fields: Sequence[str] = TEXT_FIELDS, progress: bool = False) -> np.ndarray:
+    """(len(catalogue), k) item text embeddings reduced by PCA to k = min(dim, encoder width)
+    components, the PCA fitted on the ``trained`` items only (the others are projected with it)."""
+    vectors = embed(item_texts(items, catalogue, fields), encoder, progress=progress)
+    trained = set(map(str, trained))
+    fit_rows = [n for n, item in enumerate(catalogue) if str(item) in trained]
+    k = min(dim, vectors.shape[1], len(fit_rows))
+    if k < 1:
+        raise ValueError("item text vectors: no catalogue item occurs in the training sequences")
+    return PCA(n_components=k, random_state=0).fit(vectors[fit_rows]).transform(vectors).astype(np.float32)
 
 
 def residual_kmeans(train: np.ndarray, levels: int, codebook: int, seed: int) -> list[np.ndarray]:
