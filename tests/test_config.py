@@ -44,7 +44,7 @@ def test_round_trip_and_frozen(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name", ["beauty", "sports", "sequence_lm", "sequence_lm_micro", "ml100k_decoder"]
+    "name", ["beauty", "sports", "sequence_lm", "sequence_lm_micro", "sequence_lm_text", "ml100k_decoder"]
 )
 def test_shipped_run_configs_load(name):
     """The recipes the README and bench/README.md run must stay valid as the schema changes."""
@@ -55,3 +55,6 @@ def test_shipped_run_configs_load(name):
     if name == "sequence_lm_micro":
         # The bench rows' recipe: SASRec's shape, the history-last prompt without </s>.
         assert (cfg.model.preset, cfg.model.prompt_eos, cfg.train.epochs) == ("micro", False, 50)
+    if name == "sequence_lm_text":
+        # ... with text-initialised item tokens, lr 1e-3 and 25 epochs.
+        assert (cfg.model.preset, cfg.model.item_init, cfg.train.lr, cfg.train.epochs) == ("micro", "text", 1e-3, 25)

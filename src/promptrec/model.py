@@ -60,7 +60,7 @@ class P5Recommender(Recommender):
         self.fit_info: dict[str, Any] = {}
 
     # ------------------------------------------------------------------------------- building
-    def build(self, split: Split) -> "P5Recommender":
+    def build(self, split: Split, progress: bool = False) -> "P5Recommender":
         """Fit the item index and tokenizer on the training split and create the LM (untrained)."""
         cfg = self.config
         data = split.data
@@ -111,26 +111,24 @@ class P5Recommender(Recommender):
                 eos_token_id=self.tokenizer.eos_token_id,
             )
         if cfg.model.item_init == "text":
-            self._init_items_from_text(base, split)
+            self._init_items_from_text(base, split, progress)
         self.model = apply_tuning(base, cfg.model.tuning, "CAUSAL_LM" if _causal(base) else "SEQ_2_SEQ_LM")
         self._build_trie()
         return self
 
-    def _init_items_from_text(self, base, split: Split) -> None:
+    def _init_items_from_text(self, base, split: Split, progress: bool) -> None:
         """Overwrite the item tokens' input embeddings (tied to the output ones in the built-in
         backbones) with their text vectors, scaled to the spread of the init they replace."""
-        from .indexing.semantic import default_encoder, text_item_vectors
+        from .indexing.semantic import resolve_encoder, text_item_vectors
 
         codes = self.indexer.codes
         if any(len(code) != 1 for code in codes.values()):
             raise ValueError("model.item_init=text needs one token per item (e.g. index.method=random, levels: 1)")
-        encoder = self.config.model.item_encoder or default_encoder("model.item_init=text", "model.item_encoder=DIR")
-        if not Path(encoder).is_dir():
-            raise ValueError(f"model.item_encoder: {encoder} is not a local model directory")
+        encoder = resolve_encoder(self.config.model.item_encoder, "model.item_init=text", "model.item_encoder=DIR")
         weight = base.get_input_embeddings().weight
         catalogue = list(codes)
         vectors = torch.from_numpy(
-            text_item_vectors(split.data.items, catalogue, split.train_items(), weight.shape[1], encoder, progress=True)
+            text_item_vectors(split.data.items, catalogue, split.train_items(), weight.shape[1], encoder, progress=progress)
         )
         rows = torch.tensor(self.tokenizer.convert_tokens_to_ids([codes[i][0] for i in catalogue]))
         with torch.no_grad():

