@@ -131,11 +131,9 @@ class P5Recommender(Recommender):
             text_item_vectors(split.data.items, catalogue, split.train_items(), weight.shape[1], encoder, progress=progress)
         )
         rows = torch.tensor(self.tokenizer.convert_tokens_to_ids([codes[i][0] for i in catalogue]))
+        k = vectors.shape[1]
         with torch.no_grad():
-            block = weight[rows]
-            k = vectors.shape[1]
-            block[:, :k] = vectors.to(block.dtype) * (block[:, :k].std() / vectors.std())
-            weight[rows] = block
+            weight[rows, :k] = vectors.to(weight.dtype) * (weight[rows, :k].std() / vectors.std())
 
     @property
     def causal(self) -> bool:
