@@ -17,6 +17,14 @@ def shared_dataset(name: str) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _private_embedding_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Text embeddings are cached per test: no test reads another's (or the user's) entries."""
+    from promptrec.indexing import semantic
+
+    monkeypatch.setattr(semantic, "embedding_cache", lambda: tmp_path / "text-embeddings")
+
+
 def cyclic_data(n_users: int = 40, n_items: int = 30, length: int = 8, seed: int = 0) -> InteractionData:
     """Users walk a cycle of items (i, i+1, i+2, ...): the next item is fully predictable."""
     rng = np.random.default_rng(seed)

@@ -4,6 +4,7 @@ items only, with a collision token; a tiny local encoder stands in for MiniLM.""
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +119,23 @@ def test_bundled_minilm_puts_paraphrases_close() -> None:
     v = embed(["red lipstick for lips", "a lipstick in red", "garden hose, 50 feet"], default_encoder())
     assert v.shape == (3, 384) and np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
     assert v[0] @ v[1] > v[0] @ v[2] + 0.2
+
+
+def test_text_embeddings_are_cached_and_keyed_by_texts_and_encoder(encoder, tmp_path, monkeypatch) -> None:
+    from promptrec.indexing import semantic
+
+    texts = ["title: red lipstick", "title: garden hose"]
+    first = embed(texts, encoder)
+    assert len(list(semantic.embedding_cache().glob("*.npy"))) == 1
+    with monkeypatch.context() as patch:
+        patch.setattr("transformers.AutoModel.from_pretrained", lambda *a, **k: pytest.fail("cache missed"))
+        assert np.array_equal(embed(texts, encoder), first)  # read back, no model loaded
+    embed(texts[::-1], encoder)  # other texts: a new entry
+    other = tmp_path / "other-encoder"
+    shutil.copytree(encoder, other)
+    embed(texts, other)  # same texts, another encoder directory: a new entry
+    assert len(list(semantic.embedding_cache().glob("*.npy"))) == 3
+    assert np.allclose(embed(texts, encoder, cache=False), first, atol=1e-6)
 
 
 def test_a_p5_model_trains_and_recommends_on_semantic_ids(encoder, tmp_path) -> None:

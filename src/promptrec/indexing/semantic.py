@@ -28,6 +28,8 @@ Choices, and why:
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -88,9 +90,45 @@ def item_texts(items: pd.DataFrame | None, catalogue: Sequence[str], fields: Seq
     return texts
 
 
+def embedding_cache() -> Path:
+    """The folder of :func:`embed`'s cache: ``text-embeddings`` in promptrec's cache root."""
+    from ..data.download import default_cache_root
+
+    return default_cache_root() / "text-embeddings"
+
+
+def _cache_file(texts: Sequence[str], encoder: str | Path, max_length: int) -> Path:
+    """Where :func:`embed` keeps the embeddings of ``texts``: named by a hash of the texts, the
+    truncation length and the encoder directory's files (path, size, modification time), so a
+    changed catalogue or a retrained encoder never reads a stale entry."""
+    digest = hashlib.sha256(f"{Path(encoder).resolve()}\0{max_length}".encode())
+    for file in sorted(f for f in Path(encoder).rglob("*") if f.is_file()):
+        stat = file.stat()
+        digest.update(f"\0{file.relative_to(encoder)}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+    for text in texts:
+        digest.update(b"\1" + text.encode())
+    return embedding_cache() / f"{digest.hexdigest()[:32]}.npy"
+
+
 def embed(texts: Sequence[str], encoder: str | Path, batch_size: int = 64, max_length: int = 64,
-          progress: bool = False) -> np.ndarray:
-    """Mean-pooled, L2-normalised sentence embeddings from a local transformers directory."""
+          progress: bool = False, cache: bool = True) -> np.ndarray:
+    """Mean-pooled, L2-normalised sentence embeddings from a local transformers directory.
+
+    With ``cache`` the result is kept in :func:`embedding_cache` (under ``$PROMPTREC_CACHE``,
+    else ``~/.cache/promptrec``): embedding a 12,000-item catalogue takes
+    minutes on a CPU, and every training run on the same catalogue would otherwise repeat it.
+    """
+    if cache:
+        path = _cache_file(texts, encoder, max_length)
+        if path.is_file():
+            return np.load(path)
+        vectors = embed(texts, encoder, batch_size, max_length, progress, cache=False)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
+        np.save(partial, vectors)
+        os.replace(partial, path)  # whole or absent: a reader never sees a half-written file
+        return vectors
+
     import torch
     from transformers import AutoModel, AutoTokenizer
 
