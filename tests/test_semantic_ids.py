@@ -206,3 +206,41 @@ def test_item_tokens_start_from_their_text(encoder) -> None:
     assert model.model.get_output_embeddings().weight.data_ptr() == weight.data_ptr()
     with pytest.raises(ValueError, match="one token per item"):
         P5Recommender(RunConfig().update({**settings, "index.params": {"levels": 2}})).build(split)
+
+
+def test_item_anchor_pulls_items_back_to_their_text_start(encoder, tmp_path) -> None:
+    import torch
+    from conftest import cyclic_data
+
+    from promptrec.config import RunConfig
+    from promptrec.data import leave_one_out
+    from promptrec.model import P5Recommender
+    from promptrec.training import train
+
+    split = leave_one_out(cyclic_data(n_users=20))
+    lr = 0.01
+    # A constant rate with lr * item_anchor = 1: every step ends with the item rows back at their
+    # start exactly, while the rest of the model trains.
+    settings = {
+        "model.backbone": "gpt2", "model.preset": "tiny", "index.method": "random", "index.params": {"levels": 1},
+        "model.item_init": "text", "model.item_encoder": str(encoder), "tasks.weights": {"sequence": 1.0},
+        "train.epochs": 1, "train.batch_size": 8, "train.val_users": 5, "train.lr": lr, "train.schedule": "constant",
+        "train.warmup_ratio": 0.0, "train.item_anchor": 1 / lr,
+    }
+    rec = P5Recommender(RunConfig().update(settings))
+    train(rec, split, output_dir=tmp_path / "run", progress=False)
+    rows, start = rec.item_start
+    weight = rec.model.get_input_embeddings().weight.detach()
+    assert torch.allclose(weight[rows], start, atol=1e-6)
+    assert (tmp_path / "run" / "checkpoint" / "item_start.safetensors").is_file()
+    # Resumed (no build, so no text vectors), the run pulls toward the start its checkpoint kept.
+    again = P5Recommender(RunConfig().update({**settings, "train.epochs": 2}))
+    train(again, split, output_dir=tmp_path / "run", resume=True, progress=False)
+    assert torch.equal(again.item_start[0], rows) and torch.equal(again.item_start[1], start)
+    assert torch.allclose(again.model.get_input_embeddings().weight.detach()[rows], start, atol=1e-6)
+    # Without the anchor the same run moves the items away from their start.
+    free = P5Recommender(RunConfig().update({**settings, "train.item_anchor": 0.0}))
+    train(free, split, progress=False)
+    assert not torch.allclose(free.model.get_input_embeddings().weight.detach()[rows], start, atol=1e-3)
+    with pytest.raises(ValueError, match="needs model.item_init=text"):
+        RunConfig().update({**settings, "model.item_init": "random"})

@@ -120,6 +120,12 @@ class TrainConfig(_Strict):
     schedule: Literal["linear", "cosine", "constant"] = "cosine"
     grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0 disables")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    # Decoupled weight decay pulls every weight toward 0; this pulls item embeddings toward the
+    # text vectors they started from, so what the text says about an item is not forgotten
+    # (least of all for rare items, whose few gradients cannot teach them much).
+    item_anchor: float = Field(
+        0.0, ge=0, description="model.item_init=text: decay of item embeddings toward their text start, times lr per step (0 = off)"
+    )
     # SASRec learns from every position of a sequence in one pass; a causal LM reading a history
     # can too, at no extra forward cost. Only for history-only families (sequential, sequence).
     history_loss: bool = Field(
@@ -181,3 +187,9 @@ class RunConfig(FileConfig):
     tasks: TaskConfig = Field(default_factory=TaskConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _check_anchor(self) -> "RunConfig":
+        if self.train.item_anchor > 0 and self.model.item_init != "text":
+            raise ValueError("train.item_anchor pulls item embeddings toward their text start: it needs model.item_init=text")
+        return self

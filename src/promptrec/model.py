@@ -58,6 +58,7 @@ class P5Recommender(Recommender):
         self.valid_item: dict[str, str] = {}
         self.user_tokens: dict[str, str] = {}
         self.fit_info: dict[str, Any] = {}
+        self.item_start: tuple[torch.Tensor, torch.Tensor] | None = None  # (token rows, their text start)
 
     # ------------------------------------------------------------------------------- building
     def build(self, split: Split, progress: bool = False) -> "P5Recommender":
@@ -134,6 +135,7 @@ class P5Recommender(Recommender):
         k = vectors.shape[1]
         with torch.no_grad():
             weight[rows, :k] = vectors.to(weight.dtype) * (weight[rows, :k].std() / vectors.std())
+        self.item_start = (rows, weight[rows].detach().clone())  # what train.item_anchor pulls toward
 
     @property
     def causal(self) -> bool:

@@ -100,6 +100,17 @@ def train(
     else:
         rec.build(split, progress=progress)
 
+    anchor = None
+    if cfg.item_anchor > 0:
+        if resuming:
+            from safetensors.torch import load_file
+
+            saved_start = load_file(str(ckpt / "item_start.safetensors"))
+            rec.item_start = (saved_start["rows"], saved_start["start"])
+        if rec.item_start is None:
+            raise ValueError("train.item_anchor needs the item tokens this run started from text (model.item_init=text, built here)")
+        anchor = rec.item_start
+
     model = rec.model
     users = list(rec.train_history)
     ctx = rec.context(rec.train_history, ratings=_ratings_by_user(split, users))
@@ -197,6 +208,8 @@ def train(
             if cfg.grad_clip > 0:
                 accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
+            if anchor is not None:
+                _pull_items(accelerator.unwrap_model(model), anchor, cfg.item_anchor * scheduler.get_last_lr()[0])
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state["step"] += 1
@@ -268,6 +281,15 @@ def _loss(model, batch: dict[str, torch.Tensor], targets: torch.Tensor, loss_fn)
     return loss_fn(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
 
 
+def _pull_items(model, anchor: tuple[torch.Tensor, torch.Tensor], rate: float) -> None:
+    """Move the item token embeddings ``rate`` of the way back to their start (decoupled, like
+    AdamW's weight decay, so the pull does not depend on the gradients' scale)."""
+    rows, start = anchor
+    weight = model.get_input_embeddings().weight
+    with torch.no_grad():
+        weight[rows] = torch.lerp(weight[rows], start.to(weight), rate)
+
+
 def _save_checkpoint(rec, accelerator: Accelerator, ckpt: Path, state: dict, best_state: dict | None) -> None:
     from safetensors.torch import save_file
 
@@ -277,6 +299,8 @@ def _save_checkpoint(rec, accelerator: Accelerator, ckpt: Path, state: dict, bes
         rec.model = accelerator.unwrap_model(model)
         rec.save_pretrained(ckpt / "model")
         rec.model = model
+        if rec.item_start is not None and rec.config.train.item_anchor > 0:  # a resumed run pulls toward the same start
+            save_file({"rows": rec.item_start[0], "start": rec.item_start[1].contiguous()}, str(ckpt / "item_start.safetensors"))
     # accelerate warns that tied embeddings are stored once; that is expected for T5.
     acc_log = logging.getLogger("accelerate.utils.other")
     level = acc_log.level
