@@ -287,7 +287,7 @@ def _pull_items(model, anchor: tuple[torch.Tensor, torch.Tensor], rate: float) -
     rows, start = anchor
     weight = model.get_input_embeddings().weight
     with torch.no_grad():
-        weight[rows] = torch.lerp(weight[rows], start.to(weight), rate)
+        weight[rows] = torch.lerp(weight[rows], start.to(weight), min(rate, 1.0))  # never past the start
 
 
 def _save_checkpoint(rec, accelerator: Accelerator, ckpt: Path, state: dict, best_state: dict | None) -> None:
