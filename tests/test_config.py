@@ -44,7 +44,8 @@ def test_round_trip_and_frozen(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name", ["beauty", "sports", "sequence_lm", "sequence_lm_micro", "sequence_lm_text", "ml100k_decoder"]
+    "name",
+    ["beauty", "sports", "sequence_lm", "sequence_lm_micro", "sequence_lm_text", "sequence_lm_anchor", "ml100k_decoder"],
 )
 def test_shipped_run_configs_load(name):
     """The recipes the README and bench/README.md run must stay valid as the schema changes."""
@@ -58,3 +59,8 @@ def test_shipped_run_configs_load(name):
     if name == "sequence_lm_text":
         # ... with text-initialised item tokens, lr 1e-3 and 25 epochs.
         assert (cfg.model.preset, cfg.model.item_init, cfg.train.lr, cfg.train.epochs) == ("micro", "text", 1e-3, 25)
+    if name == "sequence_lm_anchor":
+        # ... that recipe with a 50-item window, the item anchor and dropout 0.2: one --set line away.
+        text = RunConfig.load(path.with_name("sequence_lm_text.yaml"))
+        changed = {"model.max_history": 50, "model.dropout": 0.2, "train.item_anchor": 0.5}
+        assert cfg == text.update(changed)
