@@ -143,6 +143,9 @@ def train(
     )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     rec.model = model
+    if anchor is not None:  # resolved once here, not on every step: the embedding parameter, the start beside it
+        weight = accelerator.unwrap_model(model).get_input_embeddings().weight
+        anchor = (weight, anchor[0].to(weight.device), anchor[1].to(weight))
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=-100, label_smoothing=cfg.label_smoothing)
 
     state = {"epoch": -1, "step": 0, "best": -1.0, "best_epoch": -1, "bad_epochs": 0, "train_seconds": 0.0}
@@ -209,7 +212,7 @@ def train(
                 accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
             if anchor is not None:
-                _pull_items(accelerator.unwrap_model(model), anchor, cfg.item_anchor * scheduler.get_last_lr()[0])
+                _pull_items(*anchor, rate=cfg.item_anchor * scheduler.get_last_lr()[0])
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state["step"] += 1
@@ -281,13 +284,11 @@ def _loss(model, batch: dict[str, torch.Tensor], targets: torch.Tensor, loss_fn)
     return loss_fn(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
 
 
-def _pull_items(model, anchor: tuple[torch.Tensor, torch.Tensor], rate: float) -> None:
+def _pull_items(weight: torch.Tensor, rows: torch.Tensor, start: torch.Tensor, rate: float) -> None:
     """Move the item token embeddings ``rate`` of the way back to their start (decoupled, like
     AdamW's weight decay, so the pull does not depend on the gradients' scale)."""
-    rows, start = anchor
-    weight = model.get_input_embeddings().weight
     with torch.no_grad():
-        weight[rows] = torch.lerp(weight[rows], start.to(weight), min(rate, 1.0))  # never past the start
+        weight[rows] = torch.lerp(weight[rows], start, min(rate, 1.0))  # never past the start
 
 
 def _save_checkpoint(rec, accelerator: Accelerator, ckpt: Path, state: dict, best_state: dict | None) -> None:
