@@ -95,6 +95,7 @@ def test_unfitted_and_bad_params(name: str) -> None:
         ("sasrec", {"loss": "hinge"}),
         ("sasrec", {"hidden": 10, "heads": 3}),
         ("sasrec", {"dropout": 1.0}),
+        ("sasrec", {"time_limit": 0}),
     ],
 )
 def test_invalid_values_are_rejected(name: str, params: dict) -> None:
@@ -180,6 +181,18 @@ def test_training_is_seeded_and_leaves_the_global_rng_alone(name: str, cyclic_sp
     assert torch.equal(torch.rand(3), expected)
     pd.testing.assert_frame_equal(first, run(0))
     assert not first.equals(run(1))
+
+
+def test_sasrec_time_limit_validates_the_epoch_that_crosses_it(cyclic_split) -> None:
+    # A limit shorter than any epoch: one epoch runs, is validated (though eval_every is larger)
+    # and its weights are kept; a run without a limit goes on to its epoch budget.
+    params = {**TINY["sasrec"], "epochs": 6, "eval_every": 5, "patience": 10}
+    cut = build_recommender("sasrec", time_limit=1e-9, **params).fit(cyclic_split)
+    assert cut.fit_info_["epochs_run"] == 1 and cut.fit_info_["best_epoch"] == 1
+    assert cut.fit_info_["best_valid_NDCG@10"] is not None
+    assert cut.fit_info_["stopped_by"] == "time_limit"
+    full = build_recommender("sasrec", **params).fit(cyclic_split)
+    assert full.fit_info_["epochs_run"] == 6 and full.fit_info_["stopped_by"] == "epochs"
 
 
 @pytest.mark.parametrize("name", ["bpr", "sasrec"])

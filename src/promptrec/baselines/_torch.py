@@ -43,12 +43,14 @@ class Training:
     best_epoch: int  # the epoch whose weights were kept (the last one when none was validated)
     best: float | None  # its validation score; None when no epoch was validated
     train_seconds: list[float]  # per epoch, validation excluded
+    stopped_by: str = "epochs"  # "epochs", "patience" or "time_limit"
 
     def fit_info(self) -> dict[str, Any]:
         return {
             "epochs_run": self.epochs_run,
             "best_epoch": self.best_epoch,
             f"best_valid_{self.metric}": self.best,
+            "stopped_by": self.stopped_by,
         }
 
 
@@ -146,6 +148,7 @@ class TorchRecommender(ScoringRecommender):
         metric: str,
         lower_is_better: bool = False,
         eval_every: int = 1,
+        time_limit: float | None = None,
     ) -> Training:
         """Up to ``epochs`` calls of ``train_epoch`` (one pass over the data, ``net_`` in train
         mode; returns the mean loss), early-stopped on ``validate``.
@@ -155,24 +158,34 @@ class TorchRecommender(ScoringRecommender):
         training stops after ``patience`` validations without improvement; at the end the best
         weights are restored and ``net_`` is left in eval mode. With ``validate=None`` there is
         nothing to stop on: every epoch is trained and the last weights are kept.
+
+        ``time_limit`` (seconds since the first epoch began) starts no epoch once it has passed;
+        the epoch that crosses it is validated, so a time-cut run still keeps its best weights
+        and says so in ``stopped_by``.
         """
         net = self.net_
         best = np.inf if lower_is_better else -np.inf
         best_epoch, best_state, bad = 0, None, 0
         train_seconds: list[float] = []
         postfix = metric.lower().replace("@", "")  # "rmse", "ndcg10"
+        stopped_by = "epochs"
         epochs = range(1, self.epochs + 1)
         bar = tqdm(epochs, desc=self.name, unit="epoch", disable=not self.progress)
+        start = time.perf_counter()
         for epoch in bar:
             epoch_start = time.perf_counter()
             net.train()
             loss = train_epoch()
             train_seconds.append(time.perf_counter() - epoch_start)
-            if validate is None or (epoch % eval_every and epoch != self.epochs):
+            out_of_time = time_limit is not None and time.perf_counter() - start >= time_limit
+            if validate is None or (epoch % eval_every and epoch != self.epochs and not out_of_time):
                 log.info(
                     "%s epoch %d/%d: loss %.4f (%.1fs)",
                     self.name, epoch, self.epochs, loss, train_seconds[-1],
                 )
+                if out_of_time:
+                    stopped_by = "time_limit"
+                    break
                 continue
             score = validate()
             improved = score < best if lower_is_better else score > best
@@ -187,7 +200,8 @@ class TorchRecommender(ScoringRecommender):
                 self.name, epoch, self.epochs, loss, metric, score, " *" if improved else "",
                 train_seconds[-1], time.perf_counter() - epoch_start,
             )
-            if bad >= self.patience:
+            if bad >= self.patience or out_of_time:
+                stopped_by = "patience" if bad >= self.patience else "time_limit"
                 break
         bar.close()
         if best_state is not None:
@@ -196,7 +210,7 @@ class TorchRecommender(ScoringRecommender):
             best_epoch = epoch
         net.eval()
         kept = best if best_state is not None else None
-        return Training(metric, epoch, best_epoch, kept, train_seconds)
+        return Training(metric, epoch, best_epoch, kept, train_seconds, stopped_by)
 
     def _valid_ndcg(self, split: Split, users: list[str]) -> float:
         """NDCG@10 of the ``"valid"`` stage on ``users``."""

@@ -167,6 +167,8 @@ class SASRec(TorchRecommender):
         loss: ``"ce"`` (full softmax), ``"bce"`` (one negative, the paper) or ``"sampled"``.
         num_negatives: negatives per batch for ``loss="sampled"``.
         valid_users: validation users sampled (seeded) for early stopping; None = all.
+        time_limit: seconds of training after which no new epoch starts (the last one is
+            validated and the best weights kept; ``fit_info_["stopped_by"]`` says why it ended).
         seed: seeds the item numbering, initialisation, shuffling, dropout, negatives, the sample.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ...
         progress: show a tqdm bar over epochs.
@@ -190,6 +192,7 @@ class SASRec(TorchRecommender):
         loss: str = "ce",
         num_negatives: int = 100,
         valid_users: int | None = None,
+        time_limit: float | None = None,
         seed: int = 0,
         device: str = "auto",
         progress: bool = True,
@@ -212,6 +215,8 @@ class SASRec(TorchRecommender):
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         if valid_users is not None and valid_users < 1:
             raise ValueError(f"valid_users must be positive or None, got {valid_users!r}")
+        if time_limit is not None and time_limit <= 0:
+            raise ValueError(f"time_limit must be positive or None, got {time_limit!r}")
         self.hidden = hidden
         self.blocks = blocks
         self.heads = heads
@@ -222,6 +227,7 @@ class SASRec(TorchRecommender):
         self.loss = loss
         self.num_negatives = num_negatives
         self.valid_users = valid_users
+        self.time_limit = time_limit
 
     def _new_net(self) -> SASRecNet:
         return SASRecNet(
@@ -277,7 +283,9 @@ class SASRec(TorchRecommender):
             return total / max(positions, 1)
 
         validate = (lambda: self._valid_ndcg(split, sample)) if sample else None
-        training = self._train_epochs(train_epoch, validate, "NDCG@10", eval_every=self.eval_every)
+        training = self._train_epochs(
+            train_epoch, validate, "NDCG@10", eval_every=self.eval_every, time_limit=self.time_limit
+        )
         self.fit_info_ = {
             **training.fit_info(),
             "train_seconds_per_epoch": round(float(np.mean(training.train_seconds)), 3),
