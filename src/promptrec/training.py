@@ -100,7 +100,6 @@ def train(
     else:
         rec.build(split, progress=progress)
 
-    anchor = None
     if cfg.item_anchor > 0:
         if resuming:
             from safetensors.torch import load_file
@@ -109,7 +108,6 @@ def train(
             rec.item_start = (saved_start["rows"], saved_start["start"])
         if rec.item_start is None:
             raise ValueError("train.item_anchor needs the item tokens this run started from text (model.item_init=text, built here)")
-        anchor = rec.item_start
 
     model = rec.model
     users = list(rec.train_history)
@@ -143,9 +141,11 @@ def train(
     )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     rec.model = model
-    if anchor is not None:  # resolved once here, not on every step: the embedding parameter, the start beside it
+    anchor = None  # (embedding weight, item rows, their start): resolved once here, not on every step
+    if cfg.item_anchor > 0:
         weight = accelerator.unwrap_model(model).get_input_embeddings().weight
-        anchor = (weight, anchor[0].to(weight.device), anchor[1].to(weight))
+        rows, start = rec.item_start
+        anchor = (weight, rows.to(weight.device), start.to(weight))
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=-100, label_smoothing=cfg.label_smoothing)
 
     state = {"epoch": -1, "step": 0, "best": -1.0, "best_epoch": -1, "bad_epochs": 0, "train_seconds": 0.0}

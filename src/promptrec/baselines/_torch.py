@@ -183,25 +183,25 @@ class TorchRecommender(ScoringRecommender):
                     "%s epoch %d/%d: loss %.4f (%.1fs)",
                     self.name, epoch, self.epochs, loss, train_seconds[-1],
                 )
-                if out_of_time:
-                    stopped_by = "time_limit"
-                    break
-                continue
-            score = validate()
-            improved = score < best if lower_is_better else score > best
-            if improved:
-                best, best_epoch, bad = score, epoch, 0
-                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
             else:
-                bad += 1
-            bar.set_postfix({"loss": f"{loss:.4f}", postfix: f"{score:.4f}"}, refresh=False)
-            log.info(
-                "%s epoch %d/%d: loss %.4f, valid %s %.4f%s (train %.1fs, total %.1fs)",
-                self.name, epoch, self.epochs, loss, metric, score, " *" if improved else "",
-                train_seconds[-1], time.perf_counter() - epoch_start,
-            )
-            if bad >= self.patience or out_of_time:
-                stopped_by = "patience" if bad >= self.patience else "time_limit"
+                score = validate()
+                improved = score < best if lower_is_better else score > best
+                if improved:
+                    best, best_epoch, bad = score, epoch, 0
+                    best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+                else:
+                    bad += 1
+                bar.set_postfix({"loss": f"{loss:.4f}", postfix: f"{score:.4f}"}, refresh=False)
+                log.info(
+                    "%s epoch %d/%d: loss %.4f, valid %s %.4f%s (train %.1fs, total %.1fs)",
+                    self.name, epoch, self.epochs, loss, metric, score, " *" if improved else "",
+                    train_seconds[-1], time.perf_counter() - epoch_start,
+                )
+                if bad >= self.patience:
+                    stopped_by = "patience"
+                    break
+            if out_of_time:
+                stopped_by = "time_limit"
                 break
         bar.close()
         if best_state is not None:
