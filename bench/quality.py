@@ -7,6 +7,8 @@ dataset, one seed per run; all items ranked for all users, history excluded.
     python bench/quality.py --validate runs/quality/beauty_sequence_lm_s0   # all-user validation
     python bench/quality.py --paired runs/quality/beauty_cosine25_s0 runs/quality/beauty_cosine25_s1 \
         --against runs/baselines/beauty_sasrec    # seed-averaged per-user test against a baseline
+    python bench/quality.py --by-length runs/quality/sports_anchor_s0 runs/baselines/sports_sasrec \
+        --dataset sports    # per-user test NDCG@10 by the length of the history the test prompt shows
 
 Each run's model is also scored on **all** validation users (``valid_all_*``): the early-stopping
 subset (``train.val_users``) is small and was used to pick the epoch, so it flatters the model;
@@ -28,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from promptrec.config import RunConfig
+from promptrec.config import DataConfig, RunConfig
 from promptrec.data import leave_one_out
 from promptrec.model import P5Recommender
 from promptrec.pipeline import load_data, train_and_evaluate
@@ -127,6 +129,30 @@ def seed_paired(runs: list[str], against: str, metrics: tuple[str, ...] = ("HR@1
     print(json.dumps(out, indent=1, default=float))  # numpy scalars
 
 
+# Upper edges of the history-length groups (items before the test target, validation item included).
+LENGTH_EDGES = (5, 6, 7, 9, 12, 20, 50)
+
+
+def by_length(runs: list[str], data_path: str, metric: str = "NDCG@10") -> None:
+    """Mean per-user test ``metric`` of each run, grouped by the length of the user's test history
+    (training items plus the validation item): where a model gains or loses against another."""
+    import pandas as pd
+
+    split = leave_one_out(load_data(DataConfig(loader="p5", path=data_path)))
+    lengths = pd.Series({u: len(h) for u, h in split.history("test").items()}, name="length")
+    groups = pd.cut(lengths, [0, *LENGTH_EDGES, lengths.max()], right=True)
+    frame = pd.DataFrame({"group": groups.astype(str)})
+    for run in runs:
+        values = load_run(run)[0].per_user
+        if values is None:
+            sys.exit(f"{run}: no per-user results")
+        frame[Path(run).name] = values.set_index("user_id")[metric].astype(float).reindex(frame.index)
+    out = frame.groupby("group", sort=False).agg(["mean"]).droplevel(1, axis=1)
+    out["users"] = frame.groupby("group", sort=False).size()
+    out = out.loc[[str(g) for g in groups.cat.categories if str(g) in out.index]]
+    print(json.dumps({"metric": metric, "groups": out.round(5).reset_index().to_dict("records")}, indent=1))
+
+
 def table() -> None:
     if not TABLE.exists():
         sys.exit(f"no experiments recorded yet ({TABLE})")
@@ -156,11 +182,15 @@ def main() -> None:
     ap.add_argument("--validate", metavar="RUN_DIR", help="score a recorded run on all validation users and exit")
     ap.add_argument("--paired", nargs="+", metavar="RUN_DIR", help="runs (seeds) to average per user and test, then exit")
     ap.add_argument("--against", metavar="RUN_DIR", help="the run --paired is tested against")
+    ap.add_argument("--by-length", nargs="+", metavar="RUN_DIR",
+                    help="per-user test NDCG@10 of these runs by test-history length (data: --dataset/--data), then exit")
     args = ap.parse_args()
     if args.paired:
         if not args.against:
             ap.error("--paired needs --against RUN_DIR")
         seed_paired(args.paired, args.against)
+    elif args.by_length:
+        by_length(args.by_length, args.data or str(DATA[args.dataset]))
     elif args.table:
         table()
     elif args.validate:
