@@ -107,21 +107,23 @@ def validate(run_dir: str) -> None:
     print(json.dumps({"run_dir": run_dir, **valid}))
 
 
+def _per_user(run: str):
+    """A run's per-user test values indexed by user, read as `promptrec compare` reads them (run
+    directories or results JSON files)."""
+    values = load_run(run)[0].per_user
+    if values is None:
+        sys.exit(f"{run}: no per-user results")
+    return values.set_index("user_id")
+
+
 def seed_paired(runs: list[str], against: str, metrics: tuple[str, ...] = ("HR@10", "NDCG@10")) -> None:
     """Average each user's test values over ``runs`` (the seeds of one recipe) and test the mean
     against ``against``'s values for the same users (paired t, Wilcoxon, bootstrap CI)."""
-    def per_user(run: str):
-        # The same reader as `promptrec compare`: run directories or results JSON files.
-        values = load_run(run)[0].per_user
-        if values is None:
-            sys.exit(f"{run}: no per-user results to test")
-        return values.set_index("user_id")
-
-    seeds = [per_user(r) for r in runs]
+    seeds = [_per_user(r) for r in runs]
     users = seeds[0].index
     if any(set(s.index) != set(users) for s in seeds):
         sys.exit("the runs were evaluated on different users; seed averages need the same users")
-    base = per_user(against)
+    base = _per_user(against)
     out = {"runs": runs, "against": against}
     for m in metrics:
         mean = sum(s[m].astype(float).reindex(users) for s in seeds) / len(seeds)
@@ -140,16 +142,12 @@ def by_length(runs: list[str], data_path: str, metric: str = "NDCG@10") -> None:
 
     split = leave_one_out(load_data(DataConfig(loader="p5", path=data_path)))
     lengths = pd.Series({u: len(h) for u, h in split.history("test").items()}, name="length")
-    groups = pd.cut(lengths, [0, *LENGTH_EDGES, lengths.max()], right=True)
-    frame = pd.DataFrame({"group": groups.astype(str)})
+    frame = pd.DataFrame({"group": pd.cut(lengths, [0, *LENGTH_EDGES, lengths.max()])})
     for run in runs:
-        values = load_run(run)[0].per_user
-        if values is None:
-            sys.exit(f"{run}: no per-user results")
-        frame[Path(run).name] = values.set_index("user_id")[metric].astype(float).reindex(frame.index)
-    out = frame.groupby("group", sort=False).agg(["mean"]).droplevel(1, axis=1)
-    out["users"] = frame.groupby("group", sort=False).size()
-    out = out.loc[[str(g) for g in groups.cat.categories if str(g) in out.index]]
+        frame[Path(run).name] = _per_user(run)[metric].astype(float).reindex(frame.index)
+    grouped = frame.groupby("group", observed=True)  # in length order, empty groups left out
+    out = grouped.mean().assign(users=grouped.size())
+    out.index = out.index.astype(str)
     print(json.dumps({"metric": metric, "groups": out.round(5).reset_index().to_dict("records")}, indent=1))
 
 
