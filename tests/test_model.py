@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from promptrec.config import RunConfig
 from promptrec.model import P5Recommender
@@ -210,3 +211,36 @@ def test_a_diverging_run_stops_with_a_clear_error(cyclic_split, monkeypatch):
     monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", poisoned)
     with pytest.raises(FloatingPointError, match="training loss is nan at step 3 "):
         P5Recommender(tiny_config()).fit(cyclic_split, progress=False)
+
+
+def test_weight_average_is_what_the_run_validates_and_keeps(tmp_path):
+    from conftest import cyclic_data
+
+    from promptrec.data import leave_one_out
+
+    split = leave_one_out(cyclic_data(n_users=20))
+
+    def weights(rec):
+        return {k: v.clone() for k, v in rec.model.state_dict().items()}
+
+    def fit(ema, epochs=2, out=None, resume=False):
+        # A constant rate, so a run cut after one epoch has the same schedule as the whole run.
+        cfg = tiny_config(**{
+            "train.epochs": epochs, "train.patience": 5, "train.ema": ema, "train.lr": 0.01,
+            "train.schedule": "constant", "train.warmup_ratio": 0.0,
+        })
+        return P5Recommender(cfg).fit(split, output_dir=out, resume=resume, progress=False)
+
+    plain = weights(fit(0.0))
+    # A decay of ~0 averages nothing: the kept model is the raw one, step for step.
+    nearly_raw = weights(fit(1e-12))
+    assert all(torch.allclose(plain[k], nearly_raw[k], atol=1e-6) for k in plain)
+    averaged = fit(0.9)
+    assert max((plain[k] - averaged.model.state_dict()[k]).abs().max() for k in plain) > 1e-3
+    # The average is checkpointed: stopping after one epoch and resuming gives the same model.
+    fit(0.9, epochs=1, out=tmp_path)
+    resumed = fit(0.9, epochs=2, out=tmp_path, resume=True)
+    # Epoch 2 is the best, so the kept model is the average carried over the resume.
+    assert resumed.fit_info["best_epoch"] == averaged.fit_info["best_epoch"] == 2
+    kept = weights(averaged)
+    assert all(torch.allclose(kept[k], v, atol=1e-6) for k, v in resumed.model.state_dict().items())

@@ -131,6 +131,11 @@ class TrainConfig(_Strict):
     history_loss: bool = Field(
         False, description="causal LMs: also learn each history item of a next-item prompt from the items before it"
     )
+    # Validation scores from one epoch's weights swing with the last few hundred steps; an
+    # exponential moving average of the weights is a flatter, steadier model to select and keep.
+    ema: float = Field(
+        0.0, ge=0, lt=1, description="decay of an exponential moving average of the weights, validated and kept instead of the raw weights (0 = off)"
+    )
     patience: int = Field(3, ge=1, description="epochs without validation NDCG@10 gain before stopping")
     val_users: int = Field(2000, ge=0, description="validation users per epoch (0 = all)")
     examples_per_epoch: int | None = Field(None, ge=1, description="default: one pass over training positions")

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_scheduler
@@ -147,6 +148,8 @@ def train(
         rows, start = rec.item_start
         anchor = (weight, rows.to(weight.device), start.to(weight))
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=-100, label_smoothing=cfg.label_smoothing)
+    # The averaged copy is what validation scores and what the run keeps; the raw weights only train.
+    ema = AveragedModel(accelerator.unwrap_model(model), multi_avg_fn=get_ema_multi_avg_fn(cfg.ema)) if cfg.ema > 0 else None
 
     state = {"epoch": -1, "step": 0, "best": -1.0, "best_epoch": -1, "bad_epochs": 0, "train_seconds": 0.0}
     if resuming:
@@ -158,6 +161,10 @@ def train(
         from safetensors.torch import load_file
 
         best_state = load_file(str(ckpt / "best.safetensors"))
+    if resuming and ema is not None:
+        from safetensors.torch import load_file
+
+        ema.load_state_dict(load_file(str(ckpt / "ema.safetensors")))
 
     templates = {name: rec.templates.family(f.template_family or name, seen=True) for name, f in families.items()}
 
@@ -215,6 +222,8 @@ def train(
                 _pull_items(*anchor, rate=cfg.item_anchor * scheduler.get_last_lr()[0])
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update_parameters(accelerator.unwrap_model(model))
             state["step"] += 1
             running = 0.98 * running + 0.02 * value if state["step"] > 1 else value
             bar.set_postfix(loss=f"{running:.3f}", refresh=False)
@@ -224,14 +233,15 @@ def train(
                 stopped_early = True
                 break
         state["train_seconds"] += time.time() - epoch_start
-        rec.model = accelerator.unwrap_model(model)
+        kept = ema.module if ema is not None else accelerator.unwrap_model(model)
+        rec.model = kept
         val = rec.evaluate_users(split, val_users, stage="valid") if val_users else {"NDCG@10": 0.0}
         rec.model = model
         state["epoch"] = epoch
         improved = val["NDCG@10"] > state["best"]
         if improved:
             state.update(best=val["NDCG@10"], best_epoch=epoch, bad_epochs=0)
-            best_state = {k: v.detach().cpu().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
+            best_state = {k: v.detach().cpu().clone() for k, v in kept.state_dict().items()}
         else:
             state["bad_epochs"] += 1
         mlog.write(state["step"], epoch=epoch, val_NDCG10=val["NDCG@10"], val_HR10=val["HR@10"], train_seconds=state["train_seconds"])
@@ -246,13 +256,15 @@ def train(
                 flush=True,
             )
         if ckpt is not None and accelerator.is_main_process:
-            _save_checkpoint(rec, accelerator, ckpt, state, best_state if improved else None)
+            _save_checkpoint(rec, accelerator, ckpt, state, best_state if improved else None, ema)
         if stopped_early or state["bad_epochs"] >= cfg.patience:
             break
 
     rec.model = accelerator.unwrap_model(model)
     if best_state is not None:
         rec.model.load_state_dict(best_state)
+    elif ema is not None:  # no validation epoch ran (epochs 0): keep the average all the same
+        rec.model.load_state_dict(ema.module.state_dict())
     rec.model.eval()
     rec.fit_info = {
         "train_seconds": round(state["train_seconds"], 2),
@@ -291,7 +303,9 @@ def _pull_items(weight: torch.Tensor, rows: torch.Tensor, start: torch.Tensor, r
         weight[rows] = torch.lerp(weight[rows], start, min(rate, 1.0))  # never past the start
 
 
-def _save_checkpoint(rec, accelerator: Accelerator, ckpt: Path, state: dict, best_state: dict | None) -> None:
+def _save_checkpoint(
+    rec, accelerator: Accelerator, ckpt: Path, state: dict, best_state: dict | None, ema: AveragedModel | None = None
+) -> None:
     from safetensors.torch import save_file
 
     ckpt.mkdir(parents=True, exist_ok=True)
@@ -314,6 +328,10 @@ def _save_checkpoint(rec, accelerator: Accelerator, ckpt: Path, state: dict, bes
         tmp = ckpt / "best.safetensors.tmp"
         save_file({k: v.contiguous() for k, v in best_state.items()}, str(tmp))
         shutil.move(tmp, ckpt / "best.safetensors")
+    if ema is not None:
+        tmp = ckpt / "ema.safetensors.tmp"
+        save_file({k: v.detach().cpu().clone() for k, v in ema.state_dict().items()}, str(tmp))  # tied weights: one copy each
+        shutil.move(tmp, ckpt / "ema.safetensors")
     tmp = ckpt / "trainer_state.json.tmp"
     tmp.write_text(json.dumps(state))
     tmp.replace(ckpt / "trainer_state.json")
