@@ -1,5 +1,6 @@
 """Training loop for the P5 recommender: multitask prompt mixture, AdamW, warm-up + decay,
-gradient clipping, early stopping on validation NDCG@10, checkpoint/resume, through accelerate.
+gradient clipping, optional weight averaging (EMA), early stopping on validation NDCG@10,
+checkpoint/resume, through accelerate.
 """
 
 from __future__ import annotations
