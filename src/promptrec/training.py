@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from safetensors.torch import load_file, save_file
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -104,8 +105,6 @@ def train(
 
     if cfg.item_anchor > 0:
         if resuming:
-            from safetensors.torch import load_file
-
             saved_start = load_file(str(ckpt / "item_start.safetensors"))
             rec.item_start = (saved_start["rows"], saved_start["start"])
         if rec.item_start is None:
@@ -142,15 +141,16 @@ def train(
         num_training_steps=total_steps,
     )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    raw = accelerator.unwrap_model(model)  # the module itself, for weights, averaging and evaluation
     rec.model = model
     anchor = None  # (embedding weight, item rows, their start): resolved once here, not on every step
     if cfg.item_anchor > 0:
-        weight = accelerator.unwrap_model(model).get_input_embeddings().weight
+        weight = raw.get_input_embeddings().weight
         rows, start = rec.item_start
         anchor = (weight, rows.to(weight.device), start.to(weight))
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=-100, label_smoothing=cfg.label_smoothing)
     # The averaged copy is what validation scores and what the run keeps; the raw weights only train.
-    ema = AveragedModel(accelerator.unwrap_model(model), multi_avg_fn=get_ema_multi_avg_fn(cfg.ema)) if cfg.ema > 0 else None
+    ema = AveragedModel(raw, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema)) if cfg.ema > 0 else None
 
     state = {"epoch": -1, "step": 0, "best": -1.0, "best_epoch": -1, "bad_epochs": 0, "train_seconds": 0.0}
     if resuming:
@@ -159,12 +159,8 @@ def train(
         log.info("resuming after epoch %d (best validation NDCG@10 %.4f)", state["epoch"], state["best"])
     best_state = None
     if resuming and (ckpt / "best.safetensors").exists():
-        from safetensors.torch import load_file
-
         best_state = load_file(str(ckpt / "best.safetensors"))
     if resuming and ema is not None:
-        from safetensors.torch import load_file
-
         ema.load_state_dict(load_file(str(ckpt / "ema.safetensors")))
 
     templates = {name: rec.templates.family(f.template_family or name, seen=True) for name, f in families.items()}
@@ -224,7 +220,7 @@ def train(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             if ema is not None:
-                ema.update_parameters(accelerator.unwrap_model(model))
+                ema.update_parameters(raw)
             state["step"] += 1
             running = 0.98 * running + 0.02 * value if state["step"] > 1 else value
             bar.set_postfix(loss=f"{running:.3f}", refresh=False)
@@ -234,7 +230,7 @@ def train(
                 stopped_early = True
                 break
         state["train_seconds"] += time.time() - epoch_start
-        kept = ema.module if ema is not None else accelerator.unwrap_model(model)
+        kept = ema.module if ema is not None else raw
         rec.model = kept
         val = rec.evaluate_users(split, val_users, stage="valid") if val_users else {"NDCG@10": 0.0}
         rec.model = model
@@ -261,7 +257,7 @@ def train(
         if stopped_early or state["bad_epochs"] >= cfg.patience:
             break
 
-    rec.model = accelerator.unwrap_model(model)
+    rec.model = raw
     if best_state is not None:
         rec.model.load_state_dict(best_state)
     elif ema is not None:  # no validation epoch ran (epochs 0): keep the average all the same
@@ -307,8 +303,6 @@ def _pull_items(weight: torch.Tensor, rows: torch.Tensor, start: torch.Tensor, r
 def _save_checkpoint(
     rec, accelerator: Accelerator, ckpt: Path, state: dict, best_state: dict | None, ema: AveragedModel | None = None
 ) -> None:
-    from safetensors.torch import save_file
-
     ckpt.mkdir(parents=True, exist_ok=True)
     if not (ckpt / "model").exists():
         model = rec.model
