@@ -220,3 +220,44 @@ def test_positions_from_the_end_read_the_answer_at_position_zero(split, tmp_path
     for extra in ({"model.prompt_eos": True}, {"model.backbone": "t5", "model.prompt_eos": True}):
         with pytest.raises(ValueError, match="positions=end"):
             P5Recommender(cfg.update({**extra, "model.positions": "end"})).build(split)
+
+
+@pytest.mark.parametrize("lengths", [(8, 8), (5, 14)])
+def test_target_weighting_scales_each_batch_by_its_share_of_targets(monkeypatch, lengths):
+    """With ``train.loss_weighting=target`` the loss a step backpropagates is the batch's mean
+    times its target count over the mean count per batch so far: every target then weighs the
+    same whatever the length of the batch it was sorted into. Users of one length give batches
+    of equal counts, and the batch mean itself."""
+    from accelerate import Accelerator
+    from conftest import cyclic_data
+
+    from promptrec import training
+
+    a, b = (cyclic_data(n_users=16, n_items=20, length=n, seed=s) for s, n in enumerate(lengths))
+    renamed = b.interactions.assign(user_id="b" + b.interactions["user_id"])
+    split = leave_one_out(InteractionData(pd.concat([a.interactions, renamed], ignore_index=True), a.items))
+    counts, means, backed = [], [], []
+
+    def counted(model, batch, targets, loss_fn):
+        counts.append(int((targets != -100).sum()))
+        means.append(_loss(model, batch, targets, loss_fn).item())
+        return _loss(model, batch, targets, loss_fn)
+
+    def backward(self, loss, **kw):
+        backed.append(loss.item())
+        return loss.backward(**kw)
+
+    monkeypatch.setattr(training, "_loss", counted)
+    monkeypatch.setattr(Accelerator, "backward", backward)
+    cfg = config(**{
+        "tasks.weights": {"sequence": 1.0}, "train.history_loss": True, "train.batch_size": 8,
+        "model.dropout": 0.0, "train.loss_weighting": "target",
+    })
+    P5Recommender(cfg).fit(split, progress=False)
+    n = np.array(counts, dtype=float)
+    expected = n * np.arange(1, len(n) + 1) / np.cumsum(n)
+    np.testing.assert_allclose(np.array(backed) / np.array(means), expected, rtol=1e-4)
+    if lengths[0] == lengths[1]:
+        assert np.allclose(expected, 1.0)
+    else:
+        assert expected.max() > 1.2 and expected.min() < 0.6  # long batches count more, short ones less

@@ -137,6 +137,14 @@ class TrainConfig(_Strict):
     ema: float = Field(
         0.0, ge=0, lt=1, description="decay of an exponential moving average of the weights, validated and kept instead of the raw weights (0 = off)"
     )
+    # Batches hold prompts of similar length (less padding), so a batch of long histories has
+    # many times the targets of a batch of short ones, yet a per-batch mean gives every step the
+    # same weight: each target of a long history then counts several times less than one of a
+    # short history. "target" scales a batch's mean by its target count over the run's mean count
+    # per batch, so every target counts the same, as in SASRec's randomly mixed batches.
+    loss_weighting: Literal["batch", "target"] = Field(
+        "batch", description="'batch': each batch's mean loss weighs the same; 'target': each target does"
+    )
     patience: int = Field(3, ge=1, description="epochs without validation NDCG@10 gain before stopping")
     val_users: int = Field(2000, ge=0, description="validation users per epoch (0 = all)")
     examples_per_epoch: int | None = Field(None, ge=1, description="default: one pass over training positions")

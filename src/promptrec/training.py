@@ -152,7 +152,7 @@ def train(
     # The averaged copy is what validation scores and what the run keeps; the raw weights only train.
     ema = AveragedModel(raw, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema)) if cfg.ema > 0 else None
 
-    state = {"epoch": -1, "step": 0, "best": -1.0, "best_epoch": -1, "bad_epochs": 0, "train_seconds": 0.0}
+    state = {"epoch": -1, "step": 0, "best": -1.0, "best_epoch": -1, "bad_epochs": 0, "train_seconds": 0.0, "targets": 0}
     if resuming:
         accelerator.load_state(str(ckpt / "accelerate"))
         state = json.loads((ckpt / "trainer_state.json").read_text())
@@ -211,6 +211,12 @@ def train(
                     f"{scheduler.get_last_lr()[0]:.2e}, mixed precision {cfg.mixed_precision}): lower "
                     "train.lr, keep train.grad_clip on, or train without mixed precision"
                 )
+            if cfg.loss_weighting == "target":
+                # The batch's share of targets against the mean per batch so far (state["step"] is
+                # the count of earlier steps); .get: checkpoints written before the field existed.
+                n = int((targets != -100).sum())
+                state["targets"] = state.get("targets", 0) + n
+                loss = loss * (n * (state["step"] + 1) / state["targets"])
             accelerator.backward(loss)
             if cfg.grad_clip > 0:
                 accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
