@@ -57,6 +57,13 @@ class ModelConfig(_Strict):
     )
     tuning: TuningConfig = Field(default_factory=TuningConfig)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    # Dropping attention weights takes a random share of the history out of every prediction,
+    # a heavier cut on a long history, whose next item may hinge on one distant item, than the
+    # same rate on embeddings and residuals.
+    attention_dropout: float | None = Field(
+        None, ge=0.0, lt=1.0,
+        description="causal backbones: dropout on attention weights (empty = model.dropout; llama/qwen2 have no other)",
+    )
     # Off by default: under leave-one-out a user token sees only that user's few training
     # examples, so it stays close to its random init, while 22k of them (Beauty) double the
     # model and slow every step through a 5x larger output layer.
@@ -89,6 +96,12 @@ class ModelConfig(_Strict):
         description="causal LM position ids: 'start' counts from the prompt's first token, 'end' counts back "
         "from the token the answer follows (one-token item codes with prompt_eos=false only)",
     )
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.attention_dropout is not None and self.backbone == "t5":
+            raise ValueError("model.attention_dropout is for causal backbones; T5 has one rate, model.dropout")
+        return self
 
 
 class TaskConfig(_Strict):

@@ -108,6 +108,7 @@ class P5Recommender(Recommender):
                 vocab_size=len(self.tokenizer),
                 preset=cfg.model.preset,
                 dropout=cfg.model.dropout,
+                **({} if cfg.model.attention_dropout is None else {"attention_dropout": cfg.model.attention_dropout}),
                 pad_token_id=self.tokenizer.pad_token_id,
                 eos_token_id=self.tokenizer.eos_token_id,
             )
