@@ -50,3 +50,6 @@ def test_mixture_plan_follows_weights_and_batches_cover_each_example_once(cyclic
     batches = length_batches(plan, fams, 32, rng, window=4)
     flat = sorted(i for b in batches for i in b)
     assert flat == list(range(len(plan))) and max(len(b) for b in batches) <= 32
+    # A window of one batch sorts nothing across batches: each batch is a run of the shuffled plan.
+    random_batches = length_batches(plan, fams, 32, rng, window=1)
+    assert sorted(sorted(b) for b in random_batches) == [list(range(j, min(j + 32, len(plan)))) for j in range(0, len(plan), 32)]

@@ -158,6 +158,11 @@ class TrainConfig(_Strict):
     loss_weighting: Literal["batch", "target"] = Field(
         "batch", description="'batch': each batch's mean loss weighs the same; 'target': each target does"
     )
+    # Sorting cuts padding (a batch costs its longest prompt) but puts long histories together in
+    # a few batches of their own; a window of 1 mixes every batch at random, as SASRec's are.
+    length_window: int = Field(
+        64, ge=1, description="batches whose prompts are sorted by length together, to cut padding (1 = random batches)"
+    )
     patience: int = Field(3, ge=1, description="epochs without validation NDCG@10 gain before stopping")
     val_users: int = Field(2000, ge=0, description="validation users per epoch (0 = all)")
     examples_per_epoch: int | None = Field(None, ge=1, description="default: one pass over training positions")

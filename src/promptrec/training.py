@@ -187,7 +187,7 @@ def train(
         plan = mixture_plan(families, weights, per_epoch, rng)
         seeds = rng.integers(0, 2**63 - 1, size=len(plan))
         examples = [(int(s), f, i) for s, (f, i) in zip(seeds, plan)]
-        batches = length_batches(plan, families, cfg.batch_size, rng)
+        batches = length_batches(plan, families, cfg.batch_size, rng, window=cfg.length_window)
         # On a GPU, rendering and tokenising prompts in the training process can be the bottleneck.
         loader = DataLoader(examples, batch_sampler=batches, collate_fn=collate, num_workers=cfg.num_workers)
         model.train()
