@@ -45,7 +45,7 @@ def test_round_trip_and_frozen(tmp_path):
 
 @pytest.mark.parametrize(
     "name",
-    ["beauty", "sports", "sequence_lm", "sequence_lm_micro", "sequence_lm_text", "sequence_lm_anchor", "sequence_lm_weighted",
+    ["beauty", "sports", "sequence_lm", "sequence_lm_micro", "sequence_lm_text", "sequence_lm_anchor", "sequence_lm_mixed",
      "ml100k_decoder"],
 )
 def test_shipped_run_configs_load(name):
@@ -65,7 +65,7 @@ def test_shipped_run_configs_load(name):
         text = RunConfig.load(path.with_name("sequence_lm_text.yaml"))
         changed = {"model.max_history": 50, "model.dropout": 0.2, "train.item_anchor": 0.5}
         assert cfg == text.update(changed)
-    if name == "sequence_lm_weighted":
-        # ... and the anchor recipe with dropout 0.3 and every target weighed the same.
+    if name == "sequence_lm_mixed":
+        # ... and the anchor recipe with dropout 0.3 and batches mixed at random.
         anchor = RunConfig.load(path.with_name("sequence_lm_anchor.yaml"))
-        assert cfg == anchor.update({"model.dropout": 0.3, "train.loss_weighting": "target"})
+        assert cfg == anchor.update({"model.dropout": 0.3, "train.length_window": 1})

@@ -159,7 +159,9 @@ class TrainConfig(_Strict):
         "batch", description="'batch': each batch's mean loss weighs the same; 'target': each target does"
     )
     # Sorting cuts padding (a batch costs its longest prompt) but puts long histories together in
-    # a few batches of their own; a window of 1 mixes every batch at random, as SASRec's are.
+    # a few batches of their own; a window of 1 mixes every batch at random, as SASRec's are. On
+    # Beauty and Sports random batches lifted validation and the long histories most, at about
+    # 1.6x the time per epoch (bench/README.md).
     length_window: int = Field(
         64, ge=1, description="batches whose prompts are sorted by length together, to cut padding (1 = random batches)"
     )
