@@ -97,13 +97,16 @@ def build_gpt2(
     return GPT2LMHeadModel(config)
 
 
-def _llama_like(config_cls, model_cls, vocab_size: int, preset: str, dropout: float, pad_token_id: int, eos_token_id: int):
+def _llama_like(
+    config_cls, model_cls, vocab_size: int, preset: str, dropout: float, attention_dropout: float | None,
+    pad_token_id: int, eos_token_id: int,
+):
     # LLaMA-style configs have no dropout but the attention weights'.
     d = _causal_dims(preset)
     config = config_cls(
         vocab_size=vocab_size, hidden_size=d["hidden"], intermediate_size=d["ffn"], num_hidden_layers=d["layers"],
         num_attention_heads=d["heads"], num_key_value_heads=d["heads"], max_position_embeddings=MAX_POSITIONS,
-        attention_dropout=dropout, bos_token_id=eos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+        attention_dropout=dropout if attention_dropout is None else attention_dropout, bos_token_id=eos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
         tie_word_embeddings=True,
     )
     return model_cls(config)
@@ -115,8 +118,7 @@ def build_llama(
     attention_dropout: float | None = None,
 ) -> LlamaForCausalLM:
     """A random-initialised LLaMA (rotary positions, RMSNorm, SwiGLU)."""
-    rate = dropout if attention_dropout is None else attention_dropout
-    return _llama_like(LlamaConfig, LlamaForCausalLM, vocab_size, preset, rate, pad_token_id, eos_token_id)
+    return _llama_like(LlamaConfig, LlamaForCausalLM, vocab_size, preset, dropout, attention_dropout, pad_token_id, eos_token_id)
 
 
 @BACKBONES.register("qwen2")
@@ -125,8 +127,7 @@ def build_qwen2(
     attention_dropout: float | None = None,
 ) -> Qwen2ForCausalLM:
     """A random-initialised Qwen2 (LLaMA-like, with biases on the attention projections)."""
-    rate = dropout if attention_dropout is None else attention_dropout
-    return _llama_like(Qwen2Config, Qwen2ForCausalLM, vocab_size, preset, rate, pad_token_id, eos_token_id)
+    return _llama_like(Qwen2Config, Qwen2ForCausalLM, vocab_size, preset, dropout, attention_dropout, pad_token_id, eos_token_id)
 
 
 def load_pretrained(path: str | Path) -> tuple[PreTrainedModel, Any]:
