@@ -103,10 +103,11 @@ def _llama_like(
 ):
     # LLaMA-style configs have no dropout but the attention weights'.
     d = _causal_dims(preset)
+    attn = dropout if attention_dropout is None else attention_dropout
     config = config_cls(
         vocab_size=vocab_size, hidden_size=d["hidden"], intermediate_size=d["ffn"], num_hidden_layers=d["layers"],
         num_attention_heads=d["heads"], num_key_value_heads=d["heads"], max_position_embeddings=MAX_POSITIONS,
-        attention_dropout=dropout if attention_dropout is None else attention_dropout, bos_token_id=eos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+        attention_dropout=attn, bos_token_id=eos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
         tie_word_embeddings=True,
     )
     return model_cls(config)
