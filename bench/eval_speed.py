@@ -64,7 +64,7 @@ def main() -> None:
         "code_length": len(next(iter(rec.indexer.codes.values()))),
         "precision": args.precision,
         "users": len(users),
-        "items_ranked": len(rec.catalogue),
+        "items_ranked": len(rec.catalogue()),
         "k": 20,
         "beams": 20,
         "batch_size": args.batch_size,

@@ -1,6 +1,6 @@
 """The ``llm`` recommender end to end on MovieLens-100K, against ``transformers serve`` on loopback.
 
-1. Trains (or reuses) a promptrec decoder on MovieLens-100K (``configs/ml100k_decoder.yaml``: a
+1. Trains (or reuses) a promptrec decoder on MovieLens-100K (``ml100k_decoder``: a
    GPT-2 of the mini preset, one token per item, whole-sequence and candidate-choice prompts) and
    exports it as a plain transformers chat model (:func:`promptrec.llm.export.export_chat_model`).
 2. Starts ``transformers serve`` (an implementation independent of promptrec) on that directory.

@@ -74,7 +74,7 @@ def main() -> None:
     catalogue = set(split.data.items.index)
     assert not cold & {i for seq in rec.train_history.values() for i in seq}, "a cold item is in training"
     assert not cold & split.train_items(), "a cold item is in the training table"
-    assert set(rec.catalogue) == catalogue, "the decoding trie does not hold every catalogue item"
+    assert set(rec.catalogue()) == catalogue, "the decoding trie does not hold every catalogue item"
     codes = rec.indexer.codes
     trained_cells = {codes[i][:-1] for i in split.train_items()}
 
@@ -117,8 +117,8 @@ def main() -> None:
         },
         "all_item_check": {
             "candidates": len(catalogue),
-            "trie_items": len(rec.catalogue),
-            "cold_items_in_trie": len(cold & set(rec.catalogue)),
+            "trie_items": len(rec.catalogue()),
+            "cold_items_in_trie": len(cold & set(rec.catalogue())),
             "sampled_negatives": False,
         },
         "fit_info": rec.fit_info,

@@ -23,7 +23,9 @@ import yaml
 
 from promptrec.data import leave_one_out
 from promptrec.model import P5Recommender
-from promptrec.pipeline import evaluate_popularity, load_data, quickstart_config, train_and_evaluate
+from promptrec.baselines import MostPopular
+from promptrec.evaluation import evaluate_rankings
+from promptrec.pipeline import load_data, quickstart_config, train_and_evaluate
 from promptrec.template_search import search_templates
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,14 +53,15 @@ def main() -> None:
     search = search_templates(rec, split, users=args.users, seed=rec.config.train.seed)
     seconds = time.perf_counter() - t0
     k = max(rec.config.eval.ks)
-    pop = {stage: evaluate_popularity(split, stage, k=k, users=search.users)[0] for stage in search.stages}
+    popular = MostPopular().fit(split)
+    pop = {stage: evaluate_rankings(popular, split, stage, k=k, users=search.users)[0] for stage in search.stages}
 
     report = {
         "command": command,
         "model": str(model_dir),
         "trained_on": [t.id for t in rec.templates.family("sequential", seen=True)],
         "training_mixture": rec.config.tasks.weights,
-        "fit_info": rec.fit_info,
+        "fit_info": rec.fit_info_,
         **search.to_dict(),
         "popularity": {s: {m: p[m] for m in search.metrics} for s, p in pop.items()},
         "search_seconds": round(seconds, 1),

@@ -1,8 +1,8 @@
 """Quality experiments on Amazon Beauty and Sports: one recipe (a config file plus overrides), one
 dataset, one seed per run; all items ranked for all users, history excluded.
 
-    python bench/quality.py --config configs/sequence_lm.yaml --dataset beauty --seed 0
-    python bench/quality.py --config configs/sequence_lm.yaml --dataset beauty --seed 0 --set model.dropout=0.5 --name dropout05
+    python bench/quality.py --config sequence_lm --set model.preset=mini --set model.max_history=20 --set model.templates=p5 --set model.prompt_eos=true --set model.item_init=random --set train.item_anchor=0 --set train.length_window=64 --set train.lr=0.003 --set train.epochs=45 --set train.patience=5 --dataset beauty --seed 0
+    python bench/quality.py --config sequence_lm --set model.preset=mini --set model.max_history=20 --set model.templates=p5 --set model.prompt_eos=true --set model.item_init=random --set train.item_anchor=0 --set train.length_window=64 --set train.lr=0.003 --set train.epochs=45 --set train.patience=5 --dataset beauty --seed 0 --set model.dropout=0.5 --name dropout05
     python bench/quality.py --table     # the results table of every recorded experiment
     python bench/quality.py --validate runs/quality/beauty_sequence_lm_s0   # all-user validation
     python bench/quality.py --paired runs/quality/beauty_cosine25_s0 runs/quality/beauty_cosine25_s1 \

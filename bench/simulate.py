@@ -9,7 +9,7 @@ al. (CIKM 2020): item-kNN, popularity and BPR retrained every 5 rounds with nobo
     python bench/simulate.py --group classic --workers 2
     python bench/simulate.py --group lm --resume   # continue interrupted runs
 
-Each group is ``promptrec simulate`` on configs/simulate_ml100k.yaml with the overrides below; the
+Each group is ``promptrec simulate`` on simulate_ml100k with the overrides below; the
 run directories go to runs/simulation/<group>/ (config, rounds.jsonl, plots, summary.md, runs/).
 Writes bench/results/simulation/<group>.jsonl (per round, mean over seeds, the main metrics) and
 its plots, and prints the summary rows as JSON with the command.

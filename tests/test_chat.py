@@ -173,7 +173,7 @@ def test_scripted_three_turn_conversation(model_dir) -> None:
 
     engine = Engine(model_dir)
     chat = Conversation(Catalogue.from_recommender(engine.rec), engine_backend(engine), k=5)
-    genre = {i: engine.rec.items.loc[i, "categories"][0] for i in engine.rec.catalogue}
+    genre = {i: engine.rec.items.loc[i, "categories"][0] for i in engine.rec.catalogue()}
 
     first = chat.turn("I liked the silent harbour")  # a typo and lower case: grounded by fuzzy match
     liked = [(m.kind, m.value, m.polarity) for m in first.mentions]

@@ -156,7 +156,7 @@ def test_a_semantic_id_model_can_decode_cold_items(encoder) -> None:
     model = P5Recommender(config).fit(split, progress=False)
     cold = sorted(split.cold_items)
     assert not split.cold_items & {i for seq in model.train_history.values() for i in seq}
-    assert set(model.catalogue) == set(split.data.items.index)  # the trie holds every item
+    assert set(model.catalogue()) == set(split.data.items.index)  # the trie holds every item
     # Restricted to cold items, the trie search produces them: they are reachable by decoding.
     user = split.test["user_id"].iloc[0]
     prompts = model.sequential_prompts([user], [model.history(user)])
@@ -183,10 +183,15 @@ class _Generative:
     # "v" lists c1 only so that its exclusion from v's list can be checked.
     train_history: ClassVar[dict[str, list[str]]] = {"u": ["w0"], "v": ["w0", "c1"]}
 
+    name = "generative"
+
+    def get_params(self):
+        return {}
+
     def history(self, user, stage="test"):
         return self.train_history[user]
 
-    def recommend(self, user_ids, k=10, exclude_seen=True, stage="test"):
+    def recommend(self, user_ids, k=10, exclude_seen=True, stage="test", histories=None, candidates=None):
         ranked = ["w1", "w2", "w3", "w4"][:k]
         return pd.DataFrame([(u, i, -float(r), r) for u in user_ids for r, i in enumerate(ranked, start=1)],
                             columns=["user_id", "item_id", "score", "rank"])

@@ -43,29 +43,24 @@ def test_round_trip_and_frozen(tmp_path):
         cfg.train.epochs = 4
 
 
-@pytest.mark.parametrize(
-    "name",
-    ["beauty", "sports", "sequence_lm", "sequence_lm_micro", "sequence_lm_text", "sequence_lm_anchor", "sequence_lm_mixed",
-     "ml100k_decoder"],
-)
-def test_shipped_run_configs_load(name):
-    """The recipes the README and bench/README.md run must stay valid as the schema changes."""
-    from pathlib import Path
+@pytest.mark.parametrize("name", ["sequence_lm", "t5_p5", "ml100k_decoder", "quickstart"])
+def test_shipped_recipes_load_by_name(name):
+    """The recipes the README and bench/README.md run must stay valid as the schema changes, and
+    a prompt-LM run config is a job of the p5 recommender with its sections as parameters."""
+    from promptrec.pipeline import JobConfig
 
-    path = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
-    cfg = RunConfig.load(path)
-    if name == "sequence_lm_micro":
-        # The bench rows' recipe: SASRec's shape, the history-last prompt without </s>.
-        assert (cfg.model.preset, cfg.model.prompt_eos, cfg.train.epochs) == ("micro", False, 50)
-    if name == "sequence_lm_text":
-        # ... with text-initialised item tokens, lr 1e-3 and 25 epochs.
-        assert (cfg.model.preset, cfg.model.item_init, cfg.train.lr, cfg.train.epochs) == ("micro", "text", 1e-3, 25)
-    if name == "sequence_lm_anchor":
-        # ... that recipe with a 50-item window, the item anchor and dropout 0.2: one --set line away.
-        text = RunConfig.load(path.with_name("sequence_lm_text.yaml"))
-        changed = {"model.max_history": 50, "model.dropout": 0.2, "train.item_anchor": 0.5}
-        assert cfg == text.update(changed)
-    if name == "sequence_lm_mixed":
-        # ... and the anchor recipe with dropout 0.3 and batches mixed at random.
-        anchor = RunConfig.load(path.with_name("sequence_lm_anchor.yaml"))
-        assert cfg == anchor.update({"model.dropout": 0.3, "train.length_window": 1})
+    job = JobConfig.load(name)
+    if job.recommender == "p5":
+        RunConfig.model_validate(job.params)  # the parameters are a valid run config
+    if name == "sequence_lm":
+        # The best recipe: SASRec's shape, text-initialised and anchored item tokens, random batches.
+        cfg = RunConfig.load(name)
+        assert (cfg.model.preset, cfg.model.item_init, cfg.train.item_anchor, cfg.train.length_window) == ("micro", "text", 0.5, 1)
+        assert RunConfig.model_validate(job.params) == cfg
+    if name == "quickstart":
+        assert [c.recommender for c in job.compare] == ["sasrec", "popularity"]
+
+
+def test_a_missing_recipe_names_the_shipped_ones():
+    with pytest.raises(FileNotFoundError, match="sequence_lm"):
+        RunConfig.load("no_such_recipe")

@@ -118,7 +118,7 @@ def test_fast_ranking_matches_the_generic_one(model) -> None:
         for k in (1, 3, 7, 10):
             for exclude_seen in (True, False):
                 fast = model.recommend(users, k=k, exclude_seen=exclude_seen, stage=stage)
-                generic = ScoringRecommender._recommend_block(model, users, k, stage, exclude_seen)
+                generic = ScoringRecommender._recommend_block(model, users, k, model._history(users, stage), exclude_seen, None)
                 pd.testing.assert_frame_equal(fast, generic)
 
 

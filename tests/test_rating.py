@@ -123,7 +123,7 @@ def test_predictions_are_clipped_to_the_training_range(low_rank_fit) -> None:
     low, high = split.train["rating"].min(), split.train["rating"].max()
     assert model.rating_range_ == (low, high)
     users = list(model.users_)
-    raw = model._scores(users, "test")  # unclipped r_hat of every (user, item)
+    raw = model._scores(users, model._history(users, "test"))  # unclipped r_hat of every (user, item)
     assert raw.max() > high or raw.min() < low  # some predictions do leave the range...
     pairs = pd.MultiIndex.from_product([users, list(model.items_)])
     pred = model.predict_rating(pairs.get_level_values(0), pairs.get_level_values(1))

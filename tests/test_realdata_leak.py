@@ -49,7 +49,7 @@ def test_sequential_codes_do_not_depend_on_held_out_items(beauty_split):
 
 
 def test_independent_ids_carry_nothing_about_any_interaction(beauty_split):
-    """One token per item (configs/sequence_lm.yaml): the assignment is a seeded permutation of
+    """One token per item (sequence_lm --set model.preset=mini --set model.max_history=20 --set model.templates=p5 --set model.prompt_eos=true --set model.item_init=random --set train.item_anchor=0 --set train.length_window=64 --set train.lr=0.003 --set train.epochs=45 --set train.patience=5): the assignment is a seeded permutation of
     the catalogue, identical whether the interactions it is given hold the held-out items or not."""
     catalogue = list(beauty_split.data.items.index)
     idx = build_indexer("random", seed=0, levels=1).fit(beauty_split.train_sequences(), catalogue)

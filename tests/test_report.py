@@ -90,6 +90,6 @@ def test_compare_reads_a_results_json_and_says_what_is_missing(runs, tmp_path) -
 
 def test_compare_rejects_a_missing_directory(tmp_path) -> None:
     result = runner.invoke(app, ["compare", str(tmp_path / "nope"), "--output", str(tmp_path / "o")])
-    assert result.exit_code == 2 and "Invalid value" in result.output  # a usage error, no traceback
+    assert result.exit_code == 2 and "error:" in result.output and "no such run directory" in result.output  # one line, no traceback
     with pytest.raises(FileNotFoundError, match="no such run directory"):
         compare_runs([tmp_path / "nope"], tmp_path / "o")

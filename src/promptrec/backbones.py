@@ -84,30 +84,26 @@ MAX_POSITIONS = 1024
 @BACKBONES.register("gpt2")
 def build_gpt2(
     vocab_size: int, preset: str = "small", dropout: float = 0.1, pad_token_id: int = 0, eos_token_id: int = 1,
-    attention_dropout: float | None = None,
 ) -> GPT2LMHeadModel:
     """A random-initialised GPT-2 (learned positions, LayerNorm, GELU)."""
     d = _causal_dims(preset)
-    attn = dropout if attention_dropout is None else attention_dropout
     config = GPT2Config(
         vocab_size=vocab_size, n_embd=d["hidden"], n_inner=d["ffn"], n_layer=d["layers"], n_head=d["heads"],
-        n_positions=MAX_POSITIONS, resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=attn,
+        n_positions=MAX_POSITIONS, resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
         bos_token_id=eos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id, tie_word_embeddings=True,
     )
     return GPT2LMHeadModel(config)
 
 
 def _llama_like(
-    config_cls, model_cls, vocab_size: int, preset: str, dropout: float, attention_dropout: float | None,
-    pad_token_id: int, eos_token_id: int,
+    config_cls, model_cls, vocab_size: int, preset: str, dropout: float, pad_token_id: int, eos_token_id: int
 ):
     # LLaMA-style configs have no dropout but the attention weights'.
     d = _causal_dims(preset)
-    attn = dropout if attention_dropout is None else attention_dropout
     config = config_cls(
         vocab_size=vocab_size, hidden_size=d["hidden"], intermediate_size=d["ffn"], num_hidden_layers=d["layers"],
         num_attention_heads=d["heads"], num_key_value_heads=d["heads"], max_position_embeddings=MAX_POSITIONS,
-        attention_dropout=attn, bos_token_id=eos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+        attention_dropout=dropout, bos_token_id=eos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
         tie_word_embeddings=True,
     )
     return model_cls(config)
@@ -116,19 +112,17 @@ def _llama_like(
 @BACKBONES.register("llama")
 def build_llama(
     vocab_size: int, preset: str = "small", dropout: float = 0.1, pad_token_id: int = 0, eos_token_id: int = 1,
-    attention_dropout: float | None = None,
 ) -> LlamaForCausalLM:
     """A random-initialised LLaMA (rotary positions, RMSNorm, SwiGLU)."""
-    return _llama_like(LlamaConfig, LlamaForCausalLM, vocab_size, preset, dropout, attention_dropout, pad_token_id, eos_token_id)
+    return _llama_like(LlamaConfig, LlamaForCausalLM, vocab_size, preset, dropout, pad_token_id, eos_token_id)
 
 
 @BACKBONES.register("qwen2")
 def build_qwen2(
     vocab_size: int, preset: str = "small", dropout: float = 0.1, pad_token_id: int = 0, eos_token_id: int = 1,
-    attention_dropout: float | None = None,
 ) -> Qwen2ForCausalLM:
     """A random-initialised Qwen2 (LLaMA-like, with biases on the attention projections)."""
-    return _llama_like(Qwen2Config, Qwen2ForCausalLM, vocab_size, preset, dropout, attention_dropout, pad_token_id, eos_token_id)
+    return _llama_like(Qwen2Config, Qwen2ForCausalLM, vocab_size, preset, dropout, pad_token_id, eos_token_id)
 
 
 def load_pretrained(path: str | Path) -> tuple[PreTrainedModel, Any]:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 import yaml
@@ -18,6 +19,20 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Obtain and inspect datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+
+RECOMMENDER_HELP = (
+    "registered recommender: p5 (prompt LMs), sasrec, bpr, itemknn, popularity, biased_mf, "
+    "cross_encoder, llm, cold_prefix"
+)
+_debug = False
+
+
+@app.callback()
+def _options(
+    debug: Annotated[bool, typer.Option("--debug", help="show the full traceback of an error")] = False,
+) -> None:
+    global _debug
+    _debug = debug
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -37,68 +52,86 @@ def _overrides(values: list[str]) -> dict:
 
 @app.command()
 def train(
-    config: Annotated[Path, typer.Option("--config", "-c", help="run config (YAML or JSON); see configs/")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="run directory: checkpoint, model/, metrics.json")],
-    resume: Annotated[bool, typer.Option(help="continue from OUTPUT/checkpoint")] = False,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a config key, e.g. --set train.epochs=3")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="run directory: model/, compare/, metrics.json, checkpoint")],
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help=RECOMMENDER_HELP + " (default: the config's, else p5)")] = None,
+    config: Annotated[
+        Optional[Path],
+        typer.Option("--config", "-c", help="job config (YAML/JSON: recommender, data, params, compare, evaluation) or a prompt-LM run config; a file or a shipped recipe: sequence_lm, t5_p5, ml100k_decoder, quickstart"),
+    ] = None,
+    loader: Annotated[Optional[str], typer.Option(help="data loader: ml-100k, p5, movielens, tabular (default: the config's, else ml-100k)")] = None,
+    data: Annotated[Optional[str], typer.Option(help="dataset path (default: the config's; ml-100k: the cached copy)")] = None,
+    resume: Annotated[bool, typer.Option(help="continue from the checkpoint in OUTPUT (models that keep one)")] = False,
+    set_: Annotated[
+        Optional[list[str]],
+        typer.Option("--set", help="override a key: data.*, evaluation.*, or a model parameter (--set epochs=50, --set train.lr=1e-3)"),
+    ] = None,
     verbose: bool = False,
 ) -> None:
-    """Train a P5 recommender, evaluate it and popularity on the test split, save the model."""
-    from .config import RunConfig
-    from .pipeline import train_and_evaluate
+    """Train any registered recommender on a leave-one-out split, save it to OUTPUT/model, and
+    evaluate it beside the models it is compared with (popularity by default) on the same users,
+    all items ranked, history excluded."""
+    from .pipeline import JobConfig, run_job
 
     _setup_logging(verbose)
-    cfg = RunConfig.load(config)
-    if set_:
-        cfg = cfg.update(_overrides(set_))
-    train_and_evaluate(cfg, output, resume=resume)
+    job = JobConfig.load(config) if config else JobConfig()
+    overrides = _overrides(set_ or [])
+    if model:
+        overrides["recommender"] = model
+        if model != job.recommender and config is None:
+            overrides["params"] = {}
+    if loader:
+        overrides["data.loader"] = loader
+    if data is not None:
+        overrides["data.path"] = data
+    run_job(job.update(overrides), output, resume=resume)
 
 
 @app.command()
 def quickstart(
     output: Annotated[Path, typer.Option("--output", "-o", help="run directory")] = Path("runs/quickstart"),
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a config key")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a key, as for train")] = None,
     verbose: bool = False,
 ) -> None:
-    """Fetch MovieLens-100K, train a small model on the CPU, and compare it with popularity."""
-    from .pipeline import quickstart_config, train_and_evaluate
+    """The main job: fetch MovieLens-100K, train the project's best sequence LM and SASRec on the
+    CPU, and show them beside popularity on the same users."""
+    from .pipeline import quickstart_job, run_job
 
     _setup_logging(verbose)
-    cfg = quickstart_config()
-    if set_:
-        cfg = cfg.update(_overrides(set_))
-    train_and_evaluate(cfg, output)
+    run_job(quickstart_job().update(_overrides(set_ or [])), output)
 
 
 @app.command()
 def evaluate(
-    model: Annotated[Path, typer.Option("--model", "-m", help="model directory written by train")],
-    loader: Annotated[Optional[str], typer.Option(help="data loader (default: the model's config)")] = None,
-    data: Annotated[Optional[str], typer.Option(help="dataset path (default: the model's config)")] = None,
+    model: Annotated[Path, typer.Option("--model", "-m", help="saved model directory (any recommender)")],
+    loader: Annotated[Optional[str], typer.Option(help="data loader (default: the data the model was trained on)")] = None,
+    data: Annotated[Optional[str], typer.Option(help="dataset path (default: the data the model was trained on)")] = None,
     stage: Annotated[str, typer.Option(help="valid or test")] = "test",
-    users: Annotated[int, typer.Option(help="evaluate this many users (0 = all)")] = 0,
+    users: Annotated[int, typer.Option(help="evaluate a seeded sample of this many users (0 = all); every row uses the same users")] = 0,
+    seed: Annotated[int, typer.Option(help="seed of the user sample")] = 0,
+    compare: Annotated[Optional[list[str]], typer.Option(help="recommender fitted and evaluated beside it (repeatable; default popularity)")] = None,
     output: Annotated[Optional[Path], typer.Option(help="write results JSON here")] = None,
     verbose: bool = False,
 ) -> None:
-    """Evaluate a saved model with all-item ranking on a leave-one-out split of its dataset."""
+    """Evaluate a saved model with all-item ranking on a leave-one-out split of its dataset,
+    beside freshly fitted comparison models on the same users."""
     from .config import DataConfig
-    from .data import leave_one_out
     from .evaluation import format_table
-    from .model import P5Recommender
-    from .pipeline import SUMMARY_KEYS, _clean, evaluate_popularity, load_data
+    from .pipeline import SUMMARY_KEYS, _clean, evaluate_saved
 
     _setup_logging(verbose)
-    rec = P5Recommender.from_pretrained(model)
-    dcfg = rec.config.data
-    dcfg = DataConfig(loader=loader or dcfg.loader, path=data if data is not None else dcfg.path, options=dcfg.options)
-    if users:
-        rec.config = rec.config.update({"eval.users": users})
-    split = leave_one_out(load_data(dcfg))
-    result = _clean(rec.evaluate(split, stage=stage))
-    pop, _ = evaluate_popularity(split, stage, k=max(rec.config.eval.ks))
-    print(format_table({"model": result, "popularity": pop}, SUMMARY_KEYS))
+    if stage not in ("valid", "test"):
+        raise typer.BadParameter(f"--stage must be valid or test, got {stage!r}")
+    dcfg = None
+    if loader or data is not None:
+        if not loader:
+            raise typer.BadParameter("--data needs --loader")
+        dcfg = DataConfig(loader=loader, path=data)
+    results = evaluate_saved(model, dcfg, stage=stage, users=users, seed=seed, compare=compare or ["popularity"])
+    summaries = {name: _clean(summary) for name, (summary, _) in results.items()}
+    print(format_table(summaries, SUMMARY_KEYS))
+    print(f"{summaries['model']['eval_users']} {stage} users for every row, all items ranked, history excluded")
     if output:
-        output.write_text(json.dumps({"model": result, "popularity": pop}, indent=2, default=str))
+        output.write_text(json.dumps(summaries, indent=2, default=str))
 
 
 @app.command()
@@ -114,19 +147,19 @@ def templates(
 ) -> None:
     """Evaluate a saved model with every template of a family (seen and unseen), all items
     ranked; pick the best seen template by validation NDCG@10 and report the unseen gap."""
+    from .config import DataConfig
     from .data import leave_one_out
-    from .model import P5Recommender
     from .pipeline import load_data
+    from .recommender import load_recommender
     from .template_search import search_templates
 
     _setup_logging(verbose)
-    rec = P5Recommender.from_pretrained(model)
-    split = leave_one_out(load_data(rec.config.data))
-    try:
-        result = search_templates(rec, split, family=family, stages=stage or ("valid", "test"),
-                                  users=users, seed=rec.config.train.seed)
-    except ValueError as err:
-        raise typer.BadParameter(str(err)) from err
+    rec = load_recommender(model)
+    if not hasattr(rec, "templates"):
+        raise ValueError(f"{model} holds a {rec.name} model: template search needs a prompt model (p5)")
+    split = leave_one_out(load_data(DataConfig.model_validate(rec.fit_info_.get("data") or rec.config.data.model_dump(mode="json"))))
+    result = search_templates(rec, split, family=family, stages=stage or ("valid", "test"),
+                              users=users, seed=rec.config.train.seed)
     typer.echo(result.format())
     if result.templates(seen=True) and result.templates(seen=False):
         for st in result.stages:
@@ -148,16 +181,18 @@ def recommend(
     history: Annotated[Optional[str], typer.Option(help="comma-separated item ids to use as the history instead of the stored one")] = None,
     json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
-    """Top-k items for users of a saved model, with titles."""
-    from .model import P5Recommender
+    """Top-k items for users of a saved model (any recommender), with titles."""
+    from .recommender import load_recommender
 
-    rec = P5Recommender.from_pretrained(model)
+    rec = load_recommender(model)
+    rec.progress = False
     hist = {u: history.split(",") for u in user} if history else None
     unknown = [u for u in user if not rec.history(u) and hist is None]
     if unknown:
         typer.echo(f"note: no stored history for {', '.join(unknown)}; recommending from an empty history", err=True)
     recs = rec.recommend(user, k=k, histories=hist)
-    titles = rec.items["title"] if "title" in rec.items else None
+    items = rec.item_table()
+    titles = items["title"] if "title" in items else None
     recs["title"] = [titles.get(i) if titles is not None else None for i in recs["item_id"]]
     if json_:
         typer.echo(recs.to_json(orient="records"))
@@ -181,16 +216,12 @@ def compare(
     """Compare runs: a markdown table, paired significance tests and plots in OUTPUT."""
     from .report import compare_runs
 
-    try:
-        text = compare_runs(run_dirs, output, metric=metric, baseline=baseline)
-    except (FileNotFoundError, ValueError) as err:
-        raise typer.BadParameter(str(err)) from err
-    typer.echo(text)
+    typer.echo(compare_runs(run_dirs, output, metric=metric, baseline=baseline))
 
 
 @app.command()
 def serve(
-    model: Annotated[Path, typer.Argument(help="model directory written by train (save_pretrained)")],
+    model: Annotated[Path, typer.Argument(help="saved model directory of any recommender (save_pretrained)")],
     host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port")] = 8000,
     database: Annotated[
@@ -224,11 +255,11 @@ def serve(
 
     import uvicorn
 
+    from .recommender import read_config
     from .serving.app import ServeSettings, create_app
 
     _setup_logging(True)
-    if not (model / "promptrec_config.json").is_file():
-        raise typer.BadParameter(f"{model} is not a promptrec model directory (no promptrec_config.json)")
+    read_config(model)  # a directory that is not a saved model fails here, before the server starts
     if quantize not in (None, "int8"):
         raise typer.BadParameter(f"--quantize must be int8, got {quantize!r}")
     if not api_key:
@@ -263,8 +294,6 @@ def chat(
     from .conversation import Catalogue, Conversation, engine_backend
     from .serving.engine import Engine
 
-    if not (model / "promptrec_config.json").is_file():
-        raise typer.BadParameter(f"{model} is not a promptrec model directory (no promptrec_config.json)")
     engine = Engine(model)
     conversation = Conversation(
         Catalogue.from_recommender(engine.rec, threshold), engine_backend(engine), user_id=user, k=k
@@ -340,25 +369,24 @@ def update(
     database: Annotated[str, typer.Option(help="feedback store (SQLAlchemy URL or SQLite path)")],
     output: Annotated[Path, typer.Option("--output", "-o", help="where the updated model directory goes")],
     since: Annotated[Optional[float], typer.Option(help="use events from this unix time on (default: all)")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="fine-tuning config key, e.g. train.epochs=2")] = None,
+    epochs: Annotated[int, typer.Option(min=1, help="epochs of the update (models that train in epochs)")] = 1,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="model parameter for the update, e.g. train.lr=1e-4")] = None,
 ) -> None:
-    """Fine-tune MODEL on the feedback stored since SINCE (warm start) and write a new model
-    directory; point a running server at it with POST /admin/reload."""
+    """Update MODEL (any recommender) on the feedback stored since SINCE and write a new model
+    directory: models that can warm-start (the prompt LMs) continue from their weights, the
+    others are refitted. Point a running server at it with POST /admin/reload."""
     from .serving.update import update_model
 
     _setup_logging(True)
     if output.resolve() == model.resolve():
         raise typer.BadParameter("--output must differ from --model: the running server still reads it")
-    try:
-        summary = update_model(model, database, output, since=since, overrides=_overrides(set_ or []))
-    except (FileNotFoundError, ValueError) as err:
-        raise typer.BadParameter(str(err)) from err
+    summary = update_model(model, database, output, since=since, epochs=epochs, overrides=_overrides(set_ or []))
     typer.echo(json.dumps(summary, indent=2))
 
 
 @app.command()
 def simulate(
-    config: Annotated[Path, typer.Option("--config", "-c", help="simulation config (YAML or JSON); see configs/simulate_ml100k.yaml")],
+    config: Annotated[Path, typer.Option("--config", "-c", help="simulation config (YAML or JSON); see simulate_ml100k")],
     output: Annotated[Path, typer.Option("--output", "-o", help="run directory: rounds.jsonl, summary.md, plots/, runs/")] = Path(
         "runs/simulate"
     ),
@@ -379,10 +407,7 @@ def simulate(
     cfg = SimulationConfig.load(config)
     if set_:
         cfg = cfg.update(_overrides(set_))
-    try:
-        run_simulation(cfg, output, resume=resume, workers=workers)
-    except FileExistsError as err:
-        raise typer.BadParameter(str(err)) from err
+    run_simulation(cfg, output, resume=resume, workers=workers)
     typer.echo(str(Path(output) / "summary.md"))
 
 
@@ -415,6 +440,50 @@ def data_info(
     split = leave_one_out(data)
     info = {**data.summary(), "train": len(split.train), "valid": len(split.valid), "test": len(split.test)}
     typer.echo(json.dumps(info, indent=2))
+
+
+def _one_line(err: BaseException) -> str:
+    """An expected error as one line: pydantic's report cut to its first problem."""
+    from pydantic import ValidationError
+
+    if isinstance(err, ValidationError):
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "config"
+        more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+        return f"{where}: {first['msg']}{more}"
+    if isinstance(err, KeyError) and err.args:
+        return str(err.args[0])
+    if isinstance(err, OSError) and err.filename and err.strerror:
+        return f"{err.filename}: {err.strerror.lower()}"
+    return str(err) or type(err).__name__
+
+
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+    PermissionError, NotImplementedError,
+)  # DataFormatError and pydantic's ValidationError are ValueErrors
+
+
+def _one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Expected errors (data, config, missing files, a bad model directory) print one line and
+    exit 2; ``--debug`` shows the traceback."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except EXPECTED_ERRORS as err:
+            if _debug:
+                raise
+            typer.echo(f"error: {_one_line(err)}", err=True)
+            raise typer.Exit(2) from None
+
+    return run
+
+
+for _group in (app, data_app):
+    for _info in _group.registered_commands:
+        _info.callback = _one_line_errors(_info.callback)
 
 
 def main() -> None:

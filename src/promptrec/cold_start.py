@@ -9,8 +9,10 @@ exact expectation of a uniformly random ranking of each user's unseen items for 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, Self
 
 import numpy as np
 import pandas as pd
@@ -18,6 +20,7 @@ import pandas as pd
 from .data.split import Split
 from .evaluation import evaluate_rankings
 from .metrics import DEFAULT_RANKING_METRICS, RankingMetric, parse_metric
+from .recommender import RECOMMENDERS, Recommender, build_recommender, load_recommender
 
 GROUPS = ("all", "cold", "warm")
 
@@ -129,7 +132,8 @@ def evaluate_cold_start(
     return out
 
 
-class ColdPrefixRecommender:
+@RECOMMENDERS.register("cold_prefix")
+class ColdPrefixRecommender(Recommender):
     """Cold items by code prefix, as TIGER does for cold-start items (Rajput et al. 2023, 4.3).
 
     Wraps a generative recommender with semantic ids (``rec.indexer.codes``; every code ends in
@@ -139,16 +143,34 @@ class ColdPrefixRecommender:
     items were added. The prefix carries the meaning of the item's text; the collision token of
     a cold item is a token the model never produced for it, so its own score is not used.
 
+    rec: the fitted model to wrap; or ``base`` (``{"recommender": NAME, "params": {...}}``)
+        names one that ``fit`` builds and fits.
     cold_items: the items never trained on (default: catalogue items absent from
         ``rec.train_history``). Among several cold items of one prefix, the order is that of
         their collision tokens (a seeded order fixed by the indexer).
     """
 
-    def __init__(self, rec: Any, share: float = 0.1, cold_items: frozenset[str] | None = None) -> None:
+    name = "cold_prefix"
+
+    def __init__(
+        self,
+        rec: Any = None,
+        share: float = 0.1,
+        cold_items: frozenset[str] | None = None,
+        base: Mapping[str, Any] | None = None,
+    ) -> None:
         if not 0 <= share <= 1:
             raise ValueError(f"share must be in [0, 1], got {share}")
-        self.rec = rec
+        if rec is None and base is None:
+            raise ValueError("cold_prefix wraps a model: pass a fitted rec, or base={'recommender': NAME, 'params': {...}}")
         self.share = share
+        self.base = dict(base) if base is not None else {"recommender": rec.name, "params": rec.get_params()}
+        self.fit_info_: dict[str, Any] = {}
+        if rec is not None:
+            self._wrap(rec, cold_items)
+
+    def _wrap(self, rec: Any, cold_items: frozenset[str] | None) -> None:
+        self.rec = rec
         codes = rec.indexer.codes
         if cold_items is None:
             trained = {i for seq in rec.train_history.values() for i in seq}
@@ -158,15 +180,36 @@ class ColdPrefixRecommender:
         for item in sorted(self.cold_items & set(codes), key=lambda i: (codes[i][:-1], _collision(codes[i]))):
             self.by_prefix.setdefault(codes[item][:-1], []).append(item)
 
+    def get_params(self) -> dict[str, Any]:
+        return {"share": self.share, "base": self.base}
+
+    def fit(self, split: Split) -> Self:
+        rec = build_recommender(self.base["recommender"], self.base.get("params"))
+        rec.progress = self.progress
+        self._wrap(rec.fit(split), None)
+        self.fit_info_ = dict(rec.fit_info_)
+        return self
+
     def recommend(
-        self, user_ids: Sequence[str], k: int = 10, exclude_seen: bool = True, stage: str = "test"
+        self,
+        user_ids: Sequence[str],
+        k: int = 10,
+        exclude_seen: bool = True,
+        stage: str = "test",
+        histories: Mapping[str, Sequence[str]] | None = None,
+        candidates: Mapping[str, Sequence[str]] | None = None,
     ) -> pd.DataFrame:
-        base = self.rec.recommend(user_ids, k=k, exclude_seen=exclude_seen, stage=stage)
+        base = self.rec.recommend(
+            user_ids, k=k, exclude_seen=exclude_seen, stage=stage, histories=histories, candidates=candidates
+        )
         budget = round(self.share * k)
         codes = self.rec.indexer.codes
         rows = []
         for user, group in base.groupby("user_id", sort=False):
-            seen = set(self.rec.history(user, stage)) if exclude_seen else set()
+            history = histories[user] if histories is not None and user in histories else self.rec.history(user, stage)
+            seen = set(history) if exclude_seen else set()
+            if candidates is not None and user in candidates:  # cold items outside the list stay out
+                seen |= self.cold_items - set(candidates[user])
             listed = set(group["item_id"])
             added = 0
             out: list[tuple[str, float]] = []
@@ -181,6 +224,33 @@ class ColdPrefixRecommender:
                         added += 1
             rows += [(user, item, score, rank) for rank, (item, score) in enumerate(out[:k], start=1)]
         return pd.DataFrame(rows, columns=["user_id", "item_id", "score", "rank"])
+
+    # -- the rest of the protocol is the wrapped model's ----------------------------------------
+    def history(self, user: str, stage: str = "test") -> list[str]:
+        return self.rec.history(user, stage)
+
+    def stage_histories(self, stage: str) -> Mapping[str, Sequence[str]]:
+        return self.rec.stage_histories(stage)
+
+    def catalogue(self) -> list[str]:
+        return self.rec.catalogue()
+
+    def item_table(self) -> pd.DataFrame:
+        return self.rec.item_table()
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        path = self._write_config(directory)
+        self.rec.save_pretrained(path / "base")
+        (path / "cold_items.json").write_text(json.dumps(sorted(self.cold_items)))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> Self:
+        path = Path(directory)
+        config = cls._read_config(path)
+        cold = frozenset(json.loads((path / "cold_items.json").read_text()))
+        obj = cls(load_recommender(path / "base"), share=config["params"]["share"], cold_items=cold)
+        obj.fit_info_ = config.get("fit_info", {})
+        return obj
 
 
 def _collision(code: tuple[str, ...]) -> int:

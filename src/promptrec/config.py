@@ -7,6 +7,7 @@ model, with the package version, so a model directory explains how it was made.
 from __future__ import annotations
 
 import json
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -57,13 +58,6 @@ class ModelConfig(_Strict):
     )
     tuning: TuningConfig = Field(default_factory=TuningConfig)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    # Dropping attention weights takes a random share of the history out of every prediction,
-    # a heavier cut on a long history, whose next item may hinge on one distant item, than the
-    # same rate on embeddings and residuals.
-    attention_dropout: float | None = Field(
-        None, ge=0.0, lt=1.0,
-        description="causal backbones: dropout on attention weights (empty = model.dropout; llama/qwen2 have no other)",
-    )
     # Off by default: under leave-one-out a user token sees only that user's few training
     # examples, so it stays close to its random init, while 22k of them (Beauty) double the
     # model and slow every step through a 5x larger output layer.
@@ -79,7 +73,7 @@ class ModelConfig(_Strict):
     )
     max_history: int = Field(20, ge=1, description="most recent items shown in a prompt")
     max_words: int = Field(5000, ge=10, description="word vocabulary size (template + item text)")
-    templates: str | None = Field(None, description="template YAML file; empty = built-in P5 templates")
+    templates: str | None = Field(None, description="template YAML file, or a shipped set by name (p5, history_last); empty = p5")
     # A causal LM trained with train.history_loss learns each history item right after the one
     # before; the target follows </s> instead, a position it learns from one example per user.
     prompt_eos: bool = Field(
@@ -87,22 +81,6 @@ class ModelConfig(_Strict):
         description="end prompts and answers with </s> (off: the answer continues the prompt as one more item; "
         "equal-length item codes only)",
     )
-    # Counted from the start, the position that asks for the next item moves with the length of
-    # the history, and the test prompt (one item longer than validation's) asks from a position
-    # that a user's own training never did. Counted back from the end, it is always position 0,
-    # which every training sequence teaches: SASRec's left-padded positions work this way.
-    positions: Literal["start", "end"] = Field(
-        "start",
-        description="causal LM position ids: 'start' counts from the prompt's first token, 'end' counts back "
-        "from the token the answer follows (one-token item codes with prompt_eos=false only)",
-    )
-
-    @model_validator(mode="after")
-    def _check(self) -> Self:
-        if self.attention_dropout is not None and self.backbone == "t5":
-            raise ValueError("model.attention_dropout is for causal backbones; T5 has one rate, model.dropout")
-        return self
-
 
 class TaskConfig(_Strict):
     weights: dict[str, float] = Field(
@@ -144,20 +122,6 @@ class TrainConfig(_Strict):
     history_loss: bool = Field(
         False, description="causal LMs: also learn each history item of a next-item prompt from the items before it"
     )
-    # Validation scores from one epoch's weights swing with the last few hundred steps; an
-    # exponential moving average of the weights is a flatter, steadier model to select and keep.
-    # Under a cosine schedule that anneals to 0 it gained nothing on Beauty or Sports (bench/README.md).
-    ema: float = Field(
-        0.0, ge=0, lt=1, description="decay of an exponential moving average of the weights, validated and kept instead of the raw weights (0 = off)"
-    )
-    # Batches hold prompts of similar length (less padding), so a batch of long histories has
-    # many times the targets of a batch of short ones, yet a per-batch mean gives every step the
-    # same weight: each target of a long history then counts several times less than one of a
-    # short history. "target" scales a batch's mean by its target count over the run's mean count
-    # per batch, so every target counts the same, as in SASRec's randomly mixed batches.
-    loss_weighting: Literal["batch", "target"] = Field(
-        "batch", description="'batch': each batch's mean loss weighs the same; 'target': each target does"
-    )
     # Sorting cuts padding (a batch costs its longest prompt) but puts long histories together in
     # a few batches of their own; a window of 1 mixes every batch at random, as SASRec's are. On
     # Beauty and Sports random batches lifted validation and the long histories most, at about
@@ -185,14 +149,31 @@ class EvalConfig(_Strict):
     precision: Literal["fp32", "bf16"] = Field("fp32", description="inference precision (bf16 autocast)")
 
 
+def recipes() -> list[str]:
+    """Names of the recipes shipped with promptrec (``src/promptrec/recipes/*.yaml``)."""
+    return sorted(p.name.removesuffix(".yaml") for p in resources.files("promptrec.recipes").iterdir() if p.name.endswith(".yaml"))
+
+
+def recipe_path(path: str | Path) -> Path:
+    """``path`` itself if it exists, else the shipped recipe of that name (``sequence_lm``)."""
+    if Path(path).exists() or not str(path).isidentifier():
+        return Path(path)
+    packaged = resources.files("promptrec.recipes").joinpath(f"{path}.yaml")
+    if not packaged.is_file():
+        raise FileNotFoundError(f"{path}: no such file, nor a shipped recipe ({', '.join(recipes())})")
+    return Path(str(packaged))
+
+
 class FileConfig(_Strict):
     """A top-level config: read from YAML or JSON, written back as plain data, copied with
     dotted-key overrides, validated like a file each time."""
 
     @classmethod
     def load(cls, path: str | Path) -> Self:
-        text = Path(path).read_text()
-        raw = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+        """From a YAML or JSON file, or a recipe shipped with promptrec by name (:func:`recipe_path`)."""
+        path = recipe_path(path)
+        text = path.read_text()
+        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
         return cls.model_validate(raw or {})
 
     def to_dict(self) -> dict[str, Any]:

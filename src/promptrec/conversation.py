@@ -205,8 +205,10 @@ class Catalogue:
 
     @classmethod
     def from_recommender(cls, rec: Any, threshold: float = MATCH_THRESHOLD) -> Catalogue:
-        """From a loaded :class:`~promptrec.model.P5Recommender` (its item table and users)."""
-        return cls(rec.catalogue, rec.titles, item_attributes(rec.items), rec.train_history, threshold)
+        """From a loaded recommender (its catalogue, item table and known users)."""
+        items = rec.item_table()
+        titles = items["title"].dropna().astype(str).to_dict() if "title" in items else {}
+        return cls(rec.catalogue(), titles, item_attributes(items), rec.users(), threshold)
 
     def title(self, item: str) -> str | None:
         return self.titles.get(item)

@@ -396,11 +396,21 @@ class CrossEncoderRecommender(Recommender):
         self._check_fitted()
         return self._predict(self._pairs(examples))
 
-    def _user_examples(self, users: Sequence[str], items: Sequence[str], stage: str) -> pd.DataFrame:
-        """Example rows pairing ``users[n]`` (with the ``stage`` history) and ``items[n]``."""
+    def _user_examples(
+        self,
+        users: Sequence[str],
+        items: Sequence[str],
+        stage: str,
+        histories: Sequence[Sequence[str] | None] | None = None,
+    ) -> pd.DataFrame:
+        """Example rows pairing ``users[n]`` (with the ``stage`` history, or ``histories[n]``
+        where given, whose items carry no rating) and ``items[n]``."""
         hist = self.histories_[stage]
         empty: list[tuple[str, float]] = []
-        entries = [hist.get(u, empty) for u in users]
+        given = histories if histories is not None else [None] * len(users)
+        entries = [
+            hist.get(u, empty) if h is None else [(str(i), math.nan) for i in h] for u, h in zip(users, given)
+        ]
         return pd.DataFrame(
             {
                 "user_id": list(users),
@@ -418,8 +428,15 @@ class CrossEncoderRecommender(Recommender):
         out["label"] = np.where(out["rating"].isna(), 1.0, (out["rating"] > cfg.like_threshold).astype(float))
         return out
 
-    def score(self, user_ids: Sequence[str], item_ids: Sequence[str], stage: str = "test") -> np.ndarray:
-        """The score of each pair ``(user_ids[n], item_ids[n])`` given the user's ``stage`` history.
+    def score(
+        self,
+        user_ids: Sequence[str],
+        item_ids: Sequence[str],
+        stage: str = "test",
+        histories: Sequence[Sequence[str]] | None = None,
+    ) -> np.ndarray:
+        """The score of each pair ``(user_ids[n], item_ids[n])`` given the user's ``stage``
+        history (or ``histories[n]``).
 
         ``P(like)`` with the binary head, the predicted rating with the rating head; a user without
         history is scored from the candidate alone.
@@ -429,7 +446,34 @@ class CrossEncoderRecommender(Recommender):
         users, items = [str(u) for u in user_ids], [str(i) for i in item_ids]
         if len(users) != len(items):
             raise ValueError(f"got {len(users)} user ids but {len(items)} item ids")
-        return self.predict_examples(self._user_examples(users, items, stage))
+        if histories is not None and len(histories) != len(users):
+            raise ValueError(f"{len(histories)} histories for {len(users)} pairs")
+        return self.predict_examples(self._user_examples(users, items, stage, histories))
+
+    # -- what the model knows (the recommender protocol) ----------------------------------------
+    def history(self, user: str, stage: str = "test") -> list[str]:
+        check_stage(stage)
+        return [i for i, _ in self.histories_[stage].get(str(user), [])]
+
+    def stage_histories(self, stage: str) -> Mapping[str, Sequence[str]]:
+        check_stage(stage)
+        return {u: [i for i, _ in h] for u, h in self.histories_[stage].items()}
+
+    def catalogue(self) -> list[str]:
+        self._check_fitted()
+        return list(self.catalogue_)
+
+    def item_table(self) -> pd.DataFrame:
+        return self.items_
+
+    def capabilities(self) -> frozenset[str]:
+        # The binary head answers P(like); the rating head's score is a rating.
+        return frozenset({"score"} if self.config.head == "binary" else {"rate"})
+
+    def predict_rating(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
+        if self.config.head == "binary":
+            raise NotImplementedError("a cross-encoder with the binary head does not predict ratings")
+        return self.score(user_ids, item_ids)
 
     def recommend(
         self,
@@ -437,11 +481,13 @@ class CrossEncoderRecommender(Recommender):
         k: int = 10,
         exclude_seen: bool = True,
         stage: str = "test",
+        histories: Mapping[str, Sequence[str]] | None = None,
         candidates: Sequence[str] | Mapping[str, Sequence[str]] | Recommender | None = None,
         retrieve: int = 100,
     ) -> pd.DataFrame:
         """Top-``k`` of each user's candidates by :meth:`score` (contract in :mod:`promptrec.recommender`).
 
+        ``histories``: explicit histories (item ids, no ratings) for the users they name.
         ``candidates``: ``None`` scores the whole catalogue (one encoder pass per user and item:
         expensive); a list is shared by every user; a mapping gives each user's own list; a fitted
         recommender is asked for each user's top ``retrieve`` items, which are then re-ranked.
@@ -454,13 +500,20 @@ class CrossEncoderRecommender(Recommender):
         users = [user_ids] if isinstance(user_ids, str) else [str(u) for u in user_ids]
         lists = self._candidate_lists(users, candidates, retrieve, exclude_seen, stage)
         known = set(self.catalogue_)
+        explicit = [
+            [str(i) for i in histories[u]] if histories is not None and u in histories else None for u in users
+        ]
         per_user = []  # each user's candidates, in order
-        for user, items in zip(users, lists):
-            seen = {i for i, _ in self.histories_[stage].get(user, [])} if exclude_seen else set()
+        for user, items, history in zip(users, lists, explicit):
+            seen = set(history if history is not None else self.history(user, stage)) if exclude_seen else set()
             per_user.append([i for i in dict.fromkeys(items) if i in known and i not in seen])
         pair_users = [u for u, items in zip(users, per_user) for _ in items]
         pair_items = [i for items in per_user for i in items]
-        scores = self.score(pair_users, pair_items, stage) if pair_items else np.zeros(0)
+        pair_history = [h for h, items in zip(explicit, per_user) for _ in items] if histories is not None else None
+        scores = (
+            self.predict_examples(self._user_examples(pair_users, pair_items, stage, pair_history))
+            if pair_items else np.zeros(0)
+        )
         out_users, out_items, out_scores, out_ranks = [], [], [], []
         start = 0
         for user, items in zip(users, per_user):
@@ -502,7 +555,6 @@ class CrossEncoderRecommender(Recommender):
             "base": self.base_,
             "rating_mean": self.rating_mean_,
             "catalogue": [str(i) for i in self.catalogue_],
-            "fit_info": getattr(self, "fit_info_", {}),
         }
         (d / STATE_FILE).write_text(json.dumps(state, indent=2))
         items = self.items_.copy()
@@ -534,7 +586,7 @@ class CrossEncoderRecommender(Recommender):
         state = json.loads((d / STATE_FILE).read_text())
         obj.base_ = state["base"]
         obj.rating_mean_ = float(state["rating_mean"])
-        obj.fit_info_ = state.get("fit_info", {})
+        obj.fit_info_ = saved.get("fit_info", {})
         items = pd.read_parquet(d / "items.parquet").set_index("item_id")
         if "categories" in items:
             items["categories"] = [list(c) if c is not None else [] for c in items["categories"]]

@@ -48,8 +48,12 @@ def evaluate_rankings(
     *,
     beyond: bool = False,
     progress: bool = False,
+    histories: dict[str, list[str]] | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """All-item leave-one-out ranking evaluation of ``recommender`` on ``split``.
+
+    ``histories`` (user -> items) is passed to ``recommend`` in place of the model's stored
+    histories, e.g. to score a model on the new histories of an update before it learns them.
 
     Asks for the top ``k`` items of every evaluated user (those of ``split.targets(stage)``, or the
     subset ``users``), in batches of ``batch_size``, and scores each list against the user's single
@@ -106,7 +110,8 @@ def evaluate_rankings(
     for i in starts:
         batch = user_ids[i : i + batch_size]
         start = time.perf_counter()
-        recs = recommender.recommend(batch, k=k, exclude_seen=True, stage=stage)
+        given = {} if histories is None else {"histories": {u: histories[u] for u in batch if u in histories}}
+        recs = recommender.recommend(batch, k=k, exclude_seen=True, stage=stage, **given)
         elapsed += time.perf_counter() - start
         _check_output(recs, batch, k)
         returned.append(recs[list(RECOMMENDATION_COLUMNS)])
@@ -173,6 +178,35 @@ def evaluate_rankings(
         groups = default_user_groups(split.data.users)
         summary.update(beyond_summary(recs, split, per_user, ks=cutoffs, user_groups=groups))
     return summary, per_user
+
+
+def evaluate_recommender(
+    recommender: Recommender,
+    split: Split,
+    stage: str = "test",
+    k: int = 20,
+    users: Sequence[str] | None = None,
+    batch_size: int = 256,
+    *,
+    progress: bool = False,
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """:func:`evaluate_rankings` plus the model's own :meth:`~Recommender.extra_metrics` on the
+    same users: what ``promptrec evaluate`` reports for any saved model."""
+    summary, per_user = evaluate_rankings(
+        recommender, split, stage=stage, k=k, users=users, batch_size=batch_size, progress=progress
+    )
+    summary.update(recommender.extra_metrics(split, stage, per_user["user_id"].tolist()))
+    return summary, per_user
+
+
+def sample_users(split: Split, stage: str, n: int, seed: int = 0) -> list[str] | None:
+    """A seeded sample of ``n`` users with a ``stage`` target, in split order; None = all (n = 0
+    or n >= their number). Every entry of one evaluation table is scored on the same sample."""
+    users = split.targets(stage)["user_id"].tolist()
+    if not n or n >= len(users):
+        return None
+    chosen = set(np.random.default_rng(seed).choice(users, n, replace=False).tolist())
+    return [u for u in users if u in chosen]
 
 
 def recommended_items(per_user: pd.DataFrame) -> pd.DataFrame:

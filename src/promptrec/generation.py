@@ -379,7 +379,7 @@ def fixed_length_beam_search(
         for step in range(tables.length):
             out = model(
                 encoder_outputs=(hidden,), attention_mask=attention, decoder_input_ids=last,
-                past_key_values=cache, use_cache=True,
+                cache=cache, use_cache=True,
             )
             logits = out.logits[:, -1].float()
             vocab = logits.shape[-1]
@@ -392,7 +392,7 @@ def fixed_length_beam_search(
             nodes = tables.next_nodes(nodes[source.cpu()], tokens.cpu())
             nodes[~torch.isfinite(score).cpu()] = -1  # padding beam: fewer items than beams
             example = example[source.cpu()]
-            cache = out.past_key_values
+            cache = out.cache
             if step == 0 and not shared:
                 # One row per prompt becomes one per beam, copies of the encoder side included.
                 cache.reorder_cache(source)

@@ -1,7 +1,7 @@
 """Evaluation of the P5 recommender beyond the shared all-item ranking harness.
 
 The main numbers come from :func:`promptrec.evaluation.evaluate_rankings`, the same code every
-recommender goes through. Added here: the invalid-output rate with the trie constraint switched
+recommender goes through. Added here (:meth:`P5Recommender.extra_metrics`): the invalid-output rate with the trie constraint switched
 off, the sampled choose-from-candidates family (labelled "sampled" in every key), yes/no AUC and
 rating RMSE/MAE when the model was trained on those families.
 """
@@ -21,27 +21,16 @@ if TYPE_CHECKING:
     from .model import P5Recommender
 
 
-def _eval_users(split: "Split", stage: str, limit: int, seed: int) -> list[str]:
-    users = list(split.targets(stage)["user_id"])
-    if limit and len(users) > limit:
-        users = sorted(np.random.default_rng(seed).choice(users, limit, replace=False), key=users.index)
-    return users
-
-
 def evaluate_users(rec: "P5Recommender", split: "Split", users: Sequence[str], stage: str = "valid") -> dict[str, float]:
     """HR/NDCG on the given users: the cheap check used for early stopping."""
     summary, _ = evaluate_rankings(rec, split, stage=stage, k=max(rec.config.eval.ks), users=list(users))
     return summary
 
 
-def evaluate_p5(rec: "P5Recommender", split: "Split", stage: str = "test", progress: bool = True) -> dict[str, Any]:
+def p5_extra_metrics(rec: "P5Recommender", split: "Split", stage: str, users: list[str]) -> dict[str, Any]:
+    """What a P5 model reports beside the shared ranking metrics on ``users`` (module doc)."""
     cfg = rec.config.eval
-    users = _eval_users(split, stage, cfg.users, rec.config.train.seed)
-    summary, per_user = evaluate_rankings(
-        rec, split, stage=stage, k=max(cfg.ks), users=users, batch_size=cfg.batch_size * 4, progress=progress
-    )
-    result: dict[str, Any] = dict(summary)
-    result["per_user"] = per_user
+    result: dict[str, Any] = {}
     targets = split.targets(stage).set_index("user_id")["item_id"]
     histories = {u: rec.history(u, stage) for u in users}
     rng = np.random.default_rng(rec.config.train.seed + 1)

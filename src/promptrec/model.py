@@ -45,6 +45,9 @@ def _batches(seq: Sequence, size: int) -> Iterable[Sequence]:
 
 @RECOMMENDERS.register("p5")
 class P5Recommender(Recommender):
+    name = "p5"
+    warm_starts = True
+
     def __init__(self, config: RunConfig | None = None, templates: TemplateSet | None = None) -> None:
         self.config = config or RunConfig()
         self.indexer: ItemIndexer | None = None
@@ -57,7 +60,7 @@ class P5Recommender(Recommender):
         self.train_history: dict[str, list[str]] = {}
         self.valid_item: dict[str, str] = {}
         self.user_tokens: dict[str, str] = {}
-        self.fit_info: dict[str, Any] = {}
+        self.fit_info_: dict[str, Any] = {}
         self.item_start: tuple[torch.Tensor, torch.Tensor] | None = None  # (token rows, their text start)
 
     # ------------------------------------------------------------------------------- building
@@ -108,7 +111,6 @@ class P5Recommender(Recommender):
                 vocab_size=len(self.tokenizer),
                 preset=cfg.model.preset,
                 dropout=cfg.model.dropout,
-                **({} if cfg.model.attention_dropout is None else {"attention_dropout": cfg.model.attention_dropout}),
                 pad_token_id=self.tokenizer.pad_token_id,
                 eos_token_id=self.tokenizer.eos_token_id,
             )
@@ -161,25 +163,15 @@ class P5Recommender(Recommender):
         # Beam search pads finished rows and stops at this tokenizer's EOS, whatever a base says.
         gen = unwrap(self.model).generation_config
         gen.pad_token_id, gen.eos_token_id = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
-        self.catalogue = list(self.indexer.codes)
-        self.item_pos = {item: i for i, item in enumerate(self.catalogue)}
+        self.item_ids = list(self.indexer.codes)
+        self.item_pos = {item: i for i, item in enumerate(self.item_ids)}
         vocab = self.tokenizer.get_vocab()
-        codes = [[vocab[t] for t in self.indexer.codes[i]] for i in self.catalogue]
+        codes = [[vocab[t] for t in self.indexer.codes[i]] for i in self.item_ids]
         self.trie = ItemTrie(codes, self.tokenizer.eos_token_id)
         if not self.config.model.prompt_eos and self.trie.code_length is None:
             raise ValueError(
                 "model.prompt_eos=false needs item codes of one length: answers then carry no </s>, "
                 "so decoding must stop at the code length"
-            )
-        # (prompt_eos=false already rules out a pretrained base, hence soft prompts, which drop
-        # position ids.) Counting back from the end gives every answer token after the first
-        # position 0 too, and decoding a longer code would need positions below 0.
-        if self.config.model.positions == "end" and (
-            not self.causal or self.config.model.prompt_eos or self.trie.code_length != 1
-        ):
-            raise ValueError(
-                "model.positions=end needs a causal LM, one token per item and "
-                "model.prompt_eos=false: the answer is then one token read at position 0"
             )
         self.item_token_ids = frozenset(t for code in codes for t in code)
         self.trie_first_tokens = torch.tensor([code[0] for code in codes])
@@ -194,7 +186,7 @@ class P5Recommender(Recommender):
         return TaskContext(
             sequences=[sequences[u] for u in users],
             users=users,
-            catalogue=self.catalogue,
+            catalogue=self.item_ids,
             item_text=self.indexer.text,
             user_text=self.user_text,
             titles=self.titles,
@@ -202,6 +194,20 @@ class P5Recommender(Recommender):
             max_history=self.config.model.max_history,
             train_candidates=self.config.tasks.train_candidates,
         )
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any] | None = None, seed: int | None = None) -> "P5Recommender":
+        """From a run config as nested keys (``{"model": {...}}``) or dotted ones
+        (``{"train.epochs": 3}``) over the defaults; ``seed`` sets ``train.seed`` unless given."""
+        params = dict(params or {})
+        if seed is not None and "train.seed" not in params and "seed" not in params.get("train", {}):
+            params["train.seed"] = seed
+        nested = {k: v for k, v in params.items() if "." not in k}
+        dotted = {k: v for k, v in params.items() if "." in k}
+        return cls(RunConfig.model_validate(nested).update(dotted))
+
+    def get_params(self) -> dict[str, Any]:
+        return self.config.to_dict()
 
     def user_text(self, user: str) -> str:
         return self.user_tokens.get(user, "<unk>") if self.user_tokens else "the user"
@@ -212,13 +218,86 @@ class P5Recommender(Recommender):
         split: Split,
         output_dir: str | Path | None = None,
         resume: bool = False,
-        progress: bool = True,
+        progress: bool | None = None,
     ) -> "P5Recommender":
+        """Build the index, tokenizer and LM on ``split`` and train; with ``output_dir``,
+        checkpoints go to ``output_dir/checkpoint`` and ``resume`` continues from them.
+        ``progress`` (default: the ``progress`` attribute) shows bars."""
         from .training import train
 
+        progress = self.progress if progress is None else progress
         return train(self, split, output_dir=output_dir, resume=resume, progress=progress)
 
+    def fit_with_checkpoints(self, split: Split, directory: str | Path, resume: bool = False) -> "P5Recommender":
+        return self.fit(split, output_dir=directory, resume=resume)
+
+    def update(
+        self,
+        split: Split,
+        *,
+        epochs: int | None = None,
+        seed: int | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> "P5Recommender":
+        """Warm start: fine-tune the fitted LM, index and tokenizer on ``split``. ``params`` are
+        run-config keys for this update only (e.g. ``{"train.lr": 1e-4}``); the saved config
+        stays the model's own and the update's settings go to ``fit_info_["update"]``. Items the
+        index does not know cannot be learned: a full refit is needed for those."""
+        from .training import train
+
+        overrides = dict(params or {})
+        if epochs is not None:
+            overrides["train.epochs"] = epochs
+        if seed is not None:
+            overrides["train.seed"] = seed
+        weights = self.config.tasks.weights
+        if weights.get("rating", 0) > 0 and not split.data.has_ratings:
+            # Without ratings in the new data the rating family is not fine-tuned (its weights
+            # still change with the shared layers; refit to refresh it).
+            overrides.setdefault("tasks.weights", {n: w for n, w in weights.items() if n != "rating"})
+        original = self.config
+        self.config = self.config.update(overrides)
+        try:
+            train(self, split, progress=self.progress, warm_start=True)
+            used = self.config.to_dict()
+        finally:
+            self.config = original
+        trained = sorted(n for n, w in used["tasks"]["weights"].items() if w > 0)
+        self.fit_info_ = {**self.fit_info_, "update": {"warm_start": True, "families": trained, "config": used}}
+        return self
+
     # ------------------------------------------------------------------------------- prediction
+    def catalogue(self) -> list[str]:
+        return list(self.item_ids)
+
+    def stage_histories(self, stage: str) -> Mapping[str, Sequence[str]]:
+        check_stage(stage)
+        return {u: self.history(u, stage) for u in sorted(set(self.train_history) | set(self.valid_item))}
+
+    def item_table(self) -> pd.DataFrame:
+        return self.items
+
+    def capabilities(self) -> frozenset[str]:
+        """``score`` and ``rate`` where the model was trained on the yes/no and rating families."""
+        weights = self.config.tasks.weights
+        return frozenset(
+            ability for family, ability in (("yesno", "score"), ("rating", "rate")) if weights.get(family, 0) > 0
+        )
+
+    def quantize(self, method: str) -> None:
+        """``"int8"``: dynamic int8 quantisation of the LM's Linear layers (weights int8,
+        activations quantised per batch on the fly): CPU only, no calibration data needed."""
+        if method != "int8":
+            raise ValueError(f"quantize must be 'int8', got {method!r}")
+        import warnings
+
+        from torch.ao.quantization import quantize_dynamic
+
+        with warnings.catch_warnings():
+            # torch.ao announces its move to torchao; the eager API still works and needs no extra package.
+            warnings.simplefilter("ignore")
+            self.model = quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
+
     def history(self, user: str, stage: str = "test") -> list[str]:
         """The user's known history: training items, plus the validation item for "test"."""
         check_stage(stage)
@@ -283,15 +362,7 @@ class P5Recommender(Recommender):
             ids[r, : len(seq)] = torch.tensor(seq)
             mask[r, : len(seq)] = 1
             target[r, : len(tgt)] = torch.tensor(tgt)
-        batch = {"input_ids": ids, "attention_mask": mask, "targets": target}
-        if self.config.model.positions == "end":
-            if any(len(a) != 1 for a in answers):
-                raise ValueError("model.positions=end needs one-token answers")
-            # The last prompt token (the one the answer follows) is position 0 and each token
-            # before it one more; the answer token itself predicts nothing, so it shares 0.
-            prompt_len = torch.tensor([len(p) for p in prompts])[:, None]
-            batch["position_ids"] = (prompt_len - 1 - torch.arange(width)).clamp(min=0)
-        return batch
+        return {"input_ids": ids, "attention_mask": mask, "targets": target}
 
     def _sequential_template(self, template: str | None = None):
         tid = template or self.config.eval.template
@@ -395,12 +466,12 @@ class P5Recommender(Recommender):
                 logp = torch.log_softmax(self._next_token_logits(enc).float(), dim=-1)
                 scores = logp[:, self.trie_first_tokens]
                 rows = top_items(scores, k, excluded_idx, allowed_idx)
-                return [[(self.catalogue[i], s) for i, s in row] for row in rows]
+                return [[(self.item_ids[i], s) for i, s in row] for row in rows]
             # LoRA and IA3 live inside the base model's layers, so the fast search can run on it;
             # soft prompts and prefixes are added by the peft wrapper's own forward and generate.
             if constrained and not self._prompt_learning and supports_fixed_length_search(unwrap(self.model), self.trie):
                 rows = fixed_length_beam_search(unwrap(self.model), enc, self.trie, beams, excluded_idx, allowed_idx)
-                return [[(self.catalogue[i], s) for i, s in row[:k]] for row in rows]
+                return [[(self.item_ids[i], s) for i, s in row[:k]] for row in rows]
             processors = [TrieConstraint(self.trie, beams, excluded_idx, allowed_idx, start=start)] if constrained else []
             out = self.model.generate(
                 **enc,
@@ -417,7 +488,7 @@ class P5Recommender(Recommender):
         rows = collect_beams(
             self.trie, out.sequences[:, start:].tolist(), out.sequences_scores.float().tolist(), beams, constrained
         )
-        results = [[(self.catalogue[i] if i is not None else None, s) for i, s in row[:k]] for row in rows]
+        results = [[(self.item_ids[i] if i is not None else None, s) for i, s in row[:k]] for row in rows]
         return results
 
     def recommend(
@@ -427,13 +498,15 @@ class P5Recommender(Recommender):
         exclude_seen: bool = True,
         stage: str = "test",
         histories: Mapping[str, Sequence[str]] | None = None,
+        candidates: Mapping[str, Sequence[str]] | None = None,
         template: str | None = None,
         batch_size: int | None = None,
         progress: bool = False,
     ) -> pd.DataFrame:
         """Top-``k`` items per user as a table ``user_id, item_id, score, rank`` (external ids).
 
-        histories: explicit recent histories overriding the stored ones (e.g. live feedback).
+        histories: explicit recent histories overriding the stored ones (e.g. live feedback);
+        candidates: per user, the only items the decoding may produce.
         """
         k = check_k(k)
         check_stage(stage)
@@ -451,7 +524,11 @@ class P5Recommender(Recommender):
                 for u in batch
             ]
             prompts = self.sequential_prompts(batch, hists, template)
-            res = self.generate_items(prompts, k, excluded=hists if exclude_seen else None)
+            allowed = None
+            if candidates is not None and any(u in candidates for u in batch):
+                # A user without a list may produce any item.
+                allowed = [list(candidates[u]) if u in candidates else self.item_ids for u in batch]
+            res = self.generate_items(prompts, k, excluded=hists if exclude_seen else None, allowed=allowed)
             for u, items in zip(batch, res):
                 for rank, (item, score) in enumerate(items, start=1):
                     rows.append((u, item, score, rank))
@@ -472,14 +549,10 @@ class P5Recommender(Recommender):
         """Logits of the first answer token for encoded prompts, one row per prompt."""
         if self.causal:
             # Left-padded: every prompt's next token is read at the last position, and positions
-            # count from each prompt's first real token, or back from its last one (absolute
-            # position embeddings need either, not the padded index).
+            # count from each prompt's first real token (absolute position embeddings need that,
+            # not the padded index).
             if not self._prompt_learning:
-                mask = enc["attention_mask"]
-                if self.config.model.positions == "end":
-                    pos = mask.sum(-1, keepdim=True) - mask.cumsum(-1)  # last real token: 0
-                else:
-                    pos = mask.cumsum(-1) - 1
+                pos = enc["attention_mask"].cumsum(-1) - 1
                 enc = {**enc, "position_ids": pos.clamp(min=0)}
             return self.model(**enc, logits_to_keep=1).logits[:, -1, :]
         start = torch.full((enc["input_ids"].shape[0], 1), unwrap(self.model).config.decoder_start_token_id, device=self.model.device)
@@ -539,10 +612,11 @@ class P5Recommender(Recommender):
         return np.concatenate(out) if out else np.zeros(0)
 
     # ------------------------------------------------------------------------------- evaluation
-    def evaluate(self, split: Split, stage: str = "test", progress: bool = True) -> dict[str, Any]:
-        from .lm_evaluation import evaluate_p5
+    def extra_metrics(self, split: Split, stage: str, users: Sequence[str]) -> dict[str, Any]:
+        """Invalid outputs without the trie, and the families beyond ranking it was trained on."""
+        from .lm_evaluation import p5_extra_metrics
 
-        return evaluate_p5(self, split, stage=stage, progress=progress)
+        return p5_extra_metrics(self, split, stage, list(users))
 
     def evaluate_users(self, split: Split, users: Sequence[str], stage: str = "valid") -> dict[str, float]:
         """HR/NDCG on a subset of users (early stopping uses it on validation users)."""
@@ -554,13 +628,7 @@ class P5Recommender(Recommender):
     def save_pretrained(self, directory: str | Path) -> None:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        meta = {
-            "promptrec_version": __version__,
-            "recommender": "p5",
-            "config": self.config.to_dict(),
-            "fit_info": self.fit_info,
-        }
-        (d / "promptrec_config.json").write_text(json.dumps(meta, indent=2))
+        self._write_config(d)
         (d / "templates.yaml").write_text(self.templates.to_yaml())
         self.indexer.save(d)
         self.tokenizer.save_pretrained(str(d / "tokenizer"))
@@ -592,13 +660,10 @@ class P5Recommender(Recommender):
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedTokenizerFast
 
         d = Path(directory)
-        meta_path = d / "promptrec_config.json"
-        if not meta_path.exists():
-            raise FileNotFoundError(f"{d} is not a promptrec model directory (no promptrec_config.json)")
-        meta = json.loads(meta_path.read_text())
-        config = RunConfig.model_validate(meta["config"])
+        meta = cls._read_config(d)
+        config = RunConfig.model_validate(meta["params"])
         obj = cls(config, templates=TemplateSet.load(d / "templates.yaml"))
-        obj.fit_info = meta.get("fit_info", {})
+        obj.fit_info_ = meta.get("fit_info", {})
         obj.indexer = ItemIndexer.load(d)
         obj.tokenizer = PreTrainedTokenizerFast.from_pretrained(str(d / "tokenizer"))
         if is_peft(config.model.tuning):

@@ -39,9 +39,9 @@ class _WithTemplate:
         self.template = template
 
     def recommend(
-        self, user_ids: Sequence[str], k: int = 10, exclude_seen: bool = True, stage: str = "test"
+        self, user_ids: Sequence[str], k: int = 10, exclude_seen: bool = True, stage: str = "test", **given: Any
     ) -> pd.DataFrame:
-        return self.rec.recommend(user_ids, k=k, exclude_seen=exclude_seen, stage=stage, template=self.template)
+        return self.rec.recommend(user_ids, k=k, exclude_seen=exclude_seen, stage=stage, template=self.template, **given)
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """Training loop for the P5 recommender: multitask prompt mixture, AdamW, warm-up + decay,
-gradient clipping, optional weight averaging (EMA), early stopping on validation NDCG@10,
+gradient clipping, early stopping on validation NDCG@10,
 checkpoint/resume, through accelerate.
 """
 
@@ -19,7 +19,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from safetensors.torch import load_file, save_file
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_scheduler
@@ -141,7 +140,7 @@ def train(
         num_training_steps=total_steps,
     )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    raw = accelerator.unwrap_model(model)  # the module itself, for weights, averaging and evaluation
+    raw = accelerator.unwrap_model(model)  # the module itself, for weights and evaluation
     rec.model = model
     anchor = None  # (embedding weight, item rows, their start): resolved once here, not on every step
     if cfg.item_anchor > 0:
@@ -149,10 +148,8 @@ def train(
         rows, start = rec.item_start
         anchor = (weight, rows.to(weight.device), start.to(weight))
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=-100, label_smoothing=cfg.label_smoothing)
-    # The averaged copy is what validation scores and what the run keeps; the raw weights only train.
-    ema = AveragedModel(raw, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema)) if cfg.ema > 0 else None
 
-    state = {"epoch": -1, "step": 0, "best": -1.0, "best_epoch": -1, "bad_epochs": 0, "train_seconds": 0.0, "targets": 0}
+    state = {"epoch": -1, "step": 0, "best": -1.0, "best_epoch": -1, "bad_epochs": 0, "train_seconds": 0.0}
     if resuming:
         accelerator.load_state(str(ckpt / "accelerate"))
         state = json.loads((ckpt / "trainer_state.json").read_text())
@@ -160,8 +157,6 @@ def train(
     best_state = None
     if resuming and (ckpt / "best.safetensors").exists():
         best_state = load_file(str(ckpt / "best.safetensors"))
-    if resuming and ema is not None:
-        ema.load_state_dict(load_file(str(ckpt / "ema.safetensors")))
 
     templates = {name: rec.templates.family(f.template_family or name, seen=True) for name, f in families.items()}
 
@@ -211,12 +206,6 @@ def train(
                     f"{scheduler.get_last_lr()[0]:.2e}, mixed precision {cfg.mixed_precision}): lower "
                     "train.lr, keep train.grad_clip on, or train without mixed precision"
                 )
-            if cfg.loss_weighting == "target":
-                # The batch's share of targets against the mean per batch so far (state["step"] is
-                # the count of earlier steps); .get: checkpoints written before the field existed.
-                n = int((targets != -100).sum())
-                state["targets"] = state.get("targets", 0) + n
-                loss = loss * (n * (state["step"] + 1) / state["targets"])
             accelerator.backward(loss)
             if cfg.grad_clip > 0:
                 accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -225,8 +214,6 @@ def train(
                 _pull_items(*anchor, rate=cfg.item_anchor * scheduler.get_last_lr()[0])
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema.update_parameters(raw)
             state["step"] += 1
             running = 0.98 * running + 0.02 * value if state["step"] > 1 else value
             bar.set_postfix(loss=f"{running:.3f}", refresh=False)
@@ -236,15 +223,14 @@ def train(
                 stopped_early = True
                 break
         state["train_seconds"] += time.time() - epoch_start
-        kept = ema.module if ema is not None else raw
-        rec.model = kept
+        rec.model = raw
         val = rec.evaluate_users(split, val_users, stage="valid") if val_users else {"NDCG@10": 0.0}
         rec.model = model
         state["epoch"] = epoch
         improved = val["NDCG@10"] > state["best"]
         if improved:
             state.update(best=val["NDCG@10"], best_epoch=epoch, bad_epochs=0)
-            best_state = {k: v.detach().cpu().clone() for k, v in kept.state_dict().items()}
+            best_state = {k: v.detach().cpu().clone() for k, v in raw.state_dict().items()}
         else:
             state["bad_epochs"] += 1
         mlog.write(state["step"], epoch=epoch, val_NDCG10=val["NDCG@10"], val_HR10=val["HR@10"], train_seconds=state["train_seconds"])
@@ -259,17 +245,15 @@ def train(
                 flush=True,
             )
         if ckpt is not None and accelerator.is_main_process:
-            _save_checkpoint(rec, accelerator, ckpt, state, best_state if improved else None, ema)
+            _save_checkpoint(rec, accelerator, ckpt, state, best_state if improved else None)
         if stopped_early or state["bad_epochs"] >= cfg.patience:
             break
 
     rec.model = raw
     if best_state is not None:
         rec.model.load_state_dict(best_state)
-    elif ema is not None:  # no validation epoch ran (epochs 0): keep the average all the same
-        rec.model.load_state_dict(ema.module.state_dict())
     rec.model.eval()
-    rec.fit_info = {
+    rec.fit_info_ = {
         "train_seconds": round(state["train_seconds"], 2),
         "epochs_run": state["epoch"] + 1,
         "best_epoch": state["best_epoch"] + 1,
@@ -306,9 +290,7 @@ def _pull_items(weight: torch.Tensor, rows: torch.Tensor, start: torch.Tensor, r
         weight[rows] = torch.lerp(weight[rows], start, min(rate, 1.0))  # never past the start
 
 
-def _save_checkpoint(
-    rec, accelerator: Accelerator, ckpt: Path, state: dict, best_state: dict | None, ema: AveragedModel | None = None
-) -> None:
+def _save_checkpoint(rec, accelerator: Accelerator, ckpt: Path, state: dict, best_state: dict | None) -> None:
     ckpt.mkdir(parents=True, exist_ok=True)
     if not (ckpt / "model").exists():
         model = rec.model
@@ -329,10 +311,6 @@ def _save_checkpoint(
         tmp = ckpt / "best.safetensors.tmp"
         save_file({k: v.contiguous() for k, v in best_state.items()}, str(tmp))
         shutil.move(tmp, ckpt / "best.safetensors")
-    if ema is not None:
-        tmp = ckpt / "ema.safetensors.tmp"
-        save_file({k: v.detach().cpu().clone() for k, v in ema.state_dict().items()}, str(tmp))  # tied weights: one copy each
-        shutil.move(tmp, ckpt / "ema.safetensors")
     tmp = ckpt / "trainer_state.json.tmp"
     tmp.write_text(json.dumps(state))
     tmp.replace(ckpt / "trainer_state.json")

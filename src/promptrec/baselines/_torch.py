@@ -65,7 +65,8 @@ class TorchRecommender(ScoringRecommender):
     ``_extra_state`` and ``_restore_extra``.
 
     A saved directory holds the config file, ``<name>.safetensors`` (the network's state dict
-    plus the extra tensors) and ``<name>.json`` (items, histories, fit info plus the extra state).
+    plus the extra tensors) and ``<name>.json`` (items, histories plus the extra state); the fit info
+    is in the config file, as for every recommender.
     """
 
     net_: nn.Module
@@ -229,7 +230,6 @@ class TorchRecommender(ScoringRecommender):
         state = {
             "items": self.items_.tolist(),
             "histories": self.histories_,
-            "fit_info": self.fit_info_,
             **extra_state,
         }
         (path / f"{self.name}.json").write_text(json.dumps(state))
@@ -243,7 +243,7 @@ class TorchRecommender(ScoringRecommender):
         model = cls(**config["params"])
         model.items_ = np.asarray(state["items"], dtype=object)
         model.histories_ = {s: state["histories"][s] for s in STAGES}
-        model.fit_info_ = state["fit_info"]
+        model.fit_info_ = config.get("fit_info", {})
         model._restore_extra(state, tensors)
         net = model._new_net()
         net.load_state_dict(tensors)

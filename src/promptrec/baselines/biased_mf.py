@@ -230,8 +230,8 @@ class BiasedMF(TorchRecommender):
         return np.clip(pred, *self.rating_range_)
 
     @torch.inference_mode()
-    def _scores(self, users: list[str], stage: str) -> np.ndarray:
-        """Unclipped ``r̂`` of every item (the user's factors do not depend on ``stage``)."""
+    def _scores(self, users: list[str], seen: list[np.ndarray]) -> np.ndarray:
+        """Unclipped ``r̂`` of every item (the user's factors do not depend on the history)."""
         net = self.net_.eval()
         rows = torch.from_numpy(self._user_position.get_indexer(users)).to(net.mean.device)
         known = rows >= 0

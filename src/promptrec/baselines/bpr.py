@@ -174,8 +174,8 @@ class BPR(TorchRecommender):
 
     # -- prediction ----------------------------------------------------------------------------
     @torch.inference_mode()
-    def _scores(self, users: list[str], stage: str) -> np.ndarray:
-        """Dot products with every item (the user vector does not depend on ``stage``)."""
+    def _scores(self, users: list[str], seen: list[np.ndarray]) -> np.ndarray:
+        """Dot products with every item (the user vector does not depend on the history)."""
         self.net_.eval()
         device = self.net_.items.weight.device
         rows = torch.from_numpy(self._user_position.get_indexer(users)).to(device)  # (B,) -1 new

@@ -24,6 +24,7 @@ follow a seeded permutation of the catalogue, so ties never follow the (possibly
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any, Self
 
@@ -64,6 +65,7 @@ class ItemKNN(ScoringRecommender):
 
     # -- fitting -------------------------------------------------------------------------------
     def fit(self, split: Split) -> Self:
+        start = time.perf_counter()
         catalogue = split.data.items.index.astype(str).to_numpy(dtype=object)
         order = np.random.default_rng(self.seed).permutation(len(catalogue))
         self.items_: np.ndarray = catalogue[order]  # column j holds item items_[j]
@@ -85,6 +87,7 @@ class ItemKNN(ScoringRecommender):
         self.similarity_: sp.csr_matrix = sp.csr_matrix(
             (sim[keep].astype(np.float32), (row[keep], col[keep])), shape=(n_items, n_items)
         )
+        self.fit_info_ = {"fit_seconds": round(time.perf_counter() - start, 3)}
         return self
 
     def _check_fitted(self) -> None:
@@ -92,9 +95,8 @@ class ItemKNN(ScoringRecommender):
             raise RuntimeError("ItemKNN is not fitted: call fit(split) or from_pretrained(dir)")
 
     # -- prediction ----------------------------------------------------------------------------
-    def _scores(self, users: list[str], stage: str) -> np.ndarray:
-        """Summed similarity of every item to the ``stage`` history; popularity without one."""
-        seen = self._history(users, stage)
+    def _scores(self, users: list[str], seen: list[np.ndarray]) -> np.ndarray:
+        """Summed similarity of every item to the history; popularity without one."""
         rows, cols = history_cells(seen)
         history = _binary_rows(rows, cols, (len(users), len(self.items_)))  # (B, n_items)
         scores = (history @ self.similarity_).toarray()  # (B, n_items)
@@ -121,6 +123,7 @@ class ItemKNN(ScoringRecommender):
         model = cls(**config["params"])
         model.items_ = np.asarray(state["items"], dtype=object)
         model.histories_ = {s: state["histories"][s] for s in STAGES}
+        model.fit_info_ = config.get("fit_info", {})
         model.counts_ = arrays["counts"]
         n = len(model.items_)
         model.similarity_ = sp.csr_matrix(

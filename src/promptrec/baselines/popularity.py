@@ -13,6 +13,7 @@ train-side, at small ids), and breaking ties by id would smuggle that into the r
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any, Self
 
@@ -46,6 +47,7 @@ class MostPopular(ScoringRecommender):
 
     # -- fitting -------------------------------------------------------------------------------
     def fit(self, split: Split) -> Self:
+        start = time.perf_counter()
         catalogue = split.data.items.index.astype(str)
         counts = split.train["item_id"].value_counts().reindex(catalogue, fill_value=0).to_numpy()
         tiebreak = np.random.default_rng(self.seed).permutation(len(catalogue))
@@ -55,6 +57,7 @@ class MostPopular(ScoringRecommender):
         # The histories recommend() excludes, per stage: no Split is needed at serving time.
         self.histories_: dict[str, dict[str, list[str]]] = {s: split.history(s) for s in STAGES}
         self._build_index()
+        self.fit_info_ = {"fit_seconds": round(time.perf_counter() - start, 3)}
         return self
 
     def _check_fitted(self) -> None:
@@ -62,17 +65,24 @@ class MostPopular(ScoringRecommender):
             raise RuntimeError("MostPopular is not fitted: call fit(split) or from_pretrained(dir)")
 
     # -- prediction ----------------------------------------------------------------------------
-    def _scores(self, users: list[str], stage: str) -> np.ndarray:
+    def _scores(self, users: list[str], seen: list[np.ndarray]) -> np.ndarray:
         """The counts, for every user alike; ``_recommend_block`` ranks them without this array."""
         return np.tile(self.counts_.astype(float), (len(users), 1))
 
     def _recommend_block(
-        self, users: list[str], k: int, stage: str, exclude_seen: bool
+        self,
+        users: list[str],
+        k: int,
+        seen: list[np.ndarray],
+        exclude_seen: bool,
+        allowed: list[np.ndarray | None] | None,
     ) -> pd.DataFrame:
+        if allowed is not None:  # candidate lists: the generic masked ranking
+            return super()._recommend_block(users, k, seen, exclude_seen, allowed)
         # The generic answer without the dense (B, n_items) array: columns are in popularity order,
         # so a user's best k unseen items lie within the first k + len(history) columns, and one
         # slice as wide as the longest history in the block covers everyone.
-        seen = self._history(users, stage) if exclude_seen else []
+        seen = seen if exclude_seen else []
         width = min(len(self.items_), k + max(map(len, seen), default=0))
         available = np.ones((len(users), width), dtype=bool)  # (B, width)
         rows, cols = history_cells(seen)
@@ -103,6 +113,7 @@ class MostPopular(ScoringRecommender):
         model.items_ = np.asarray(state["items"], dtype=object)
         model.counts_ = np.asarray(state["counts"], dtype=np.int64)
         model.histories_ = {s: state["histories"][s] for s in STAGES}
+        model.fit_info_ = config.get("fit_info", {})
         model._build_index()
         return model
 

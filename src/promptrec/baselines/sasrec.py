@@ -293,11 +293,11 @@ class SASRec(TorchRecommender):
 
     # -- prediction ----------------------------------------------------------------------------
     @torch.inference_mode()
-    def _scores(self, users: list[str], stage: str) -> np.ndarray:
-        """Every item scored by the state after the newest item of the ``stage`` history."""
+    def _scores(self, users: list[str], seen: list[np.ndarray]) -> np.ndarray:
+        """Every item scored by the state after the newest item of the history."""
         self.net_.eval()
         device = self.net_.item_emb.weight.device
-        seen = self._history(users, stage)  # columns; item number = column + 1
+        # seen: columns; item number = column + 1
         warm = torch.tensor([len(s) > 0 for s in seen], dtype=torch.bool, device=device)  # (B,)
         # (B, n_items); users without history keep the popularity counts (cold start).
         scores = torch.from_numpy(self.counts_).to(device).repeat(len(users), 1)

@@ -26,7 +26,7 @@ import logging
 import string
 import zlib
 from pathlib import Path
-from typing import Any, Self, Sequence
+from typing import Any, Mapping, Self, Sequence
 
 import numpy as np
 import pandas as pd
@@ -173,6 +173,7 @@ class LLMRecommender(Recommender):
         self.titles_ = {str(i): t if isinstance(t, str) else "" for i, t in titles.items()}
         self.train_ = split.train_sequences()
         self.histories_ = {stage: split.history(stage) for stage in ("valid", "test")}
+        self.fit_info_ = {"retriever": self.retriever_.name}
         self._prepare()
         return self
 
@@ -267,7 +268,17 @@ class LLMRecommender(Recommender):
         return [ids[j] for j in rng.choice(len(ids), min(n, len(ids)), replace=False)]
 
     # ------------------------------------------------------------------------------ recommending
-    def recommend(self, user_ids: Sequence[str], k: int = 10, exclude_seen: bool = True, stage: str = "test") -> pd.DataFrame:
+    def recommend(
+        self,
+        user_ids: Sequence[str],
+        k: int = 10,
+        exclude_seen: bool = True,
+        stage: str = "test",
+        histories: Mapping[str, Sequence[str]] | None = None,
+        candidates: Mapping[str, Sequence[str]] | None = None,
+    ) -> pd.DataFrame:
+        """The retriever proposes (within ``candidates`` where given), the LLM names or orders,
+        the retriever's list fills what the reply leaves short."""
         self._check_fitted()
         check_stage(stage)
         k = check_k(k)
@@ -282,12 +293,15 @@ class LLMRecommender(Recommender):
             )
         rerank = p["mode"] == "rerank"
         depth = max(k, p["candidates"]) if rerank else 2 * k  # room to fill after drops
-        retrieved = self.retriever_.recommend(users, k=depth, exclude_seen=exclude_seen, stage=stage)
+        retrieved = self.retriever_.recommend(
+            users, k=depth, exclude_seen=exclude_seen, stage=stage, histories=histories, candidates=candidates
+        )
         by_user = {u: list(g["item_id"]) for u, g in retrieved.groupby("user_id", sort=False)}
+        known = {u: list(histories[u]) if histories is not None and u in histories else self.history(u, stage) for u in users}
 
         conversations, labelled = [], []
         for u in users:
-            history = self.histories_[stage].get(u, [])
+            history = known[u]
             cands = by_user.get(u, [])[: p["candidates"]] if rerank else None
             question, lab = self._render(u, history, k, cands)
             conversations.append([*self._demos(u, k), {"role": "user", "content": question}])
@@ -305,7 +319,9 @@ class LLMRecommender(Recommender):
 
         rows_u, rows_i, rows_s, rows_r = [], [], [], []
         for n, (u, lab) in enumerate(zip(users, labelled)):
-            seen = set(self.histories_[stage].get(u, [])) if exclude_seen else set()
+            seen = set(known[u]) if exclude_seen else set()
+            if candidates is not None and u in candidates:  # a named item outside the list is dropped
+                seen |= set(self.titles_) - set(candidates[u])
             ranked = _by_votes([self._ranked(r[n], lab, seen) for r in replies])
             self._count["users"] += 1
             named = len(ranked)
@@ -378,6 +394,21 @@ class LLMRecommender(Recommender):
         self._reset_counts()
         self.client.stats = ClientStats()
 
+    # -------------------------------------------------------------------- what the model knows
+    def history(self, user: str, stage: str = "test") -> list[str]:
+        check_stage(stage)
+        return list(self.histories_[stage].get(str(user), []))
+
+    def stage_histories(self, stage: str) -> Mapping[str, Sequence[str]]:
+        return self.histories_[check_stage(stage)]
+
+    def catalogue(self) -> list[str]:
+        self._check_fitted()
+        return list(self.titles_)
+
+    def item_table(self) -> pd.DataFrame:
+        return pd.DataFrame({"title": pd.Series(self.titles_, dtype=object)}).rename_axis("item_id")
+
     # ------------------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | Path) -> None:
         self._check_fitted()
@@ -394,5 +425,6 @@ class LLMRecommender(Recommender):
         rec.retriever_ = load_recommender(path / "retriever")
         state = json.loads((path / "state.json").read_text())
         rec.titles_, rec.train_, rec.histories_ = state["titles"], state["train"], state["histories"]
+        rec.fit_info_ = config.get("fit_info", {})
         rec._prepare()
         return rec

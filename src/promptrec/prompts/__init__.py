@@ -60,9 +60,12 @@ class TemplateSet:
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> "TemplateSet":
-        if path is None:
-            text = resources.files(__package__).joinpath(DEFAULT_TEMPLATES).read_text()
-            source = DEFAULT_TEMPLATES
+        """A template file: ``path``, or a set shipped with promptrec by name (``p5``, the
+        default, or ``history_last``)."""
+        name = DEFAULT_TEMPLATES if path is None else f"{path}.yaml"
+        packaged = resources.files(__package__).joinpath(name)
+        if path is None or (packaged.is_file() and not Path(path).exists()):
+            text, source = packaged.read_text(), name
         else:
             text, source = Path(path).read_text(), str(path)
         raw = yaml.safe_load(text)

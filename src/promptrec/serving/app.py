@@ -427,10 +427,10 @@ def create_app(settings: ServeSettings) -> FastAPI:
             ignored_history=ignored,
         )
 
-    async def pairs_for(body: PairsRequest, family: str) -> tuple[ModelPool, list[tuple[str, str]]]:
+    async def pairs_for(body: PairsRequest, capability: str) -> tuple[ModelPool, list[tuple[str, str]]]:
         eng = engine()
-        if family not in eng.families:
-            raise HTTPException(409, f"this model was not trained on the {family} family")
+        if capability not in eng.capabilities:
+            raise HTTPException(409, f"this model does not answer /{capability}")
         if len(body.pairs) > settings.max_pairs:
             raise HTTPException(422, f"{len(body.pairs)} pairs; this server allows at most {settings.max_pairs}")
         pairs = [(p.user_id, p.item_id) for p in body.pairs]
@@ -440,7 +440,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     @app.post("/score", response_model=PairsResponse)
     async def score(body: PairsRequest) -> PairsResponse:
         """P(yes) of the yes/no family for each (user, item) pair, with the user's feedback."""
-        eng, pairs = await pairs_for(body, "yesno")
+        eng, pairs = await pairs_for(body, "score")
 
         def run() -> list[float]:
             events = {u: server.store.user_events(u, settings.history_events) for u in dict.fromkeys(u for u, _ in pairs)}
@@ -455,7 +455,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     @app.post("/rate", response_model=PairsResponse)
     async def rate(body: PairsRequest) -> PairsResponse:
         """Expected star rating (1-5) of each (user, item) pair, from the rating family."""
-        eng, pairs = await pairs_for(body, "rating")
+        eng, pairs = await pairs_for(body, "rate")
         values = await run_in_threadpool(eng.rate, pairs)
         return PairsResponse(
             values=[PairValue(user_id=u, item_id=i, value=v) for (u, i), v in zip(pairs, values)],
@@ -500,7 +500,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
             "model_dir": str(eng.model_dir),
             "model_version": eng.version,
             "items": len(eng.catalogue),
-            "families": sorted(eng.families),
+            "capabilities": sorted(eng.capabilities),
             "quantize": eng.quantize,
             "model_pids": eng.pids,
             "store": server.store.url if server.store else None,

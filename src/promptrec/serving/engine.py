@@ -1,4 +1,4 @@
-"""The served model: a saved P5 model directory plus what answering needs besides the LM.
+"""The served model: any saved model directory plus what answering needs besides the model.
 
 Dynamic adjustment lives here. A user's answer is built from their *current* state: the history
 saved with the model, then the feedback events acknowledged since, in time order. Positive events
@@ -8,8 +8,8 @@ item without such feedback) but keep it available. Nothing is retrained for this
 request sees the new prompt.
 
 Cold start: a user with no saved history, no feedback and no explicit history gets the training
-popularity order (``strategy="popularity"``); the answer says so. Everyone else gets the LM's
-constrained beam search (``strategy="model"``).
+popularity order (``strategy="popularity"``); the answer says so. Everyone else gets the model's
+``recommend`` with their current history (``strategy="model"``).
 """
 
 from __future__ import annotations
@@ -20,14 +20,10 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .store import StoredEvent
 
-if TYPE_CHECKING:
-    import torch
-
-# torch and the model are imported where an Engine is built and used: the HTTP process, which
+# The model (and torch) is loaded where an Engine is built and used: the HTTP process, which
 # only exchanges these dataclasses with the model process, never loads them.
 
 POSITIVE = ("click", "purchase")
@@ -72,56 +68,48 @@ class Answer:
     extra: dict = field(default_factory=dict)
 
 
-def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
-    """Dynamic int8 quantisation of the Linear layers (weights int8, activations quantised per
-    batch on the fly): CPU only, no calibration data needed."""
-    import warnings
-
-    import torch
-    from torch.ao.quantization import quantize_dynamic
-
-    with warnings.catch_warnings():
-        # torch.ao announces its move to torchao; the eager API still works and needs no extra package.
-        warnings.simplefilter("ignore")
-        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-
-
 def _directory_version(directory: Path) -> str:
-    """A short content-derived version: the weights file's size and mtime, and the directory."""
-    weights = directory / "model.safetensors"
-    stat = weights.stat()
-    key = f"{directory.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    """A short content-derived version: every file's path, size and mtime under the directory."""
+    entries = sorted(
+        f"{p.relative_to(directory)}:{s.st_size}:{s.st_mtime_ns}"
+        for p in directory.rglob("*") if p.is_file() and (s := p.stat())
+    )
+    key = f"{directory.resolve()}|{'|'.join(entries)}"
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 class Engine:
-    """One loaded model directory; immutable after construction so it can be swapped atomically."""
+    """One loaded model directory, any registered recommender, used through the recommender
+    protocol only; immutable after construction so it can be swapped atomically."""
 
     def __init__(
         self, model_dir: str | Path, quantize: str | None = None, like_threshold: float = LIKE_THRESHOLD
     ) -> None:
-        from ..model import P5Recommender
+        from ..recommender import load_recommender
 
         directory = Path(model_dir)
         started = time.perf_counter()
-        self.rec = P5Recommender.from_pretrained(directory, device="cpu")
-        if quantize == "int8":
-            self.rec.model = quantize_int8(self.rec.model)
-        elif quantize not in (None, "none"):
-            raise ValueError(f"quantize must be 'int8' or None, got {quantize!r}")
+        self.rec = load_recommender(directory)
+        self.rec.progress = False
+        if quantize not in (None, "none"):
+            self.rec.quantize(quantize)
         self.quantize = quantize if quantize != "none" else None
         self.model_dir = directory
         self.version = _directory_version(directory)
         self.like_threshold = like_threshold
-        self.catalogue = set(self.rec.catalogue)
-        counts = Counter(i for h in self.rec.train_history.values() for i in h)
-        counts.update(self.rec.valid_item.values())
+        self.item_order = self.rec.catalogue()
+        self.catalogue = set(self.item_order)
+        items = self.rec.item_table()
+        self.items = items
+        self.titles: dict[str, str] = items["title"].dropna().astype(str).to_dict() if "title" in items else {}
+        known = self.rec.stage_histories("test")
+        self.users = sorted(known)
+        counts = Counter(i for h in known.values() for i in h)
         # Ties by catalogue position: a fixed order, not one that depends on item id strings.
-        position = self.rec.item_pos
-        self.popular = sorted(self.rec.catalogue, key=lambda i: (-counts[i], position[i]))
+        self.position = {item: n for n, item in enumerate(self.item_order)}
+        self.popular = sorted(self.item_order, key=lambda i: (-counts[i], self.position[i]))
         self.popular_count = counts
-        weights = self.rec.config.tasks.weights
-        self.families = {name for name, w in weights.items() if w > 0}
+        self.capabilities = self.rec.capabilities()
         self.load_seconds = round(time.perf_counter() - started, 3)
 
     # -- user state ----------------------------------------------------------------------------
@@ -130,7 +118,7 @@ class Engine:
     ) -> UserState:
         """The user's history (explicit if given, else saved + positive feedback) and demotions.
 
-        Items unknown to the model's index cannot be shown in a prompt and are left out.
+        Items unknown to the model cannot be part of its answer's history and are left out.
         """
         demoted: set[str] = set()
         added: list[str] = []
@@ -154,7 +142,7 @@ class Engine:
         seen = set(query.state.history) if query.exclude_seen else set()
         pool = query.candidates if query.candidates is not None else self.popular
         if query.candidates is not None:
-            pool = sorted(pool, key=lambda i: (-self.popular_count[i], self.rec.item_pos[i]))
+            pool = sorted(pool, key=lambda i: (-self.popular_count[i], self.position[i]))
         ranked = [i for i in pool if i not in seen]
         ranked.sort(key=lambda i: i in query.state.demoted)  # stable: demoted last
         return [
@@ -162,12 +150,10 @@ class Engine:
         ]
 
     def answer(self, queries: Sequence[Query]) -> list[Answer]:
-        """Answers for many queries at once; model queries with the same beam count share one
-        beam search (the micro-batch)."""
-        import torch
-
+        """Answers for many queries at once: queries that ask the model for the same list length
+        share one ``recommend`` call (the micro-batch), as long as their user ids differ."""
         answers: list[Answer | None] = [None] * len(queries)
-        groups: dict[tuple[int, bool], list[int]] = {}
+        groups: dict[tuple[int, bool], list[list[int]]] = {}
         for n, q in enumerate(queries):
             if not q.state.known:
                 answers[n] = Answer(self.popularity(q), "popularity", self.version)
@@ -176,26 +162,36 @@ class Engine:
             if not available:
                 answers[n] = Answer([], "model", self.version)
                 continue
-            # Enough beams to fill k after demoted items move down.
-            beams = min(q.k + demoted, available)
-            groups.setdefault((beams, q.candidates is not None), []).append(n)
-        for (beams, restricted), members in groups.items():
-            batch = [queries[n] for n in members]
-            prompts = self.rec.sequential_prompts(
-                [q.user_id for q in batch], [q.state.history for q in batch]
-            )
-            excluded = [q.state.history if q.exclude_seen else [] for q in batch]
-            allowed = [list(q.candidates) for q in batch] if restricted else None
-            with torch.inference_mode():
-                results = self.rec.generate_items(prompts, beams, excluded=excluded, allowed=allowed)
-            for n, q, row in zip(members, batch, results):
-                ranked = [Ranked(i, float(s), i in q.state.demoted) for i, s in row if i is not None]
-                ranked.sort(key=lambda r: r.demoted)  # stable: best first within each part
-                answers[n] = Answer(ranked[: q.k], "model", self.version)
+            # Enough items to fill k after demoted items move down.
+            depth = min(q.k + demoted, available)
+            calls = groups.setdefault((depth, q.exclude_seen), [])
+            # One call answers each user once: a repeated user id starts another call.
+            call = next((c for c in calls if all(queries[m].user_id != q.user_id for m in c)), None)
+            if call is None:
+                calls.append(call := [])
+            call.append(n)
+        for (depth, exclude_seen), calls in groups.items():
+            for members in calls:
+                batch = [queries[n] for n in members]
+                recs = self.rec.recommend(
+                    [q.user_id for q in batch],
+                    k=depth,
+                    exclude_seen=exclude_seen,
+                    histories={q.user_id: q.state.history for q in batch},
+                    candidates={q.user_id: list(q.candidates) for q in batch if q.candidates is not None} or None,
+                )
+                rows = {u: g for u, g in recs.groupby("user_id", sort=False)}
+                for n, q in zip(members, batch):
+                    g = rows.get(q.user_id)
+                    ranked = [] if g is None else [
+                        Ranked(i, float(s), i in q.state.demoted) for i, s in zip(g["item_id"], g["score"])
+                    ]
+                    ranked.sort(key=lambda r: r.demoted)  # stable: best first within each part
+                    answers[n] = Answer(ranked[: q.k], "model", self.version)
         return answers  # type: ignore[return-value]
 
     def _available(self, q: Query) -> tuple[int, int]:
-        """How many items the search may return for ``q``, and how many of those are demoted.
+        """How many items the model may return for ``q``, and how many of those are demoted.
 
         Counted without building a catalogue-sized set: this runs for every request.
         """
@@ -207,19 +203,13 @@ class Engine:
         return available, len(q.state.demoted - seen)
 
     def score(self, pairs: Sequence[tuple[str, str, list[str]]]) -> list[float]:
-        """P(yes) of the yes/no family for (user, item, history) triples."""
-        import torch
-
+        """P(like) for (user, item, history) triples (models with the ``score`` capability)."""
         users, items, histories = zip(*pairs) if pairs else ((), (), ())
-        with torch.inference_mode():
-            return self.rec.score(list(users), list(items), histories=list(histories)).tolist()
+        return self.rec.score(list(users), list(items), histories=list(histories)).tolist()
 
     def rate(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
-        import torch
-
         users, items = zip(*pairs) if pairs else ((), ())
-        with torch.inference_mode():
-            return self.rec.predict_rating(list(users), list(items)).tolist()
+        return self.rec.predict_rating(list(users), list(items)).tolist()
 
     def title(self, item_id: str) -> str | None:
-        return self.rec.titles.get(item_id)
+        return self.titles.get(item_id)

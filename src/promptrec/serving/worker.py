@@ -7,7 +7,7 @@ the event loop instead of between its steps.
 
 The parent talks to the child over a pipe, one JSON message each way per call (no pickle), one
 call at a time. The child loads the model directory itself and answers with what the HTTP side
-needs to know of it (version, catalogue, titles, task families). It exits when told to, or when
+needs to know of it (version, catalogue, titles, capabilities). It exits when told to, or when
 the pipe closes because the parent died, so a killed server leaves no model process behind.
 """
 
@@ -61,12 +61,12 @@ def _describe(engine: Any) -> dict[str, Any]:
 
     return {
         "version": engine.version,
-        "catalogue": engine.rec.catalogue,
-        "titles": engine.rec.titles,
+        "catalogue": engine.item_order,
+        "titles": engine.titles,
         # What the chat endpoint grounds mentions in: attribute values and the users with a history.
-        "attributes": item_attributes(engine.rec.items),
-        "users": sorted(engine.rec.train_history),
-        "families": sorted(engine.families),
+        "attributes": item_attributes(engine.items),
+        "users": engine.users,
+        "capabilities": sorted(engine.capabilities),
         "load_seconds": engine.load_seconds,
     }
 
@@ -175,7 +175,7 @@ class ModelProcess:
         self.item_order: list[str] = info["catalogue"]
         self.attributes: dict[str, dict[str, list[str]]] = info["attributes"]
         self.users: list[str] = info["users"]
-        self.families: set[str] = set(info["families"])
+        self.capabilities: set[str] = set(info["capabilities"])
         self.load_seconds = round(time.perf_counter() - started, 3)
         self.pid = self._process.pid
 
@@ -273,7 +273,7 @@ class ModelPool:
             self._idle.put(member)
         first = members[0]
         self.model_dir, self.quantize, self.version = first.model_dir, first.quantize, first.version
-        self.catalogue, self.titles, self.families = first.catalogue, first.titles, first.families
+        self.catalogue, self.titles, self.capabilities = first.catalogue, first.titles, first.capabilities
         self.item_order, self.attributes, self.users = first.item_order, first.attributes, first.users
         self._grounding: Any = None
         self.load_seconds = round(time.perf_counter() - started, 3)

@@ -1,6 +1,6 @@
 """Typed configuration of a feedback-loop simulation. Every key is documented; unknown keys are
 rejected. A config file (YAML or JSON) mirrors :class:`SimulationConfig`; see
-``configs/simulate_ml100k.yaml`` for a complete example.
+``simulate_ml100k`` for a complete example.
 
 A simulation is a grid: every entry of ``recommenders`` x ``updates`` x ``interventions`` x
 ``seeds`` is one run (its own directory, ``rounds.jsonl`` and checkpoints).

@@ -33,7 +33,6 @@ checkpoint gives the same rounds as one that was never interrupted.
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
@@ -47,7 +46,7 @@ import pandas as pd
 
 from ..data.base import InteractionData
 from ..data.split import Split, leave_one_out
-from ..recommender import Recommender, ScoringRecommender, build_recommender, load_recommender
+from ..recommender import Recommender, build_recommender, load_recommender
 from .choice import ChoiceModel, UserState, item_genre_vectors
 from .config import InterventionEntry, RecommenderEntry, SimulationConfig, UpdateEntry
 from .interventions import SlateContext, build_intervention
@@ -159,12 +158,6 @@ def log_split(events: pd.DataFrame, catalogue: pd.DataFrame) -> Split:
     )
 
 
-def _supports_warm_start(model: Recommender) -> bool:
-    from ..model import P5Recommender
-
-    return isinstance(model, P5Recommender)
-
-
 class Policy:
     """Adapter giving every recommender the same two calls: ``fit`` on a log split and
     ``candidates`` for (users, their histories)."""
@@ -175,45 +168,22 @@ class Policy:
         self.model: Recommender | None = None
         self.reference = entry.name in REFERENCE_POLICIES
 
-    def _build(self, fit_seed: int) -> Recommender:
-        if self.entry.name == "p5":
-            from ..config import RunConfig
-            from ..model import P5Recommender
-
-            cfg = RunConfig().update({"train.seed": fit_seed, **self.entry.params})
-            return P5Recommender(cfg)
-        params = dict(self.entry.params)
-        model = build_recommender(self.entry.name, **params)
-        if "seed" in inspect.signature(type(model)).parameters and "seed" not in params:
-            model = build_recommender(self.entry.name, **params, seed=fit_seed)
-        if "progress" in inspect.signature(type(model)).parameters and "progress" not in params:
-            model.progress = False
-        return model
-
     def fit(self, split: Split, fit_seed: int) -> None:
         if self.reference:
             return
-        model = self._build(fit_seed)
-        if self.entry.name == "p5":
-            model.fit(split, progress=False)
-        else:
-            model.fit(split)
-        self.model = model
+        model = build_recommender(self.entry.name, self.entry.params, seed=fit_seed)
+        model.progress = False
+        self.model = model.fit(split)
 
     def finetune(self, split: Split, fit_seed: int, update: UpdateEntry) -> str | None:
         """Warm-start training on ``split``; returns a note when the model had to be retrained."""
         if self.reference:
             return None
-        if self.model is None or not _supports_warm_start(self.model):
+        if self.model is None or not self.model.warm_starts:
             self.fit(split, fit_seed)
             return f"{self.entry.key} cannot warm-start: retrained from scratch instead"
-        from ..training import train
-
-        overrides: dict[str, Any] = {"train.seed": fit_seed}
-        if update.epochs is not None:
-            overrides["train.epochs"] = update.epochs
-        self.model.config = self.model.config.update(overrides)
-        train(self.model, split, progress=False, warm_start=True)
+        # The update's seed is this round's; the other settings are the model's own.
+        self.model.update(split, epochs=update.epochs, seed=fit_seed)
         return None
 
     def candidates(
@@ -238,17 +208,9 @@ class Policy:
         ids = world.users.to_numpy()[users].tolist()
         item_ids = world.items.to_numpy()
         external = {u: item_ids[h].tolist() for u, h in zip(ids, histories)}
-        model = self.model
-        if isinstance(model, ScoringRecommender):
-            # The served form of a scoring model: its parameters as fitted, the live history as
-            # input and exclusion (what ``fit`` and ``from_pretrained`` set, then the index).
-            model.histories_ = {"valid": external, "test": external}
-            model._build_index()
-            recs = model.recommend(ids, k=m, exclude_seen=True, stage="test")
-        elif "histories" in inspect.signature(model.recommend).parameters:
-            recs = model.recommend(ids, k=m, exclude_seen=True, stage="test", histories=external)
-        else:
-            recs = model.recommend(ids, k=m, exclude_seen=True, stage="test")
+        # The served form of every model: its parameters as fitted, the live history as input
+        # and exclusion.
+        recs = self.model.recommend(ids, k=m, exclude_seen=True, stage="test", histories=external)
         out = np.full((len(users), m), -1, dtype=np.int64)
         row = pd.Index(ids).get_indexer(recs["user_id"])
         col = recs["rank"].to_numpy(dtype=np.int64) - 1

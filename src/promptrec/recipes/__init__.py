@@ -1,0 +1,1 @@
+"""Recipes shipped with promptrec: run configs that ``--config NAME`` finds by name."""
