@@ -89,3 +89,47 @@ def assert_recommender_contract(model, split, directory: Path, k: int = 5) -> No
         pd.testing.assert_frame_equal(
             restored.recommend(users, k=k, stage=stage), model.recommend(users, k=k, stage=stage)
         )
+
+
+class ServedModel:
+    """``promptrec serve`` on a saved model directory as a child process on loopback; ``url``
+    once ``/ready`` answers. ``key`` is its API key."""
+
+    key = "test-key-123"
+
+    def __init__(self, model: Path, database: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+        import signal  # noqa: F401  (stop() sends one)
+        import socket
+        import subprocess
+        import sys
+        import time
+
+        import httpx
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "PROMPTREC_API_KEY": self.key, "OMP_NUM_THREADS": "1", **(env or {})}
+        cmd = [sys.executable, "-m", "promptrec.cli", "serve", str(model), "--port", str(self.port),
+               "--database", str(database), "--max-k", "20", *extra]
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.proc.stderr.read().decode()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("server not ready in 90 s")
+
+    def stop(self, sig: int | None = None) -> None:
+        import signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM if sig is None else sig)
+            self.proc.wait(timeout=30)

@@ -12,7 +12,9 @@ training data.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -36,6 +38,7 @@ from .tokenization import add_tokens, build_tokenizer
 from .tuning import apply_tuning, is_peft, load_tuned, save_tuned, trainable_parameters, unwrap
 
 WEIGHTS = "model.safetensors"
+BASE_FILE = "base.json"  # a tuned model's base: path, relative path, fingerprint
 
 
 def _batches(seq: Sequence, size: int) -> Iterable[Sequence]:
@@ -634,8 +637,13 @@ class P5Recommender(Recommender):
         self.tokenizer.save_pretrained(str(d / "tokenizer"))
         unwrap(self.model).config.save_pretrained(str(d / "backbone"))
         if is_peft(self.config.model.tuning):
-            # The frozen base stays where model.pretrained points; only what was trained is saved.
+            # The frozen base stays where model.pretrained points; only what was trained is saved,
+            # with what finds the base again once the two have moved (base_model_locator).
             save_tuned(self.model, d)
+            base = Path(self.config.model.pretrained)
+            (d / BASE_FILE).write_text(json.dumps({
+                "path": str(base), "relative": os.path.relpath(base, d.resolve()), "fingerprint": fingerprint(base),
+            }, indent=2))
         else:
             # Tied embeddings share storage; save one copy and let loading re-tie them.
             state, seen = {}, set()
@@ -667,7 +675,7 @@ class P5Recommender(Recommender):
         obj.indexer = ItemIndexer.load(d)
         obj.tokenizer = PreTrainedTokenizerFast.from_pretrained(str(d / "tokenizer"))
         if is_peft(config.model.tuning):
-            base, _ = load_pretrained(config.model.pretrained)
+            base, _ = load_pretrained(find_base_model(d, config.model.pretrained))
             obj.model = load_tuned(base, d)
         else:
             bconf = AutoConfig.from_pretrained(str(d / "backbone"))
@@ -695,6 +703,33 @@ class P5Recommender(Recommender):
         obj._build_trie()
         return obj
 
+
+
+def fingerprint(directory: Path) -> str:
+    """Names and sizes of every file under a model directory: which base a tuned model needs."""
+    entries = sorted(f"{p.relative_to(directory)}:{p.stat().st_size}" for p in directory.rglob("*") if p.is_file())
+    return hashlib.sha256("\n".join(entries).encode()).hexdigest()[:16]
+
+
+def find_base_model(directory: Path, recorded: str | None) -> Path:
+    """The frozen base of the tuned model saved in ``directory``: where it was when trained, else
+    at the same place relative to the model directory, else under a directory listed in
+    ``$PROMPTREC_MODEL_PATH`` (os.pathsep-separated) by its folder name; the first with the
+    recorded fingerprint."""
+    meta_path = directory / BASE_FILE
+    if not meta_path.exists():  # saved before base.json existed: the recorded path only
+        return Path(str(recorded))
+    meta = json.loads(meta_path.read_text())
+    name = Path(meta["path"]).name
+    tried = [Path(meta["path"]), (directory / meta["relative"]).resolve()]
+    tried += [Path(p) / name for p in os.environ.get("PROMPTREC_MODEL_PATH", "").split(os.pathsep) if p]
+    for candidate in tried:
+        if candidate.is_dir() and fingerprint(candidate) == meta["fingerprint"]:
+            return candidate
+    raise FileNotFoundError(
+        f"{directory} is tuned on base model {name!r}, found at none of: {', '.join(map(str, tried))}; "
+        "put its folder under a directory named in PROMPTREC_MODEL_PATH"
+    )
 
 
 def _causal(model) -> bool:
