@@ -41,8 +41,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
+from promptrec.config import parse_overrides
 from promptrec import __version__
 from promptrec.baselines import MostPopular
 from promptrec.config import DataConfig
@@ -78,26 +78,14 @@ def peak_rss_mb() -> float:
 def parse_params(items: list[str], models: list[str]) -> dict[str, dict[str, Any]]:
     """``["sasrec.epochs=5", ...]`` -> ``{"sasrec": {"epochs": 5}}`` (values parsed as YAML)."""
     params: dict[str, dict[str, Any]] = {m: {} for m in models}
-    for item in items:
-        key, eq, value = item.partition("=")
+    for key, value in parse_overrides(items).items():
         model, dot, name = key.partition(".")
-        if not (eq and dot and model and name):
-            raise SystemExit(f"--param {item!r}: expected MODEL.PARAM=VALUE, e.g. sasrec.epochs=5")
+        if not (dot and model and name):
+            raise SystemExit(f"--param {key!r}: expected MODEL.PARAM=VALUE, e.g. sasrec.epochs=5")
         if model not in models:
-            raise SystemExit(f"--param {item!r}: model {model!r} is not among --models {models}")
-        params[model][name] = _value(value)
+            raise SystemExit(f"--param {key!r}: model {model!r} is not among --models {models}")
+        params[model][name] = value
     return params
-
-
-def _value(text: str) -> Any:
-    """YAML scalar, except that ``5e-4`` (a string to PyYAML, which wants ``5.0e-4``) is a float."""
-    value = yaml.safe_load(text)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    return value
 
 
 def make_model(name: str, params: dict[str, Any], progress: bool) -> Recommender:

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from promptrec.config import parse_overrides
 from promptrec.config import RunConfig
 from promptrec.pipeline import evaluate_run, train_and_evaluate
 
@@ -34,9 +35,8 @@ def main() -> None:
     ap.add_argument("--evaluate-only", action="store_true", help="re-evaluate runs/beauty_p5_<indexing>/model without training")
     args = ap.parse_args()
 
-    import yaml
 
-    overrides = {k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in args.set)}
+    overrides = parse_overrides(args.set)
     base = RunConfig.load(args.config)
     data_path = args.data or str((ROOT / base.data.path).resolve()) if base.data.path else None
     Path(args.results).mkdir(parents=True, exist_ok=True)

@@ -17,8 +17,8 @@ import shlex
 import sys
 from pathlib import Path
 
-import yaml
 
+from promptrec.config import parse_overrides
 from promptrec.pipeline import quickstart_config, train_and_evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--runs", default=str(ROOT / "runs" / "backbones"))
     ap.add_argument("--results", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
-    overrides = {k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in args.set)}
+    overrides = parse_overrides(args.set)
     if args.data:
         overrides["data.path"] = args.data
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)

@@ -25,8 +25,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import yaml
 
+from promptrec.config import parse_overrides
 from promptrec.baselines.popularity import MostPopular
 from promptrec.cold_start import ColdPrefixRecommender, evaluate_cold_start
 from promptrec.data import cold_item_split
@@ -51,7 +51,7 @@ def main() -> None:
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     t0 = time.perf_counter()
 
-    overrides = {k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in args.set)}
+    overrides = parse_overrides(args.set)
     # The quickstart model, trained for one whole epoch (the schedule decays to its end).
     cfg = quickstart_config().update({
         "index.method": "semantic", "index.params": {"levels": 2, "codebook": 32},

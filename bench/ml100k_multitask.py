@@ -13,8 +13,8 @@ import shlex
 import sys
 from pathlib import Path
 
-import yaml
 
+from promptrec.config import parse_overrides
 from promptrec.config import RunConfig
 from promptrec.pipeline import quickstart_config, train_and_evaluate
 
@@ -28,7 +28,7 @@ def main() -> None:
     ap.add_argument("--output", default=str(ROOT / "runs" / "ml100k_multitask"))
     ap.add_argument("--results", default=str(ROOT / "bench" / "results" / "ml100k_multitask.json"))
     args = ap.parse_args()
-    overrides = {k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in args.set)}
+    overrides = parse_overrides(args.set)
     weights = {"sequential": 1.0, "yesno": 0.5, "choose": 0.5, "rating": 0.5}
     base = RunConfig.load(args.config) if args.config else quickstart_config()
     cfg = base.update({"tasks.weights": weights, "train.time_limit": 480, **overrides})

@@ -19,8 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
 
+from promptrec.config import parse_overrides
 from promptrec.data import leave_one_out
 from promptrec.model import P5Recommender
 from promptrec.baselines import MostPopular
@@ -43,7 +43,7 @@ def main() -> None:
 
     model_dir = Path(args.model) if args.model else Path(args.output) / "model"
     if not args.model:
-        overrides = {k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in args.set)}
+        overrides = parse_overrides(args.set)
         cfg = quickstart_config().update(overrides)
         train_and_evaluate(cfg, args.output, command=command)
     rec = P5Recommender.from_pretrained(model_dir)

@@ -28,8 +28,8 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
 
+from promptrec.config import parse_overrides
 from promptrec.config import DataConfig, RunConfig
 from promptrec.data import leave_one_out
 from promptrec.model import P5Recommender
@@ -45,7 +45,7 @@ KEYS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20", "invalid_rate"
 
 
 def run(args: argparse.Namespace) -> None:
-    overrides = {k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in args.set)}
+    overrides = parse_overrides(args.set)
     data_path = args.data or str(DATA[args.dataset])
     if not Path(data_path).is_dir():
         sys.exit(f"{args.dataset} data not found at {data_path} (pass --data DIR)")

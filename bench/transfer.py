@@ -29,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 
+from promptrec.config import parse_overrides
 from promptrec.config import RunConfig
 from promptrec.pipeline import train_and_evaluate
 
@@ -60,16 +61,14 @@ def main() -> None:
     ap.add_argument("--results", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--generic-search", action="store_true", help="decode with generate() + the trie processor only")
     args = ap.parse_args()
+    overrides = parse_overrides(args.set)
     if args.generic_search:
-        import promptrec.model
-
-        promptrec.model.supports_fixed_length_search = lambda *a: False
-
-    import yaml
-
-    overrides = {k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in args.set)}
+        overrides["eval.search"] = "generate"
     runs = Path(args.runs)
-    base = RunConfig.load(ROOT / "configs" / "beauty.yaml").update({"index.method": "collaborative", **overrides})
+    # The T5 P5 recipe as the Beauty runs had it (bench/README.md, "Configs").
+    beauty = {"data.loader": "p5", "data.path": "../shared/data/beauty", "model.max_history": 20, "train.epochs": 6,
+              "train.time_limit": None, "train.val_users": 2000, "eval.unconstrained_users": 500}
+    base = RunConfig.load("t5_p5").update({**beauty, "index.method": "collaborative", **overrides})
     if args.row == "beauty":
         cfg = base.update({"data.path": args.beauty})
     else:

@@ -115,7 +115,7 @@ def test_a_lora_model_is_served_and_found_after_its_base_moved(dataset, tmp_path
                                            "max_history": 8}}
     lora.pop("index")  # the base's own ids
     (tmp_path / "tuned").mkdir()
-    run = train(tmp_path / "tuned", dataset, "p5", lora)
+    train(tmp_path / "tuned", dataset, "p5", lora)
 
     # Both moved together: the relative path finds the base.
     moved = tmp_path / "moved"

@@ -142,7 +142,6 @@ def test_direct_and_rating_families(tmp_path):
 def test_start_from_a_local_pretrained_directory(tmp_path, cyclic_split):
     """A local transformers directory (weights + tokenizer) is the starting point; its weights
     are kept, its tokenizer is extended with the item tokens."""
-    import torch
 
     from promptrec.backbones import build_t5
     from promptrec.tokenization import build_tokenizer
@@ -199,7 +198,6 @@ def test_p5_passes_the_recommender_contract(fitted, tmp_path):
 def test_a_diverging_run_stops_with_a_clear_error(cyclic_split, monkeypatch):
     """A NaN loss must not be trained through: the weights would turn to NaN and every ranking
     would come back empty (scored as HR 0) without a word."""
-    import torch
 
     real = torch.nn.CrossEntropyLoss.forward
     calls = {"n": 0}

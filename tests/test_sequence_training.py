@@ -146,7 +146,6 @@ def test_history_last_templates_put_the_last_item_right_before_the_answer(split)
     """The shipped ``history_last`` template set ends each prompt with the history: in training and
     in evaluation the answer follows the last history item and the prompt's ``</s>``, with no
     question words between."""
-    from pathlib import Path
 
     path = "history_last"
     rec = P5Recommender(config(**{"model.templates": str(path)})).build(split)
@@ -167,7 +166,6 @@ def test_history_last_templates_put_the_last_item_right_before_the_answer(split)
 def test_without_prompt_eos_the_answer_continues_the_history(split, tmp_path):
     """``model.prompt_eos=false``: no ``</s>`` between a history-last prompt and its answer, in
     training batches, in evaluation prompts and in the saved tokenizer that serving loads."""
-    from pathlib import Path
 
     path = "history_last"
     rec = P5Recommender(config(**{"model.templates": str(path), "model.prompt_eos": False})).fit(split, progress=False)

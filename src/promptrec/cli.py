@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
 import typer
-import yaml
 
 app = typer.Typer(
     help="promptrec: recommendation with language models (pretrain, prompt, predict), "
@@ -41,13 +40,9 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _overrides(values: list[str]) -> dict:
-    out = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"--set expects key=value, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+    from .config import parse_overrides
+
+    return parse_overrides(values)
 
 
 @app.command()

@@ -147,6 +147,30 @@ class EvalConfig(_Strict):
     users: int = Field(0, ge=0, description="evaluate only this many users (0 = all)")
     shots: int = Field(0, ge=0, description="in-context demonstrations from other users' training data")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="inference precision (bf16 autocast)")
+    search: Literal["auto", "generate"] = Field(
+        "auto",
+        description="constrained decoding: 'auto' picks the fastest exact search for the model; 'generate' always "
+        "uses transformers' beam search with the trie (a reference for the fast paths)",
+    )
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["train.epochs=3", "model.tuning={method: lora}"]`` -> ``{"train.epochs": 3, ...}``:
+    the ``--set`` syntax of the CLI and the benchmark scripts. Values are YAML, except that
+    ``5e-4`` (a string to PyYAML, which wants ``5.0e-4``) is a float."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        value = yaml.safe_load(text)
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        out[key.strip()] = value
+    return out
 
 
 def recipes() -> list[str]:

@@ -176,6 +176,7 @@ class P5Recommender(Recommender):
                 "model.prompt_eos=false needs item codes of one length: answers then carry no </s>, "
                 "so decoding must stop at the code length"
             )
+        self.search = self._decoding()
         self.item_token_ids = frozenset(t for code in codes for t in code)
         self.trie_first_tokens = torch.tensor([code[0] for code in codes])
         self.titles = (
@@ -183,6 +184,21 @@ class P5Recommender(Recommender):
         )
         # Rendering fields at prediction time (history text, titles, negatives) needs no sequences.
         self.prompt_context = self.context({})
+
+    def _decoding(self) -> str:
+        """How constrained decoding runs, chosen once per loaded model (``eval.search``):
+        ``one_token`` (one token per item: one forward pass scores every item exactly),
+        ``fixed_length`` (an encoder-decoder over equal-length codes: promptrec's own beam
+        search, sharing the encoder across beams), or ``generate`` (transformers' beam search
+        with the trie as a LogitsProcessor: every other case, and soft prompts or prefixes, which
+        only the peft wrapper's own forward adds; LoRA and IA3 live inside the base's layers)."""
+        if self.config.eval.search == "generate":
+            return "generate"
+        if self.trie.code_length == 1:
+            return "one_token"
+        if not self._prompt_learning and supports_fixed_length_search(unwrap(self.model), self.trie):
+            return "fixed_length"
+        return "generate"
 
     def context(self, sequences: Mapping[str, list[str]], ratings=None) -> TaskContext:
         users = list(sequences)
@@ -463,16 +479,14 @@ class P5Recommender(Recommender):
         # The decoded tokens start after the decoder's start token, or after a causal prompt.
         start = enc["input_ids"].shape[1] if self.causal else 1
         with torch.autocast(self.model.device.type, dtype=torch.bfloat16, enabled=bf16):
-            if constrained and self.trie.code_length == 1:
+            if constrained and self.search == "one_token":
                 # One token per item: the first decoding step already scores every item, so the
                 # exact full ranking is one forward pass (beam search would give the same top k).
                 logp = torch.log_softmax(self._next_token_logits(enc).float(), dim=-1)
                 scores = logp[:, self.trie_first_tokens]
                 rows = top_items(scores, k, excluded_idx, allowed_idx)
                 return [[(self.item_ids[i], s) for i, s in row] for row in rows]
-            # LoRA and IA3 live inside the base model's layers, so the fast search can run on it;
-            # soft prompts and prefixes are added by the peft wrapper's own forward and generate.
-            if constrained and not self._prompt_learning and supports_fixed_length_search(unwrap(self.model), self.trie):
+            if constrained and self.search == "fixed_length":
                 rows = fixed_length_beam_search(unwrap(self.model), enc, self.trie, beams, excluded_idx, allowed_idx)
                 return [[(self.item_ids[i], s) for i, s in row[:k]] for row in rows]
             processors = [TrieConstraint(self.trie, beams, excluded_idx, allowed_idx, start=start)] if constrained else []
