@@ -34,8 +34,8 @@ from promptrec.config import DataConfig, RunConfig
 from promptrec.data import leave_one_out
 from promptrec.model import P5Recommender
 from promptrec.pipeline import load_data, train_and_evaluate
-from promptrec.report import load_run
-from promptrec.significance import paired_test
+from promptrec.report import by_history_length
+from promptrec.report import seed_paired as report_seed_paired
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = ROOT / "bench" / "results" / "quality.jsonl"
@@ -107,48 +107,13 @@ def validate(run_dir: str) -> None:
     print(json.dumps({"run_dir": run_dir, **valid}))
 
 
-def _per_user(run: str):
-    """A run's per-user test values indexed by user, read as `promptrec compare` reads them (run
-    directories or results JSON files)."""
-    values = load_run(run)[0].per_user
-    if values is None:
-        sys.exit(f"{run}: no per-user results")
-    return values.set_index("user_id")
+def seed_paired(runs: list[str], against: str) -> None:
+    print(json.dumps(report_seed_paired(runs, against), indent=1, default=float))  # numpy scalars
 
 
-def seed_paired(runs: list[str], against: str, metrics: tuple[str, ...] = ("HR@10", "NDCG@10")) -> None:
-    """Average each user's test values over ``runs`` (the seeds of one recipe) and test the mean
-    against ``against``'s values for the same users (paired t, Wilcoxon, bootstrap CI)."""
-    seeds = [_per_user(r) for r in runs]
-    users = seeds[0].index
-    if any(set(s.index) != set(users) for s in seeds):
-        sys.exit("the runs were evaluated on different users; seed averages need the same users")
-    base = _per_user(against)
-    out = {"runs": runs, "against": against}
-    for m in metrics:
-        mean = sum(s[m].astype(float).reindex(users) for s in seeds) / len(seeds)
-        out[m] = paired_test(mean, base[m].astype(float))
-    print(json.dumps(out, indent=1, default=float))  # numpy scalars
-
-
-# Upper edges of the history-length groups (items before the test target, validation item included).
-LENGTH_EDGES = (5, 6, 7, 9, 12, 20, 50)
-
-
-def by_length(runs: list[str], data_path: str, metric: str = "NDCG@10") -> None:
-    """Mean per-user test ``metric`` of each run, grouped by the length of the user's test history
-    (training items plus the validation item): where a model gains or loses against another."""
-    import pandas as pd
-
+def by_length(runs: list[str], data_path: str) -> None:
     split = leave_one_out(load_data(DataConfig(loader="p5", path=data_path)))
-    lengths = pd.Series({u: len(h) for u, h in split.history("test").items()}, name="length")
-    frame = pd.DataFrame({"group": pd.cut(lengths, [0, *LENGTH_EDGES, lengths.max()])})
-    for run in runs:
-        frame[Path(run).name] = _per_user(run)[metric].astype(float).reindex(frame.index)
-    grouped = frame.groupby("group", observed=True)  # in length order, empty groups left out
-    out = grouped.mean().assign(users=grouped.size())
-    out.index = out.index.astype(str)
-    print(json.dumps({"metric": metric, "groups": out.round(5).reset_index().to_dict("records")}, indent=1))
+    print(json.dumps(by_history_length(runs, split.history("test")), indent=1))
 
 
 def table() -> None:
@@ -167,7 +132,7 @@ def table() -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default=str(ROOT / "configs" / "sequence_lm.yaml"))
+    ap.add_argument("--config", default="sequence_lm", help="run config: a file or a shipped recipe")
     ap.add_argument("--dataset", choices=sorted(DATA), default="beauty")
     ap.add_argument("--data", default=None, help="dataset directory (default: ../shared/data/<dataset>)")
     ap.add_argument("--seed", type=int, default=0)

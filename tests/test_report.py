@@ -93,3 +93,33 @@ def test_compare_rejects_a_missing_directory(tmp_path) -> None:
     assert result.exit_code == 2 and "error:" in result.output and "no such run directory" in result.output  # one line, no traceback
     with pytest.raises(FileNotFoundError, match="no such run directory"):
         compare_runs([tmp_path / "nope"], tmp_path / "o")
+
+
+def test_seed_averaged_paired_test_has_the_known_mean(runs, tmp_path) -> None:
+    """Two "seeds" of one run averaged per user equal that run; the difference against the
+    other run is the difference of the per-user means, computed here by hand."""
+    from promptrec.report import seed_paired
+
+    result = runner.invoke(app, ["compare", str(runs / "knn"), str(runs / "knn"), "--against", str(runs / "pop1")])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    knn = pd.read_parquet(runs / "knn" / "per_user_model.parquet").set_index("user_id")["NDCG@10"]
+    pop = pd.read_parquet(runs / "pop1" / "per_user_model.parquet").set_index("user_id")["NDCG@10"]
+    assert out["NDCG@10"]["mean_diff"] == pytest.approx((knn - pop.reindex(knn.index)).mean())
+    assert out["users"] == len(knn)
+    alone = tmp_path / "results.json"  # numbers without their per-user files
+    alone.write_text((runs / "knn" / "metrics.json").read_text())
+    with pytest.raises(ValueError, match="no per-user results"):
+        seed_paired([alone], runs / "pop1")
+
+
+def test_by_length_groups_every_user_once(runs) -> None:
+    from promptrec.report import by_history_length
+
+    split = leave_one_out(cyclic_data())
+    histories = split.history("test")
+    out = by_history_length([runs / "knn"], histories, edges=(6, 7))
+    assert sum(g["users"] for g in out["groups"]) == len(histories)
+    knn = pd.read_parquet(runs / "knn" / "per_user_model.parquet")["NDCG@10"]
+    # Every cyclic user has the same history length: one group, whose mean is the overall mean.
+    assert len(out["groups"]) == 1 and out["groups"][0]["knn"] == pytest.approx(round(knn.mean(), 5))

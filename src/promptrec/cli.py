@@ -204,14 +204,37 @@ def compare(
         list[Path],
         typer.Argument(metavar="RUN_DIR", help="run directories (metrics.json + per-user files) or results JSON files"),
     ],
-    output: Annotated[Path, typer.Option("--output", "-o", help="where report.md and the plots go")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="where report.md and the plots go")] = None,
     metric: Annotated[str, typer.Option(help="per-user metric for the paired tests and group plot")] = "NDCG@10",
     baseline: Annotated[str, typer.Option(help="the baseline entry of each run directory")] = "popularity",
+    against: Annotated[
+        Optional[Path],
+        typer.Option(help="seed-averaged paired test: RUN_DIRs are seeds of one recipe, averaged per user and tested against this run"),
+    ] = None,
+    by_length: Annotated[
+        bool, typer.Option("--by-length", help="per-user METRIC of each run by the length of the user's test history")
+    ] = False,
 ) -> None:
-    """Compare runs: a markdown table, paired significance tests and plots in OUTPUT."""
-    from .report import compare_runs
+    """Compare runs: a markdown report with paired significance tests and plots in OUTPUT;
+    --against: the seed-averaged paired test of one recipe against another run (JSON);
+    --by-length: where each model gains or loses, by history length (JSON)."""
+    from .report import by_history_length, compare_runs, seed_paired
 
-    typer.echo(compare_runs(run_dirs, output, metric=metric, baseline=baseline))
+    if against is not None:
+        metrics = list(dict.fromkeys(["HR@10", "NDCG@10", metric]))
+        typer.echo(json.dumps(seed_paired(run_dirs, against, metrics), indent=1, default=float))
+    if by_length:
+        from .config import DataConfig
+        from .data import leave_one_out
+        from .pipeline import JobConfig, load_data
+
+        job = JobConfig.load(run_dirs[0] / "config.yaml")  # every run of one table is on the same data
+        histories = leave_one_out(load_data(DataConfig.model_validate(job.data.model_dump()))).history("test")
+        typer.echo(json.dumps(by_history_length(run_dirs, histories, metric), indent=1))
+    if output is not None:
+        typer.echo(compare_runs(run_dirs, output, metric=metric, baseline=baseline))
+    elif against is None and not by_length:
+        raise typer.BadParameter("give --output (a report), --against RUN_DIR or --by-length")
 
 
 @app.command()

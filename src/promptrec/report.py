@@ -380,6 +380,55 @@ def plot_groups(entries: Sequence[Entry], metric: str, path: Path) -> bool:
 
 
 # -- the report --------------------------------------------------------------------------------
+def _per_user_values(run: str | Path) -> pd.DataFrame:
+    """A run's per-user results of its model, indexed by user."""
+    values = load_run(run)[0].per_user
+    if values is None:
+        raise ValueError(f"{run}: no per-user results (a run directory written by promptrec train has them)")
+    return values.set_index("user_id")
+
+
+def seed_paired(
+    runs: Sequence[str | Path], against: str | Path, metrics: Sequence[str] = ("HR@10", "NDCG@10")
+) -> dict[str, Any]:
+    """Average each user's values over ``runs`` (the seeds of one recipe) and test the mean
+    against ``against``'s model on the same users: paired t-test, Wilcoxon, bootstrap CI."""
+    seeds = [_per_user_values(r) for r in runs]
+    users = seeds[0].index
+    if any(set(s.index) != set(users) for s in seeds):
+        raise ValueError("the runs were evaluated on different users; seed averages need the same users")
+    base = _per_user_values(against)
+    missing = users.difference(base.index)
+    if len(missing):
+        raise ValueError(f"{against} lacks {len(missing)} of the runs' users, e.g. {missing[0]!r}")
+    out: dict[str, Any] = {"runs": [str(r) for r in runs], "against": str(against), "users": len(users)}
+    for m in metrics:
+        mean = sum(s[m].astype(float).reindex(users) for s in seeds) / len(seeds)
+        out[m] = paired_test(mean, base[m].astype(float).reindex(users))
+    return out
+
+
+# Upper edges of the history-length groups (items before the test target, validation item included).
+LENGTH_EDGES = (5, 6, 7, 9, 12, 20, 50)
+
+
+def by_history_length(
+    runs: Sequence[str | Path], histories: dict[str, list[str]], metric: str = "NDCG@10",
+    edges: Sequence[int] = LENGTH_EDGES,
+) -> dict[str, Any]:
+    """Mean per-user ``metric`` of each run's model, grouped by the length of the user's history
+    (``histories``: the evaluated stage's, e.g. ``split.history("test")``): where a model gains
+    or loses against another."""
+    lengths = pd.Series({u: len(h) for u, h in histories.items()}, name="length")
+    frame = pd.DataFrame({"group": pd.cut(lengths, [0, *[e for e in edges if e < lengths.max()], lengths.max()])})
+    for run in runs:
+        frame[Path(run).name] = _per_user_values(run)[metric].astype(float).reindex(frame.index)
+    grouped = frame.groupby("group", observed=True)  # in length order, empty groups left out
+    out = grouped.mean().assign(users=grouped.size())
+    out.index = out.index.astype(str)
+    return {"metric": metric, "groups": out.round(5).reset_index().to_dict("records")}
+
+
 def compare_runs(
     run_dirs: Sequence[str | Path],
     output: str | Path,
