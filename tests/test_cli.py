@@ -29,6 +29,8 @@ def trained(tmp_path_factory):
     )
     result = runner.invoke(app, ["train", "--config", str(cfg), "--output", str(root / "run")])
     assert result.exit_code == 0, result.output
+    # What train wrote, kept aside: a later test rewrites run/metrics.json.
+    (root / "train_metrics.json").write_text((root / "run" / "metrics.json").read_text())
     return root
 
 
@@ -51,6 +53,28 @@ def test_evaluate_saved_model(trained):
     result = runner.invoke(app, ["evaluate", "--model", str(trained / "run" / "model"), "--output", str(out)])
     assert result.exit_code == 0, result.output
     assert "popularity" in result.output and json.loads(out.read_text())["model"]["eval_users"] == 30
+
+
+def test_evaluate_reproduces_the_metrics_train_wrote(trained):
+    """``promptrec evaluate`` on the saved model gives the test metrics ``promptrec train`` wrote
+    for the model it had in memory: same users, same lists, so the same numbers (not only exit 0).
+    Timings differ between runs and are left out."""
+    out = trained / "reeval.json"
+    result = runner.invoke(app, ["evaluate", "--model", str(trained / "run" / "model"), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    written = json.loads((trained / "train_metrics.json").read_text())["model"]
+    again = json.loads(out.read_text())["model"]
+    timing = ("seconds", "per_second")
+    shared = {
+        k for k in written.keys() & again.keys()
+        if isinstance(again[k], (int, float)) and not isinstance(again[k], bool) and not k.endswith(timing)
+    }
+    # The ranking metrics, the rates and the user count are all compared.
+    assert {"HR@5", "HR@10", "NDCG@5", "NDCG@10", "MRR", "eval_users", "invalid_rate",
+            "unconstrained_invalid_rate", "unconstrained_history_rate"} <= shared
+    assert again["eval_users"] == 30 and 0 < again["NDCG@10"] < 1  # a real, non-trivial measurement
+    for key in sorted(shared):
+        assert again[key] == pytest.approx(written[key], abs=1e-9), key
 
 
 def test_unknown_config_key_is_a_clear_error(tmp_path):

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from promptrec import significance
 from promptrec.significance import bootstrap_ci, paired_test
 
 USERS = [f"u{i}" for i in range(200)]
@@ -74,7 +75,16 @@ def test_bad_inputs_raise() -> None:
 
 
 def test_bootstrap_ci_blocks_do_not_change_the_draws() -> None:
-    d = np.random.default_rng(8).normal(size=50)
-    low, high = bootstrap_ci(d, n_boot=2000, seed=3)
-    assert (low, high) == bootstrap_ci(d, n_boot=2000, seed=3)
+    """The resamples are drawn in blocks of bounded size; at a size that splits into several
+    blocks (the last one partial) the interval must be the one a plain, one resample at a time
+    computation gives from the same seeded generator."""
+    n, n_boot, seed = 3000, 4000, 3
+    block = significance._BOOT_CELLS // n
+    assert 2 * block < n_boot < 3 * block  # three blocks, the last one partial
+    d = np.random.default_rng(8).normal(size=n)
+    rng = np.random.default_rng(seed)
+    means = np.array([d[rng.integers(0, n, size=n)].mean() for _ in range(n_boot)])  # (n_boot,)
+    expected = np.quantile(means, [0.025, 0.975])
+    low, high = bootstrap_ci(d, n_boot=n_boot, seed=seed)
+    assert (low, high) == pytest.approx(tuple(expected), rel=1e-12, abs=1e-15)
     assert low < d.mean() < high
