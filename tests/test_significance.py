@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from promptrec.significance import bootstrap_ci, paired_test
+from promptrec.evaluation.significance import bootstrap_ci, paired_test
 
 USERS = [f"u{i}" for i in range(200)]
 

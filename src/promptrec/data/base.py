@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from ..registry import Registry
+from ..core.registry import Registry
 
 INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp", "rating")
 ITEM_TEXT_COLUMNS = ("title", "categories", "brand", "price")

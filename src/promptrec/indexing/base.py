@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import pandas as pd
 
-from ..registry import Registry
+from ..core.registry import Registry
 
 INDEXERS: Registry[type["ItemIndexer"]] = Registry("item indexer")
 
