@@ -62,11 +62,10 @@ CONFIG_FILE = "promptrec_config.json"
 # name -> Recommender subclass; each model registers itself in its own module.
 RECOMMENDERS: Registry[type["Recommender"]] = Registry("recommender")
 
-# Modules whose import registers the built-in recommenders; imported in this order only until the
-# wanted name is registered.
-_BUILTIN_MODULES = (
-    "promptrec.models", "promptrec.models.p5.model", "promptrec.models.cross_encoder", "promptrec.models.llm", "promptrec.models.cold_start",
-)
+# The package whose import registers every built-in recommender (it imports each model package,
+# each package imports its units, each unit registers itself); named here, not imported, since it
+# sits above this module.
+_BUILTIN_MODELS = "promptrec.models"
 
 _NO_ITEMS = np.zeros(0, dtype=np.int64)
 
@@ -409,10 +408,8 @@ def read_config(directory: str | Path) -> dict[str, Any]:
 def _lookup(name: str) -> type[Recommender]:
     import importlib
 
-    for module in _BUILTIN_MODULES:
-        if name in RECOMMENDERS:
-            break
-        importlib.import_module(module)
+    if name not in RECOMMENDERS:
+        importlib.import_module(_BUILTIN_MODELS)
     return RECOMMENDERS.get(name)
 
 
@@ -428,8 +425,7 @@ def recommender_names() -> list[str]:
     """Every registered recommender name (the built-in ones imported first)."""
     import importlib
 
-    for module in _BUILTIN_MODULES:
-        importlib.import_module(module)
+    importlib.import_module(_BUILTIN_MODELS)
     return RECOMMENDERS.names()
 
 

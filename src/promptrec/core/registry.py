@@ -1,8 +1,11 @@
 """Named registries for the pluggable parts of promptrec.
 
 Each unit (a loader, an indexer, a task, a metric, a recommender) registers itself in its own
-module with a decorator, so adding one never touches a central list. Looking up a name that is
-not registered fails with the list of names that are, instead of guessing module paths.
+module with a decorator, and the package that holds the units imports them in its ``__init__``
+(``promptrec.data`` its loaders, ``promptrec.indexing`` its indexers, ``promptrec.models`` its
+model packages, each of which imports its own), so that importing the package fills its registry.
+A lookup only needs that package imported, never a list of module paths. Looking up a name that is
+not registered fails with the list of names that are.
 """
 
 from __future__ import annotations

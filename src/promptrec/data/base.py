@@ -138,6 +138,4 @@ LOADERS: Registry[Callable[..., InteractionData]] = Registry("data loader")
 
 def load_dataset(loader: str, path: Any = None, **options: Any) -> InteractionData:
     """Load a dataset with a registered loader, e.g. ``load_dataset("p5", "data/beauty")``."""
-    from . import loaders  # noqa: F401  (registers the built-in loaders)
-
     return LOADERS.get(loader)(path, **options)
