@@ -70,8 +70,6 @@ class InteractionData:
 
     def sequences(self) -> dict[str, list[str]]:
         """Chronological item sequence per user (ties already broken by source order)."""
-        from .split import group_sequences
-
         return group_sequences(self.interactions)
 
     def summary(self) -> dict[str, Any]:
@@ -130,6 +128,23 @@ def normalise_items(items: pd.DataFrame | None, interactions: pd.DataFrame) -> p
     if "title" in items.columns:
         items["title"] = items["title"].where(items["title"].notna(), None)
     return items
+
+
+def group_sequences(df: pd.DataFrame, column: str = "item_id") -> dict[str, list]:
+    """user -> values of ``column`` in row order. Rows of a user are contiguous in a split table.
+
+    Plain numpy on object arrays: pandas' groupby on string columns is several times slower.
+    """
+    users = df["user_id"].to_numpy(dtype=object)
+    values = df[column].to_numpy(dtype=object)
+    if len(users) == 0:
+        return {}
+    cuts = np.flatnonzero(users[1:] != users[:-1]) + 1
+    starts = np.r_[0, cuts]
+    out: dict[str, list] = {}
+    for s, chunk in zip(starts, np.split(values, cuts)):
+        out.setdefault(users[s], []).extend(chunk.tolist())
+    return out
 
 
 # name -> loader(path, **options) -> InteractionData
