@@ -126,30 +126,16 @@ def build_qwen2(
 
 
 def load_pretrained(path: str | Path) -> tuple[PreTrainedModel, Any]:
-    """(model, tokenizer) from a local transformers directory or a promptrec model directory.
+    """(model, tokenizer) from a local transformers directory.
 
-    A promptrec directory gives its trained LM and tokenizer (item tokens included), which is how
-    a model trained on one dataset starts training on another. A peft-tuned one is merged first.
+    A promptrec model directory to start from is loaded by
+    :func:`promptrec.models.p5.model.load_base`, which comes back here for anything else.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     d = Path(path)
     if not d.is_dir():
         raise FileNotFoundError(f"pretrained model directory {d} does not exist")
-    if (d / "promptrec_config.json").exists():
-        from ..models.p5.model import P5Recommender
-        from .tuning import unwrap
-
-        rec = P5Recommender.from_pretrained(d)
-        model = rec.model
-        if model is not unwrap(model):
-            if model.active_peft_config.is_prompt_learning:
-                raise ValueError(
-                    f"{d} was tuned with soft prompts or prefixes, which cannot be merged into a base "
-                    f"model; start from its own base ({rec.config.model.pretrained}) instead"
-                )
-            model = model.merge_and_unload()
-        return model, rec.tokenizer
     config = AutoConfig.from_pretrained(str(d))
     auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
     model = auto.from_pretrained(str(d))

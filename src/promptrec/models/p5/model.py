@@ -86,7 +86,7 @@ class P5Recommender(Recommender):
             # to match. The architecture is the directory's, whatever model.backbone says. The
             # path is stored absolute: a peft model is loaded from it wherever it is served.
             self.config = cfg = cfg.update({"model.pretrained": str(Path(cfg.model.pretrained).resolve())})
-            base, self.tokenizer = load_pretrained(cfg.model.pretrained)
+            base, self.tokenizer = load_base(cfg.model.pretrained)
             add_tokens(self.tokenizer, self.indexer.tokens(), list(self.user_tokens.values()))
             base.resize_token_embeddings(len(self.tokenizer))
         else:
@@ -689,7 +689,7 @@ class P5Recommender(Recommender):
         obj.indexer = ItemIndexer.load(d)
         obj.tokenizer = PreTrainedTokenizerFast.from_pretrained(str(d / "tokenizer"))
         if is_peft(config.model.tuning):
-            base, _ = load_pretrained(find_base_model(d, config.model.pretrained))
+            base, _ = load_base(find_base_model(d, config.model.pretrained))
             obj.model = load_tuned(base, d)
         else:
             bconf = AutoConfig.from_pretrained(str(d / "backbone"))
@@ -744,6 +744,27 @@ def find_base_model(directory: Path, recorded: str | None) -> Path:
         f"{directory} is tuned on base model {name!r}, found at none of: {', '.join(map(str, tried))}; "
         "put its folder under a directory named in PROMPTREC_MODEL_PATH"
     )
+
+
+def load_base(path: str | Path) -> tuple[Any, Any]:
+    """(model, tokenizer) to start from: a local transformers directory or a promptrec model directory.
+
+    A promptrec directory gives its trained LM and tokenizer (item tokens included), which is how
+    a model trained on one dataset starts training on another. A peft-tuned one is merged first.
+    """
+    d = Path(path)
+    if not (d / "promptrec_config.json").exists():
+        return load_pretrained(d)
+    rec = P5Recommender.from_pretrained(d)
+    model = rec.model
+    if model is not unwrap(model):
+        if model.active_peft_config.is_prompt_learning:
+            raise ValueError(
+                f"{d} was tuned with soft prompts or prefixes, which cannot be merged into a base "
+                f"model; start from its own base ({rec.config.model.pretrained}) instead"
+            )
+        model = model.merge_and_unload()
+    return model, rec.tokenizer
 
 
 def _causal(model) -> bool:

@@ -86,9 +86,7 @@ def train(
     if resuming:
         # The index, tokenizer and LM shape come from the checkpoint, so a resumed run continues
         # exactly the run that wrote it.
-        from .model import P5Recommender
-
-        saved = P5Recommender.from_pretrained(ckpt / "model")
+        saved = type(rec).from_pretrained(ckpt / "model")
         rec.indexer, rec.tokenizer, rec.model = saved.indexer, saved.tokenizer, saved.model
         rec.items, rec.user_tokens = saved.items, saved.user_tokens
         rec.train_history = split.train_sequences()
