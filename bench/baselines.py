@@ -42,10 +42,10 @@ from typing import Any
 
 import torch
 
-from promptrec.models.p5.config import parse_overrides
+from promptrec.core.config import parse_overrides
 from promptrec import __version__
 from promptrec.models.classic.popularity import MostPopular
-from promptrec.models.p5.config import DataConfig
+from promptrec.core.config import DataConfig
 from promptrec.data import Split, leave_one_out
 from promptrec.evaluation.ranking import evaluate_rankings, format_table
 from promptrec.pipeline import SUMMARY_KEYS, load_data, write_run

@@ -26,7 +26,7 @@ from collections import Counter
 from pathlib import Path
 
 
-from promptrec.models.p5.config import parse_overrides
+from promptrec.core.config import parse_overrides
 from promptrec.models.classic.popularity import MostPopular
 from promptrec.models.cold_start import ColdPrefixRecommender, evaluate_cold_start
 from promptrec.data import cold_item_split

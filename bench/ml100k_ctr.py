@@ -38,7 +38,7 @@ import torch
 from promptrec import __version__
 from promptrec.data import InteractionData, Split
 from promptrec.evaluation.ctr import CTRConfig, CTRSplit, LogisticCTR, build_ctr_examples, ctr_auc, sample_shots
-from promptrec.models.p5.config import DataConfig
+from promptrec.core.config import DataConfig
 from promptrec.pipeline import load_data
 
 ROOT = Path(__file__).resolve().parents[1]

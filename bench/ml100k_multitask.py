@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 
-from promptrec.models.p5.config import parse_overrides
+from promptrec.core.config import parse_overrides
 from promptrec.models.p5.config import RunConfig
 from promptrec.pipeline import quickstart_config, train_and_evaluate
 

@@ -27,7 +27,7 @@ from promptrec import __version__
 from promptrec.core.recommender import build_recommender
 from promptrec.data import Split, leave_one_out
 from promptrec.evaluation.rating import evaluate_ratings, random_split_ratings
-from promptrec.models.p5.config import DataConfig
+from promptrec.core.config import DataConfig
 from promptrec.pipeline import load_data
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 
-from promptrec.models.p5.config import parse_overrides
+from promptrec.core.config import parse_overrides
 from promptrec.data import leave_one_out
 from promptrec.models.p5.model import P5Recommender
 from promptrec.models.classic.popularity import MostPopular

@@ -32,8 +32,9 @@ from pathlib import Path
 from promptrec.data import leave_one_out
 from promptrec.evaluation.report import by_history_length
 from promptrec.evaluation.report import seed_paired as report_seed_paired
-from promptrec.models.p5.config import parse_overrides
-from promptrec.models.p5.config import DataConfig, RunConfig
+from promptrec.core.config import parse_overrides
+from promptrec.core.config import DataConfig
+from promptrec.models.p5.config import RunConfig
 from promptrec.models.p5.model import P5Recommender
 from promptrec.pipeline import load_data, train_and_evaluate
 

@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from promptrec.models.p5.config import parse_overrides
+from promptrec.core.config import parse_overrides
 from promptrec.models.p5.config import RunConfig
 from promptrec.pipeline import train_and_evaluate
 

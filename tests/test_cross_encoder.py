@@ -17,7 +17,7 @@ from promptrec.core.recommender import load_recommender
 from promptrec.data import leave_one_out
 from promptrec.evaluation.ctr import ctr_auc
 from promptrec.models.cross_encoder import CrossEncoderConfig, CrossEncoderRecommender, history_text
-from promptrec.models.p5.config import TuningConfig
+from promptrec.backbones.tuning import TuningConfig
 
 WORDS = ["good", "bad", "alpha", "beta", "gamma", "delta", "omega", "sigma", "drama", "horror", "comedy", "thing", "number", "movie"]
 SYMBOLS = [":", ";", ",", "(", ")"]

@@ -21,7 +21,8 @@ from .core.recommender import Recommender, build_recommender, load_recommender
 from .data import InteractionData, Split, leave_one_out, load_dataset
 from .evaluation.beyond import beyond_summary, default_user_groups, train_item_counts
 from .evaluation.ranking import evaluate_recommender, format_table, recommended_items, sample_users
-from .models.p5.config import DataConfig, FileConfig, RunConfig, _Strict
+from .core.config import DataConfig, FileConfig, _Strict
+from .models.p5.config import RunConfig
 
 log = logging.getLogger("promptrec")
 

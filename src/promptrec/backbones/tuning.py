@@ -9,15 +9,34 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
+from pydantic import Field
 from safetensors.torch import load_file, save_file
+
+from ..core.config import _Strict
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-    from ..models.p5.config import TuningConfig
+class TuningConfig(_Strict):
+    """How the backbone is trained: fully, or through a peft adapter with the base frozen."""
+
+    method: Literal["full", "lora", "prompt", "prefix", "ia3"] = Field(
+        "full", description="full fine-tuning, or peft: lora, prompt (soft prompts), prefix, ia3"
+    )
+    r: int = Field(8, ge=1, description="LoRA rank")
+    alpha: int = Field(16, ge=1, description="LoRA scaling numerator")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="LoRA dropout")
+    target_modules: list[str] | str | None = Field(
+        None, description="modules to adapt (LoRA, IA3); empty = peft's default for the architecture"
+    )
+    virtual_tokens: int = Field(20, ge=1, description="soft prompt / prefix length")
+    # Item and user tokens are new to any base model, so their embeddings must be learned even
+    # when the rest is frozen; off, only the adapter trains (cross-domain "no new vocabulary").
+    train_embeddings: bool = Field(True, description="also train the token embedding matrix")
+
 
 ADAPTER_DIR = "adapter"
 EMBEDDINGS = "embeddings.safetensors"

@@ -40,7 +40,7 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _overrides(values: list[str]) -> dict:
-    from ..models.p5.config import parse_overrides
+    from ..core.config import parse_overrides
 
     return parse_overrides(values)
 
@@ -110,7 +110,7 @@ def evaluate(
     """Evaluate a saved model with all-item ranking on a leave-one-out split of its dataset,
     beside freshly fitted comparison models on the same users."""
     from ..evaluation.ranking import format_table
-    from ..models.p5.config import DataConfig
+    from ..core.config import DataConfig
     from ..pipeline import SUMMARY_KEYS, _clean, evaluate_saved
 
     _setup_logging(verbose)
@@ -144,7 +144,7 @@ def templates(
     ranked; pick the best seen template by validation NDCG@10 and report the unseen gap."""
     from ..core.recommender import load_recommender
     from ..data import leave_one_out
-    from ..models.p5.config import DataConfig
+    from ..core.config import DataConfig
     from ..models.p5.template_search import search_templates
     from ..pipeline import load_data
 
@@ -225,7 +225,7 @@ def compare(
         typer.echo(json.dumps(seed_paired(run_dirs, against, metrics), indent=1, default=float))
     if by_length:
         from ..data import leave_one_out
-        from ..models.p5.config import DataConfig
+        from ..core.config import DataConfig
         from ..pipeline import JobConfig, load_data
 
         job = JobConfig.load(run_dirs[0] / "config.yaml")  # every run of one table is on the same data
@@ -361,7 +361,7 @@ def llm_eval(
     from ..data import leave_one_out
     from ..evaluation.ranking import evaluate_rankings
     from ..models.llm import LLMRecommender
-    from ..models.p5.config import DataConfig
+    from ..core.config import DataConfig
     from ..pipeline import load_data
 
     _setup_logging(verbose)
@@ -451,7 +451,7 @@ def data_info(
 ) -> None:
     """Load a dataset and print its size and leave-one-out split sizes."""
     from ..data import leave_one_out
-    from ..models.p5.config import DataConfig
+    from ..core.config import DataConfig
     from ..pipeline import load_data
 
     data = load_data(DataConfig(loader=loader, path=path))

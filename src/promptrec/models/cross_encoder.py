@@ -73,7 +73,7 @@ from ..core.recommender import (
 )
 from ..data.split import Split
 from ..evaluation.ctr import ctr_auc, history_examples
-from .p5.config import TuningConfig
+from ..backbones.tuning import TuningConfig
 
 log = logging.getLogger("promptrec")
 

@@ -6,48 +6,17 @@ model, with the package version, so a model directory explains how it was made.
 
 from __future__ import annotations
 
-import json
-from importlib import resources
-from pathlib import Path
 from typing import Any, Literal, Self
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DataConfig(_Strict):
-    loader: str = Field("ml-100k", description="registered data loader: p5, ml-100k, movielens, tabular")
-    path: str | None = Field(
-        None, description="dataset directory or file; for ml-100k, empty = the cached default copy"
-    )
-    options: dict[str, Any] = Field(default_factory=dict, description="extra loader arguments")
+from ...backbones.tuning import TuningConfig
+from ...core.config import DataConfig, FileConfig, _Strict
 
 
 class IndexConfig(_Strict):
     method: str = Field("collaborative", description="item indexer: random, sequential, collaborative")
     params: dict[str, Any] = Field(default_factory=dict, description="indexer parameters (levels, base, clusters, depth, ...)")
-
-
-class TuningConfig(_Strict):
-    """How the backbone is trained: fully, or through a peft adapter with the base frozen."""
-
-    method: Literal["full", "lora", "prompt", "prefix", "ia3"] = Field(
-        "full", description="full fine-tuning, or peft: lora, prompt (soft prompts), prefix, ia3"
-    )
-    r: int = Field(8, ge=1, description="LoRA rank")
-    alpha: int = Field(16, ge=1, description="LoRA scaling numerator")
-    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="LoRA dropout")
-    target_modules: list[str] | str | None = Field(
-        None, description="modules to adapt (LoRA, IA3); empty = peft's default for the architecture"
-    )
-    virtual_tokens: int = Field(20, ge=1, description="soft prompt / prefix length")
-    # Item and user tokens are new to any base model, so their embeddings must be learned even
-    # when the rest is frozen; off, only the adapter trains (cross-domain "no new vocabulary").
-    train_embeddings: bool = Field(True, description="also train the token embedding matrix")
 
 
 class ModelConfig(_Strict):
@@ -152,71 +121,6 @@ class EvalConfig(_Strict):
         description="constrained decoding: 'auto' picks the fastest exact search for the model; 'generate' always "
         "uses transformers' beam search with the trie (a reference for the fast paths)",
     )
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["train.epochs=3", "model.tuning={method: lora}"]`` -> ``{"train.epochs": 3, ...}``:
-    the ``--set`` syntax of the CLI and the benchmark scripts. Values are YAML, except that
-    ``5e-4`` (a string to PyYAML, which wants ``5.0e-4``) is a float."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--set expects key=value, got {item!r}")
-        value = yaml.safe_load(text)
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        out[key.strip()] = value
-    return out
-
-
-def recipes() -> list[str]:
-    """Names of the recipes shipped with promptrec (``src/promptrec/recipes/*.yaml``)."""
-    return sorted(p.name.removesuffix(".yaml") for p in resources.files("promptrec.recipes").iterdir() if p.name.endswith(".yaml"))
-
-
-def recipe_path(path: str | Path) -> Path:
-    """``path`` itself if it exists, else the shipped recipe of that name (``sequence_lm``)."""
-    if Path(path).exists() or not str(path).isidentifier():
-        return Path(path)
-    packaged = resources.files("promptrec.recipes").joinpath(f"{path}.yaml")
-    if not packaged.is_file():
-        raise FileNotFoundError(f"{path}: no such file, nor a shipped recipe ({', '.join(recipes())})")
-    return Path(str(packaged))
-
-
-class FileConfig(_Strict):
-    """A top-level config: read from YAML or JSON, written back as plain data, copied with
-    dotted-key overrides, validated like a file each time."""
-
-    @classmethod
-    def load(cls, path: str | Path) -> Self:
-        """From a YAML or JSON file, or a recipe shipped with promptrec by name (:func:`recipe_path`)."""
-        path = recipe_path(path)
-        text = path.read_text()
-        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        return cls.model_validate(raw or {})
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
-
-    def update(self, overrides: dict[str, Any]) -> Self:
-        """A copy with dotted-key overrides (``{"train.epochs": 3}``), validated like a file."""
-        raw = self.to_dict()
-        for key, value in overrides.items():
-            node = raw
-            *parents, leaf = key.split(".")
-            for p in parents:
-                if p not in node or not isinstance(node[p], dict):
-                    raise ValueError(f"unknown config key {key!r}")
-                node = node[p]
-            if leaf not in node and not isinstance(node, dict):
-                raise ValueError(f"unknown config key {key!r}")
-            node[leaf] = value
-        return type(self).model_validate(raw)
 
 
 class RunConfig(FileConfig):
