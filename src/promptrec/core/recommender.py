@@ -46,14 +46,16 @@ import logging
 from abc import ABC, abstractmethod
 from itertools import chain
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Self, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Self, Sequence
 
 import numpy as np
 import pandas as pd
 
 from .. import __version__
-from ..data.split import Split
 from .registry import Registry
+
+if TYPE_CHECKING:  # an annotation only: core imports nothing above it when it runs
+    from ..data.split import Split
 
 RECOMMENDATION_COLUMNS = ("user_id", "item_id", "score", "rank")
 STAGES = ("valid", "test")
