@@ -3,7 +3,7 @@ MovieLens-100K (Sports only when asked for: its SASRec run takes hours on a CPU)
 
 Leave-one-out per user (last item = test, the one before = validation, the rest = training),
 **all** catalogue items ranked, the user's history excluded, through the same harness as the LM
-recommenders (:func:`promptrec.evaluation.evaluate_rankings`, beyond-accuracy metrics included).
+recommenders (:func:`promptrec.evaluation.ranking.evaluate_rankings`, beyond-accuracy metrics included).
 For each (dataset, model) it writes
 
 - ``<results>/baselines_<dataset>_<model>.json``: accuracy (HR/NDCG@5/10/20, MRR), the
@@ -42,14 +42,14 @@ from typing import Any
 
 import torch
 
-from promptrec.config import parse_overrides
+from promptrec.core.config import parse_overrides
 from promptrec import __version__
-from promptrec.baselines import MostPopular
-from promptrec.config import DataConfig
+from promptrec.models.classic.popularity import MostPopular
+from promptrec.core.config import DataConfig
 from promptrec.data import Split, leave_one_out
-from promptrec.evaluation import evaluate_rankings, format_table
+from promptrec.evaluation.ranking import evaluate_rankings, format_table
 from promptrec.pipeline import SUMMARY_KEYS, load_data, write_run
-from promptrec.recommender import RECOMMENDERS, Recommender, build_recommender
+from promptrec.core.recommender import RECOMMENDERS, Recommender, build_recommender
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ("beauty", "sports", "ml-100k")
@@ -207,7 +207,7 @@ def main() -> None:
     # per-epoch training lines (loss, validation score, seconds) from the models' logger
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
-    for name in args.models:  # promptrec.baselines, imported above, registered every baseline
+    for name in args.models:  # promptrec.models, imported above, registered every baseline
         if name not in RECOMMENDERS:
             ap.error(f"unknown model {name!r}; registered: {', '.join(RECOMMENDERS.names())}")
     for dataset in set(args.datasets) - {"ml-100k"}:  # a wrong path fails now, not after an earlier dataset's hours

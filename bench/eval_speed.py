@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from promptrec.config import RunConfig
 from promptrec.data import leave_one_out, load_dataset
-from promptrec.model import P5Recommender
+from promptrec.models.p5.config import RunConfig
+from promptrec.models.p5.model import P5Recommender
 
 ROOT = Path(__file__).resolve().parents[1]
 

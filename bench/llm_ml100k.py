@@ -2,7 +2,7 @@
 
 1. Trains (or reuses) a promptrec decoder on MovieLens-100K (``ml100k_decoder``: a
    GPT-2 of the mini preset, one token per item, whole-sequence and candidate-choice prompts) and
-   exports it as a plain transformers chat model (:func:`promptrec.llm.export.export_chat_model`).
+   exports it as a plain transformers chat model (:func:`promptrec.models.p5.export.export_chat_model`).
 2. Starts ``transformers serve`` (an implementation independent of promptrec) on that directory.
 3. Evaluates, on the same seeded sample of test users, all items ranked, history excluded:
    - ``generate``: the served decoder names the next item (greedy, one code per reply); the list
@@ -33,13 +33,13 @@ from pathlib import Path
 
 import numpy as np
 
-from promptrec.config import RunConfig
+from promptrec.core.recommender import build_recommender, load_recommender
 from promptrec.data import leave_one_out
-from promptrec.evaluation import evaluate_rankings
-from promptrec.llm import LLMRecommender
-from promptrec.llm.export import export_chat_model, serve_chat_model
+from promptrec.evaluation.ranking import evaluate_rankings
+from promptrec.models.llm import LLMRecommender
+from promptrec.models.p5.config import RunConfig
+from promptrec.models.p5.export import export_chat_model, serve_chat_model
 from promptrec.pipeline import load_data, train_and_evaluate
-from promptrec.recommender import build_recommender, load_recommender
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("HR@10", "NDCG@10")
@@ -117,7 +117,7 @@ def main() -> None:
     finally:
         proc.terminate()
         proc.wait(30)
-    from promptrec.model import P5Recommender
+    from promptrec.models.p5.model import P5Recommender
 
     own = P5Recommender.from_pretrained(decoder / "model")
     rows.append(row("decoder ranked by promptrec (constrained, exact)", own, split, users))

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 
-from promptrec.config import parse_overrides
+from promptrec.core.config import parse_overrides
 from promptrec.pipeline import quickstart_config, train_and_evaluate
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -26,11 +26,11 @@ from collections import Counter
 from pathlib import Path
 
 
-from promptrec.config import parse_overrides
-from promptrec.baselines.popularity import MostPopular
-from promptrec.cold_start import ColdPrefixRecommender, evaluate_cold_start
+from promptrec.core.config import parse_overrides
+from promptrec.models.classic.popularity import MostPopular
+from promptrec.models.cold_start import ColdPrefixRecommender, evaluate_cold_start
 from promptrec.data import cold_item_split
-from promptrec.model import P5Recommender
+from promptrec.models.p5.model import P5Recommender
 from promptrec.pipeline import load_data, quickstart_config
 
 ROOT = Path(__file__).resolve().parents[1]

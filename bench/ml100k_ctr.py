@@ -1,6 +1,6 @@
 """MovieLens-100K like prediction in the TALLRec protocol: test AUC per model and shot count.
 
-Examples (:mod:`promptrec.ctr`): every rating with the user's 10 ratings before it as history
+Examples (:mod:`promptrec.evaluation.ctr`): every rating with the user's 10 ratings before it as history
 (liked = rating > 3), the label "rating > 3"; split by the target's time, 80 % / 10 % / 10 % of
 the rating times, so every training target precedes every validation and test target. Few-shot
 rows train on ``--shots`` examples drawn from the training examples with each seed of
@@ -14,7 +14,7 @@ One command per row; each prints JSON and writes ``bench/results/ctr_ml100k_<row
     python bench/ml100k_ctr.py --model cross_encoder --tuning lora --shots 64
     python bench/ml100k_ctr.py --model cross_encoder --tuning full --shots 0 --max-train 20000
 
-The cross-encoder (:mod:`promptrec.cross_encoder`) is all-MiniLM-L6-v2 unless ``--pretrained``
+The cross-encoder (:mod:`promptrec.models.cross_encoder`) is all-MiniLM-L6-v2 unless ``--pretrained``
 names another local directory. It chooses its weights by validation AUC on 1,000 seeded
 validation examples (``--max-valid``). On a CPU, ``--max-train`` and ``--max-test`` subsample the
 training and test examples (seeded); the JSON records both.
@@ -36,9 +36,9 @@ import pandas as pd
 import torch
 
 from promptrec import __version__
-from promptrec.config import DataConfig
-from promptrec.ctr import CTRConfig, CTRSplit, LogisticCTR, build_ctr_examples, ctr_auc, sample_shots
 from promptrec.data import InteractionData, Split
+from promptrec.evaluation.ctr import CTRConfig, CTRSplit, LogisticCTR, build_ctr_examples, ctr_auc, sample_shots
+from promptrec.core.config import DataConfig
 from promptrec.pipeline import load_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +75,7 @@ def run_logreg(train: pd.DataFrame, ctr: CTRSplit, data: InteractionData, seed: 
 def run_biased_mf(train: pd.DataFrame, ctr: CTRSplit, data: InteractionData, seed: int) -> dict[str, Any]:
     """Biased MF fitted on the training examples' ratings (early stopping on validation RMSE);
     a test example is scored by the predicted rating of its (user, item)."""
-    from promptrec.recommender import build_recommender
+    from promptrec.core.recommender import build_recommender
 
     columns = ["user_id", "item_id", "timestamp", "rating"]
     split = Split(data=data, train=train[columns], valid=ctr.valid[columns], test=ctr.test[columns])
@@ -94,7 +94,7 @@ def run_biased_mf(train: pd.DataFrame, ctr: CTRSplit, data: InteractionData, see
 def run_cross_encoder(
     train: pd.DataFrame, ctr: CTRSplit, data: InteractionData, seed: int, args: argparse.Namespace
 ) -> dict[str, Any]:
-    from promptrec.cross_encoder import CrossEncoderRecommender
+    from promptrec.models.cross_encoder import CrossEncoderRecommender
 
     model = CrossEncoderRecommender(
         pretrained=args.pretrained,

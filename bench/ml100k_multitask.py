@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 
-from promptrec.config import parse_overrides
-from promptrec.config import RunConfig
+from promptrec.core.config import parse_overrides
+from promptrec.models.p5.config import RunConfig
 from promptrec.pipeline import quickstart_config, train_and_evaluate
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,7 +1,7 @@
 """MovieLens-100K rating prediction: biased MF's RMSE/MAE on two splits, beside the global mean.
 
 (a) leave-one-out: each user's last rating is the test rating, the one before the validation
-    rating (early stopping), the rest training data (:mod:`promptrec.rating_eval`);
+    rating (early stopping), the rest training data (:mod:`promptrec.evaluation.rating`);
 (b) the classic random 80/20 split of the ratings (seeded), 10 % of the training part held out
     for early stopping, where MF-style models are known to reach an RMSE of about 0.91-0.94.
 
@@ -24,11 +24,11 @@ from typing import Any
 import torch
 
 from promptrec import __version__
-from promptrec.config import DataConfig
+from promptrec.core.recommender import build_recommender
 from promptrec.data import Split, leave_one_out
+from promptrec.evaluation.rating import evaluate_ratings, random_split_ratings
+from promptrec.core.config import DataConfig
 from promptrec.pipeline import load_data
-from promptrec.rating_eval import evaluate_ratings, random_split_ratings
-from promptrec.recommender import build_recommender
 
 ROOT = Path(__file__).resolve().parents[1]
 # Chosen by validation RMSE on split (b) in a small search: factors 32/64/128, reg 0.05-0.3,

@@ -20,13 +20,13 @@ import time
 from pathlib import Path
 
 
-from promptrec.config import parse_overrides
+from promptrec.core.config import parse_overrides
 from promptrec.data import leave_one_out
-from promptrec.model import P5Recommender
-from promptrec.baselines import MostPopular
-from promptrec.evaluation import evaluate_rankings
+from promptrec.models.p5.model import P5Recommender
+from promptrec.models.classic.popularity import MostPopular
+from promptrec.evaluation.ranking import evaluate_rankings
 from promptrec.pipeline import load_data, quickstart_config, train_and_evaluate
-from promptrec.template_search import search_templates
+from promptrec.models.p5.template_search import search_templates
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -29,13 +29,14 @@ import time
 from pathlib import Path
 
 
-from promptrec.config import parse_overrides
-from promptrec.config import DataConfig, RunConfig
 from promptrec.data import leave_one_out
-from promptrec.model import P5Recommender
+from promptrec.evaluation.report import by_history_length
+from promptrec.evaluation.report import seed_paired as report_seed_paired
+from promptrec.core.config import parse_overrides
+from promptrec.core.config import DataConfig
+from promptrec.models.p5.config import RunConfig
+from promptrec.models.p5.model import P5Recommender
 from promptrec.pipeline import load_data, train_and_evaluate
-from promptrec.report import by_history_length
-from promptrec.report import seed_paired as report_seed_paired
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = ROOT / "bench" / "results" / "quality.jsonl"

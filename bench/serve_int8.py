@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 from promptrec.data import leave_one_out
-from promptrec.evaluation import evaluate_rankings
-from promptrec.model import P5Recommender
+from promptrec.evaluation.ranking import evaluate_rankings
+from promptrec.models.p5.model import P5Recommender
 from promptrec.pipeline import SUMMARY_KEYS, load_data
 from promptrec.serving.engine import quantize_int8
 

@@ -29,8 +29,8 @@ import sys
 import time
 from pathlib import Path
 
-from promptrec.config import parse_overrides
-from promptrec.config import RunConfig
+from promptrec.core.config import parse_overrides
+from promptrec.models.p5.config import RunConfig
 from promptrec.pipeline import train_and_evaluate
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -51,8 +51,8 @@ def assert_recommender_contract(model, split, directory: Path, k: int = 5) -> No
     for an unknown user), the same code's evaluation without violations, ``k`` beyond what is
     left, argument errors, and a save/load round trip with no pickle files and equal answers.
     """
-    from promptrec.evaluation import evaluate_rankings
-    from promptrec.recommender import RECOMMENDATION_COLUMNS, STAGES, load_recommender
+    from promptrec.core.recommender import RECOMMENDATION_COLUMNS, STAGES, load_recommender
+    from promptrec.evaluation.ranking import evaluate_rankings
 
     catalogue = set(split.data.items.index)
     users = [*split.test["user_id"][:8], "nobody"]

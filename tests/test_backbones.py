@@ -5,13 +5,13 @@ import pandas as pd
 import pytest
 import torch
 
-from promptrec.evaluation import evaluate_recommender
-from promptrec.backbones import BACKBONES
-from promptrec.config import RunConfig
+from promptrec.evaluation.ranking import evaluate_recommender
+from promptrec.backbones.builders import BACKBONES
+from promptrec.models.p5.config import RunConfig
 from promptrec.data import InteractionData, leave_one_out
-from promptrec.model import P5Recommender
-from promptrec.recommender import load_recommender
-from promptrec.tokenization import build_tokenizer
+from promptrec.models.p5.model import P5Recommender
+from promptrec.core.recommender import load_recommender
+from promptrec.backbones.tokenization import build_tokenizer
 
 CAUSAL = ["gpt2", "llama", "qwen2"]
 METHODS = ["full", "lora", "prompt", "prefix", "ia3"]

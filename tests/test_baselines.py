@@ -19,13 +19,13 @@ import torch
 import torch.nn.functional as F
 from conftest import assert_recommender_contract
 
-from promptrec.data import InteractionData, Split, leave_one_out
-from promptrec.evaluation import evaluate_rankings
-from promptrec.recommender import (
+from promptrec.core.recommender import (
     RECOMMENDERS,
     STAGES,
     build_recommender,
 )
+from promptrec.data import InteractionData, Split, leave_one_out
+from promptrec.evaluation.ranking import evaluate_rankings
 
 # Tiny configs: each fits the cyclic data in well under a second on one thread.
 TINY = {
@@ -59,12 +59,12 @@ def lists(recs: pd.DataFrame) -> dict[str, list[str]]:
 
 
 def test_every_baseline_has_a_contract_case() -> None:
-    import promptrec.baselines  # noqa: F401  (registers them)
+    import promptrec.models  # noqa: F401  (registers them)
 
     baselines = {
         name
         for name in RECOMMENDERS
-        if RECOMMENDERS.get(name).__module__.startswith("promptrec.baselines.")
+        if RECOMMENDERS.get(name).__module__.startswith(("promptrec.models.classic.", "promptrec.models.sequential."))
     }
     assert baselines == set(TINY)
 
@@ -208,7 +208,7 @@ def test_without_validation_users_every_epoch_is_trained(name: str) -> None:
 
 
 def test_sasrec_ce_feeds_only_real_positions_to_the_softmax(cyclic_split, monkeypatch) -> None:
-    from promptrec.baselines import sasrec
+    from promptrec.models.sequential import sasrec
 
     rows: list[tuple[int, ...]] = []
     original = F.cross_entropy
@@ -238,7 +238,7 @@ def test_sasrec_ce_feeds_only_real_positions_to_the_softmax(cyclic_split, monkey
 
 
 def test_sasrec_encoder_is_causal_and_ignores_padding() -> None:
-    from promptrec.baselines.sasrec import SASRecNet
+    from promptrec.models.sequential.sasrec import SASRecNet
 
     torch.manual_seed(0)
     net = SASRecNet(n_items=30, hidden=16, blocks=2, heads=2, dropout=0.0, max_len=6).eval()

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from promptrec.baselines.popularity import MostPopular
-from promptrec.beyond import (
+from promptrec.data import InteractionData, Split
+from promptrec.evaluation.beyond import (
     activity_gap,
     average_popularity,
     beyond_accuracy,
@@ -27,8 +27,8 @@ from promptrec.beyond import (
     novelty,
     train_item_counts,
 )
-from promptrec.data import InteractionData, Split
-from promptrec.evaluation import evaluate_rankings, recommended_items
+from promptrec.evaluation.ranking import evaluate_rankings, recommended_items
+from promptrec.models.classic.popularity import MostPopular
 
 CATEGORIES = {"a": ["x", "y"], "b": ["x"], "c": ["y", "z"], "d": [], "e": ["z"], "f": ["z"]}
 TRAIN = [("u1", "a"), ("u1", "b"), ("u1", "c"), ("u1", "d"), ("u2", "a"), ("u2", "b"), ("u3", "a"), ("u4", "a")]

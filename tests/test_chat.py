@@ -22,10 +22,10 @@ from test_serve import KEY, TINY, Served
 from typer.testing import CliRunner
 
 from promptrec.cli import app
-from promptrec.config import RunConfig
-from promptrec.conversation import Catalogue, Conversation, Plan, engine_backend, item_attributes
 from promptrec.data import InteractionData, leave_one_out
-from promptrec.model import P5Recommender
+from promptrec.models.p5.config import RunConfig
+from promptrec.models.p5.model import P5Recommender
+from promptrec.serving.conversation import Catalogue, Conversation, Plan, engine_backend, item_attributes
 
 runner = CliRunner()
 ADJECTIVES = ["Silent", "Golden", "Crimson", "Hidden", "Frozen", "Wild"]

@@ -11,8 +11,8 @@ import pytest
 from conftest import cyclic_data
 from transformers import BertConfig, BertModel, BertTokenizerFast
 
-from promptrec.cold_start import evaluate_cold_start, random_expected, target_groups
 from promptrec.data import InteractionData, cold_item_split, leave_one_out
+from promptrec.models.cold_start import evaluate_cold_start, random_expected, target_groups
 
 
 def random_data(n_users: int = 60, n_items: int = 50, seed: int = 0) -> InteractionData:
@@ -108,7 +108,7 @@ class Oracle:
 
 
 def test_cold_and_warm_users_are_reported_apart() -> None:
-    from promptrec.baselines.popularity import MostPopular
+    from promptrec.models.classic.popularity import MostPopular
 
     split = cold_item_split(random_data(n_users=120, seed=6), fraction=0.2, seed=1)
     groups = target_groups(split, "test")
@@ -144,8 +144,8 @@ def encoder(tmp_path_factory):
 
 
 def test_a_semantic_id_model_can_decode_cold_items(encoder) -> None:
-    from promptrec.config import RunConfig
-    from promptrec.model import P5Recommender
+    from promptrec.models.p5.config import RunConfig
+    from promptrec.models.p5.model import P5Recommender
 
     split = cold_item_split(random_data(n_users=80, seed=3), fraction=0.2, seed=0)
     config = RunConfig().update({
@@ -198,7 +198,7 @@ class _Generative:
 
 
 def test_cold_items_follow_the_generated_item_with_their_code_prefix() -> None:
-    from promptrec.cold_start import ColdPrefixRecommender
+    from promptrec.models.cold_start import ColdPrefixRecommender
 
     rec = _Generative()
     cold = frozenset({"c1", "c2", "c3", "c9"})

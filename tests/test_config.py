@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from promptrec.config import RunConfig
+from promptrec.models.p5.config import RunConfig
 
 
 def test_unknown_key_rejected_in_file(tmp_path):

@@ -12,12 +12,12 @@ import pytest
 from conftest import assert_recommender_contract, cyclic_data
 from transformers import BertConfig, BertModel, BertTokenizerFast
 
-from promptrec.config import TuningConfig
-from promptrec.cross_encoder import CrossEncoderConfig, CrossEncoderRecommender, history_text
-from promptrec.ctr import ctr_auc
+from promptrec.backbones.tuning import trainable_parameters
+from promptrec.core.recommender import load_recommender
 from promptrec.data import leave_one_out
-from promptrec.recommender import load_recommender
-from promptrec.tuning import trainable_parameters
+from promptrec.evaluation.ctr import ctr_auc
+from promptrec.models.cross_encoder import CrossEncoderConfig, CrossEncoderRecommender, history_text
+from promptrec.backbones.tuning import TuningConfig
 
 WORDS = ["good", "bad", "alpha", "beta", "gamma", "delta", "omega", "sigma", "drama", "horror", "comedy", "thing", "number", "movie"]
 SYMBOLS = [":", ";", ",", "(", ")"]
@@ -101,7 +101,7 @@ def test_missing_bundled_encoder_says_how_to_install(monkeypatch) -> None:
 def test_tuning_method_trains_saves_and_reloads_identically(encoder, tmp_path, method) -> None:
     from transformers import AutoModelForSequenceClassification
 
-    from promptrec.tuning import supports_prefix_tuning
+    from promptrec.backbones.tuning import supports_prefix_tuning
 
     if method == "prefix" and not supports_prefix_tuning(AutoModelForSequenceClassification.from_pretrained(encoder)):
         with pytest.raises(ValueError, match="prefix tuning is not available"):
@@ -164,7 +164,7 @@ def test_recommender_contract_and_candidates(encoder, tmp_path) -> None:
     by_item = dict(zip(pool[:3], scores))
     assert all(by_item[i] == pytest.approx(s) for i, s in zip(recs["item_id"], recs["score"]))
 
-    from promptrec.baselines import MostPopular
+    from promptrec.models.classic.popularity import MostPopular
 
     retriever = MostPopular().fit(split)
     reranked = model.recommend([user], k=2, candidates=retriever, retrieve=5)

@@ -9,8 +9,8 @@ import pytest
 from conftest import shared_dataset
 from sklearn.metrics import roc_auc_score
 
-from promptrec.ctr import CTRConfig, LogisticCTR, build_ctr_examples, ctr_auc, history_examples, sample_shots
 from promptrec.data import InteractionData
+from promptrec.evaluation.ctr import CTRConfig, LogisticCTR, build_ctr_examples, ctr_auc, history_examples, sample_shots
 
 
 def rated_data(n_users: int = 30, n_items: int = 40, per_user: int = 25, seed: int = 0) -> InteractionData:

@@ -16,7 +16,7 @@ from conftest import ServedModel, cyclic_data
 from typer.testing import CliRunner
 
 from promptrec.cli import app
-from promptrec.recommender import recommender_names
+from promptrec.core.recommender import recommender_names
 
 runner = CliRunner()
 K = 5

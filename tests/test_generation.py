@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from promptrec.backbones import build_t5
-from promptrec.generation import (
+from promptrec.backbones.builders import build_t5
+from promptrec.models.p5.generation import (
     ItemTrie,
     TrieConstraint,
     collect_beams,

@@ -23,8 +23,8 @@ from fastapi import FastAPI, Request  # noqa: E402
 from fastapi.responses import JSONResponse, PlainTextResponse  # noqa: E402
 
 from promptrec.data import leave_one_out  # noqa: E402
-from promptrec.evaluation import evaluate_rankings  # noqa: E402
-from promptrec.llm import BudgetExceeded, Grounder, LLMError, LLMRecommender  # noqa: E402
+from promptrec.evaluation.ranking import evaluate_rankings  # noqa: E402
+from promptrec.models.llm import BudgetExceeded, Grounder, LLMError, LLMRecommender  # noqa: E402
 
 TITLE = re.compile(r"thing number (\d+)")
 KEY = "sk-test-0123456789abcdef-secret"
@@ -331,9 +331,9 @@ def transformers_server(tmp_path_factory):
 
     from conftest import cyclic_data
 
-    from promptrec.config import RunConfig
-    from promptrec.llm.export import export_chat_model, serve_chat_model
-    from promptrec.model import P5Recommender
+    from promptrec.models.p5.config import RunConfig
+    from promptrec.models.p5.export import export_chat_model, serve_chat_model
+    from promptrec.models.p5.model import P5Recommender
 
     if subprocess.run([sys.executable, "-c", "from transformers.utils.import_utils import is_serve_available as a; assert a()"]).returncode:
         pytest.skip("transformers serve needs its serving extra (fastapi, uvicorn, openai)")

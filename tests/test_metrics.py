@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from promptrec.metrics import (
+from promptrec.evaluation.metrics import (
     METRICS,
     auc,
     invalid_rate,

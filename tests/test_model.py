@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
-from promptrec.evaluation import evaluate_recommender
-from promptrec.config import RunConfig
-from promptrec.model import P5Recommender
-from promptrec.recommender import load_recommender
+from promptrec.evaluation.ranking import evaluate_recommender
+from promptrec.models.p5.config import RunConfig
+from promptrec.models.p5.model import P5Recommender
+from promptrec.core.recommender import load_recommender
 
 TINY = {
     "model.preset": "tiny",
@@ -143,8 +143,8 @@ def test_start_from_a_local_pretrained_directory(tmp_path, cyclic_split):
     """A local transformers directory (weights + tokenizer) is the starting point; its weights
     are kept, its tokenizer is extended with the item tokens."""
 
-    from promptrec.backbones import build_t5
-    from promptrec.tokenization import build_tokenizer
+    from promptrec.backbones.builders import build_t5
+    from promptrec.backbones.tokenization import build_tokenizer
 
     tok = build_tokenizer(["the user bought a thing next item history"], [], min_count=1)
     base = build_t5(len(tok), "tiny", pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
@@ -170,7 +170,7 @@ def test_saved_directory_is_all_a_fresh_process_needs(fitted, tmp_path):
     rec.save_pretrained(tmp_path / "model")
     user = split.test["user_id"][0]
     code = (
-        "import sys; from promptrec.recommender import load_recommender; "
+        "import sys; from promptrec.core.recommender import load_recommender; "
         f"r = load_recommender(sys.argv[1]); print(','.join(r.recommend([{user!r}], k=5)['item_id']))"
     )
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "model")], capture_output=True, text=True, check=True)

@@ -1,4 +1,4 @@
-"""Known answers for the P5 metrics beyond the all-item ranking (promptrec.lm_evaluation):
+"""Known answers for the P5 metrics beyond the all-item ranking (promptrec.models.p5.evaluation):
 yes/no AUC, the sampled choose-from-candidates family and the unconstrained invalid rate.
 
 The model is a tiny untrained P5 (only built: index, tokenizer, random LM). The outputs the extra
@@ -15,9 +15,9 @@ import pytest
 import torch
 from conftest import cyclic_data
 
-from promptrec.config import RunConfig
+from promptrec.models.p5.config import RunConfig
 from promptrec.data import leave_one_out
-from promptrec.model import P5Recommender
+from promptrec.models.p5.model import P5Recommender
 
 N_CANDIDATES = 6
 UNCONSTRAINED = 5  # the first five evaluated users are decoded without the trie

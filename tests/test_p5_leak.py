@@ -15,11 +15,11 @@ from collections import defaultdict
 import pytest
 from conftest import cyclic_data
 
-from promptrec.config import RunConfig
+from promptrec.models.p5.config import RunConfig
 from promptrec.data import leave_one_out
 from promptrec.indexing import ItemIndexer
-from promptrec.model import P5Recommender
-from promptrec.tasks import TASKS
+from promptrec.models.p5.model import P5Recommender
+from promptrec.prompts.tasks import TASKS
 
 FAMILIES = {"sequential": 1.0, "sequence": 1.0, "yesno": 1.0, "choose": 1.0}
 

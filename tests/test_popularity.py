@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from promptrec.core.recommender import RECOMMENDERS, build_recommender, load_recommender
 from promptrec.data import InteractionData, leave_one_out
-from promptrec.evaluation import evaluate_rankings, format_table
-from promptrec.recommender import RECOMMENDERS, build_recommender, load_recommender
+from promptrec.evaluation.ranking import evaluate_rankings, format_table
 
 SEQUENCES = {
     "u1": "abce",
@@ -50,7 +50,7 @@ def lists(recs: pd.DataFrame) -> dict[str, list[str]]:
 
 
 def test_registered() -> None:
-    from promptrec.baselines import MostPopular
+    from promptrec.models.classic.popularity import MostPopular
 
     assert RECOMMENDERS.get("popularity") is MostPopular
 
@@ -98,7 +98,7 @@ def test_ties_follow_the_seed_not_the_ids() -> None:
     split = leave_one_out(InteractionData(interactions=interactions, items=items))
 
     def order(seed: int) -> list[str]:
-        from promptrec.baselines import MostPopular
+        from promptrec.models.classic.popularity import MostPopular
 
         return MostPopular(seed=seed).fit(split).recommend(["new"], k=31)["item_id"].tolist()
 
@@ -111,7 +111,7 @@ def test_ties_follow_the_seed_not_the_ids() -> None:
 def test_fast_ranking_matches_the_generic_one(model) -> None:
     # MostPopular ranks by slicing its popularity order instead of scoring every item; the generic
     # ScoringRecommender path on its _scores (ties to the lower column) must give the same table.
-    from promptrec.recommender import ScoringRecommender
+    from promptrec.core.recommender import ScoringRecommender
 
     users = ["u1", "u2", "u3", "u4", "u5", "nobody"]
     for stage in ("valid", "test"):

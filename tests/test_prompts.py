@@ -1,7 +1,7 @@
 import pytest
 
-from promptrec.prompts import TemplateError, TemplateSet
-from promptrec.tasks import TASKS
+from promptrec.prompts.tasks import TASKS
+from promptrec.prompts.templates import TemplateError, TemplateSet
 
 
 def test_every_family_has_seen_and_unseen_templates_with_its_fields():

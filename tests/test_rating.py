@@ -12,9 +12,9 @@ import pytest
 import torch
 from conftest import cyclic_data
 
+from promptrec.core.recommender import build_recommender, load_recommender
 from promptrec.data import InteractionData, Split, leave_one_out
-from promptrec.rating_eval import evaluate_ratings, random_split_ratings
-from promptrec.recommender import build_recommender, load_recommender
+from promptrec.evaluation.rating import evaluate_ratings, random_split_ratings
 
 SMALL = {"factors": 4, "lr": 0.02, "reg": 0.01, "epochs": 60, "batch_size": 128, "progress": False}
 

@@ -4,10 +4,10 @@ validation or test interaction, and its codes do not depend on which items were 
 import pytest
 from conftest import shared_dataset
 
-from promptrec.config import RunConfig
 from promptrec.data import leave_one_out, load_dataset
 from promptrec.indexing import ItemIndexer, build_indexer
-from promptrec.model import P5Recommender
+from promptrec.models.p5.config import RunConfig
+from promptrec.models.p5.model import P5Recommender
 
 pytestmark = pytest.mark.realdata
 

@@ -9,13 +9,13 @@ import pytest
 from conftest import cyclic_data
 from typer.testing import CliRunner
 
-from promptrec.baselines.itemknn import ItemKNN
-from promptrec.baselines.popularity import MostPopular
 from promptrec.cli import app
 from promptrec.data import leave_one_out
-from promptrec.evaluation import evaluate_rankings
+from promptrec.evaluation.ranking import evaluate_rankings
+from promptrec.evaluation.report import compare_runs, load_run
+from promptrec.models.classic.itemknn import ItemKNN
+from promptrec.models.classic.popularity import MostPopular
 from promptrec.pipeline import write_run
-from promptrec.report import compare_runs, load_run
 
 runner = CliRunner()
 PLOTS = ("metric_at_k.png", "popularity.png", "groups.png")
@@ -98,7 +98,7 @@ def test_compare_rejects_a_missing_directory(tmp_path) -> None:
 def test_seed_averaged_paired_test_has_the_known_mean(runs, tmp_path) -> None:
     """Two "seeds" of one run averaged per user equal that run; the difference against the
     other run is the difference of the per-user means, computed here by hand."""
-    from promptrec.report import seed_paired
+    from promptrec.evaluation.report import seed_paired
 
     result = runner.invoke(app, ["compare", str(runs / "knn"), str(runs / "knn"), "--against", str(runs / "pop1")])
     assert result.exit_code == 0, result.output
@@ -114,7 +114,7 @@ def test_seed_averaged_paired_test_has_the_known_mean(runs, tmp_path) -> None:
 
 
 def test_by_length_groups_every_user_once(runs) -> None:
-    from promptrec.report import by_history_length
+    from promptrec.evaluation.report import by_history_length
 
     split = leave_one_out(cyclic_data())
     histories = split.history("test")

@@ -141,9 +141,9 @@ def test_text_embeddings_are_cached_and_keyed_by_texts_and_encoder(encoder, tmp_
 def test_a_p5_model_trains_and_recommends_on_semantic_ids(encoder, tmp_path) -> None:
     from conftest import cyclic_data
 
-    from promptrec.config import RunConfig
     from promptrec.data import leave_one_out
-    from promptrec.model import P5Recommender
+    from promptrec.models.p5.config import RunConfig
+    from promptrec.models.p5.model import P5Recommender
 
     split = leave_one_out(cyclic_data())
     config = RunConfig().update({
@@ -180,10 +180,10 @@ def test_item_tokens_start_from_their_text(encoder) -> None:
     import torch
     from conftest import cyclic_data
 
-    from promptrec.config import RunConfig
     from promptrec.data import leave_one_out
     from promptrec.indexing.semantic import text_item_vectors
-    from promptrec.model import P5Recommender
+    from promptrec.models.p5.config import RunConfig
+    from promptrec.models.p5.model import P5Recommender
 
     data = cyclic_data()
     rng = np.random.default_rng(1)
@@ -212,10 +212,10 @@ def test_item_anchor_pulls_items_back_to_their_text_start(encoder, tmp_path) -> 
     import torch
     from conftest import cyclic_data
 
-    from promptrec.config import RunConfig
     from promptrec.data import leave_one_out
-    from promptrec.model import P5Recommender
-    from promptrec.training import train
+    from promptrec.models.p5.config import RunConfig
+    from promptrec.models.p5.model import P5Recommender
+    from promptrec.models.p5.training import train
 
     split = leave_one_out(cyclic_data(n_users=20))
     lr = 0.01

@@ -6,12 +6,12 @@ import pandas as pd
 import pytest
 import torch
 
-from promptrec.evaluation import evaluate_recommender
-from promptrec.config import RunConfig
+from promptrec.evaluation.ranking import evaluate_recommender
+from promptrec.models.p5.config import RunConfig
 from promptrec.data import InteractionData, leave_one_out
-from promptrec.model import P5Recommender
-from promptrec.tasks import TASKS
-from promptrec.training import _loss
+from promptrec.models.p5.model import P5Recommender
+from promptrec.prompts.tasks import TASKS
+from promptrec.models.p5.training import _loss
 
 
 def config(**extra):
@@ -74,7 +74,7 @@ def test_target_only_output_layer_gives_the_full_loss(backbone, split):
 
 def test_whole_sequence_family_has_one_example_per_user_and_windows_long_histories():
     seqs = [["a", "b", "c"], ["d"], [str(i) for i in range(30)]]
-    from promptrec.tasks import TaskContext
+    from promptrec.prompts.tasks import TaskContext
 
     ctx = TaskContext(
         sequences=seqs, users=["u0", "u1", "u2"], catalogue=sorted({i for s in seqs for i in s}),

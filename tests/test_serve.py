@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 from conftest import cyclic_data
 
-from promptrec.config import RunConfig
 from promptrec.data import InteractionData, leave_one_out
-from promptrec.model import P5Recommender
+from promptrec.models.p5.config import RunConfig
+from promptrec.models.p5.model import P5Recommender
 from promptrec.serving.store import FeedbackStore
 
 KEY = "test-key-123"

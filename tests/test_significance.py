@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from promptrec import significance
-from promptrec.significance import bootstrap_ci, paired_test
+from promptrec.evaluation import significance
+from promptrec.evaluation.significance import bootstrap_ci, paired_test
 
 USERS = [f"u{i}" for i in range(200)]
 

@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from promptrec.beyond import gini, intra_list_diversity as beyond_ild
+from promptrec.evaluation.beyond import gini, intra_list_diversity as beyond_ild
 from promptrec.data import InteractionData
 from promptrec.data.split import Split
-from promptrec.recommender import RECOMMENDERS
-from promptrec.baselines.popularity import MostPopular
+from promptrec.core.recommender import RECOMMENDERS
+from promptrec.models.classic.popularity import MostPopular
 from promptrec.simulation import SimulationConfig, build_world, fit_oracle, run_one
 from promptrec.simulation.choice import ChoiceModel, UserState, chance_level
 from promptrec.simulation.interventions import SlateContext, build_intervention, popularity_groups

@@ -3,7 +3,7 @@
 import numpy as np
 
 from promptrec.indexing import build_indexer
-from promptrec.tasks import TASKS, TaskContext, length_batches, mixture_plan
+from promptrec.prompts.tasks import TASKS, TaskContext, length_batches, mixture_plan
 
 
 def context(split, **kw):

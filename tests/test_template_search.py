@@ -12,8 +12,8 @@ from conftest import cyclic_data
 from typer.testing import CliRunner
 
 from promptrec.data import leave_one_out
-from promptrec.prompts import Template, TemplateSet
-from promptrec.template_search import sample_users, search_templates
+from promptrec.models.p5.template_search import sample_users, search_templates
+from promptrec.prompts.templates import Template, TemplateSet
 
 # Rank of the target under each (template, stage); "u" is unseen and better than every seen one
 # on validation, so it must not be picked.
@@ -109,9 +109,9 @@ def test_user_sample_is_seeded_and_shared(cyclic_split) -> None:
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     """A tiny T5 P5 model trained for one epoch on cyclic data stored as a CSV, saved to disk."""
-    from promptrec.config import RunConfig
     from promptrec.data import load_dataset
-    from promptrec.model import P5Recommender
+    from promptrec.models.p5.config import RunConfig
+    from promptrec.models.p5.model import P5Recommender
 
     root = tmp_path_factory.mktemp("templates")
     data = cyclic_data()
@@ -139,7 +139,7 @@ def test_a_tiny_model_is_searched_deterministically(tiny_model) -> None:
     assert all(r[s]["history_violations"] == 0 and r[s]["invalid_rate"] == 0 for r in first.rows for s in first.stages)
     assert _without_timings(first.to_dict()) == _without_timings(second.to_dict())
     # The seen template the model evaluates with by default gives the same numbers as rec.evaluate.
-    from promptrec.evaluation import evaluate_rankings
+    from promptrec.evaluation.ranking import evaluate_rankings
 
     default = model._sequential_template().id
     summary, _ = evaluate_rankings(model, split, stage="test", k=10, users=first.users, metrics=["NDCG@10"])

@@ -1,4 +1,4 @@
-from promptrec.tokenization import build_tokenizer
+from promptrec.backbones.tokenization import build_tokenizer
 
 
 def test_item_codes_are_whole_tokens_and_text_is_word_level():
@@ -20,9 +20,9 @@ def test_tokenizer_round_trips_through_save(tmp_path):
 
 
 def test_every_template_word_is_in_the_vocabulary(cyclic_split):
-    from promptrec.config import RunConfig
-    from promptrec.model import P5Recommender
-    from promptrec.tokenization import words
+    from promptrec.backbones.tokenization import words
+    from promptrec.models.p5.config import RunConfig
+    from promptrec.models.p5.model import P5Recommender
 
     rec = P5Recommender(RunConfig().update({"model.preset": "tiny", "index.method": "random"})).build(cyclic_split)
     vocab = rec.tokenizer.get_vocab()

@@ -17,11 +17,12 @@ import pandas as pd
 
 from pydantic import Field, model_validator
 
-from .beyond import beyond_summary, default_user_groups, train_item_counts
-from .config import DataConfig, FileConfig, RunConfig, _Strict
+from .core.recommender import Recommender, build_recommender, load_recommender
 from .data import InteractionData, Split, leave_one_out, load_dataset
-from .evaluation import evaluate_recommender, format_table, recommended_items, sample_users
-from .recommender import Recommender, build_recommender, load_recommender
+from .evaluation.beyond import beyond_summary, default_user_groups, train_item_counts
+from .evaluation.ranking import evaluate_recommender, format_table, recommended_items, sample_users
+from .core.config import DataConfig, FileConfig, _Strict
+from .models.p5.config import RunConfig
 
 log = logging.getLogger("promptrec")
 
@@ -51,7 +52,7 @@ def write_run(
     """Write the evaluation part of a run directory, the layout ``promptrec compare`` reads.
 
     ``results`` maps an entry name (``"model"``, ``"popularity"``) to its ``(summary, per_user)``
-    from :func:`~promptrec.evaluation.evaluate_rankings`. Writes ``per_user_{name}.parquet``
+    from :func:`~promptrec.evaluation.ranking.evaluate_rankings`. Writes ``per_user_{name}.parquet``
     (metrics per user), ``recommendations_{name}.parquet`` (the lists, long form ``user_id,
     item_id, rank``, when ``per_user`` has its ``recommended`` column), ``item_popularity.parquet`` (training interactions per catalogue item) and
     ``metrics.json``: ``{name: summary, ..., **info}``, which it returns.

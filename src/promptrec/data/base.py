@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from ..registry import Registry
+from ..core.registry import Registry
 
 INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp", "rating")
 ITEM_TEXT_COLUMNS = ("title", "categories", "brand", "price")
@@ -70,8 +70,6 @@ class InteractionData:
 
     def sequences(self) -> dict[str, list[str]]:
         """Chronological item sequence per user (ties already broken by source order)."""
-        from .split import group_sequences
-
         return group_sequences(self.interactions)
 
     def summary(self) -> dict[str, Any]:
@@ -132,12 +130,27 @@ def normalise_items(items: pd.DataFrame | None, interactions: pd.DataFrame) -> p
     return items
 
 
+def group_sequences(df: pd.DataFrame, column: str = "item_id") -> dict[str, list]:
+    """user -> values of ``column`` in row order. Rows of a user are contiguous in a split table.
+
+    Plain numpy on object arrays: pandas' groupby on string columns is several times slower.
+    """
+    users = df["user_id"].to_numpy(dtype=object)
+    values = df[column].to_numpy(dtype=object)
+    if len(users) == 0:
+        return {}
+    cuts = np.flatnonzero(users[1:] != users[:-1]) + 1
+    starts = np.r_[0, cuts]
+    out: dict[str, list] = {}
+    for s, chunk in zip(starts, np.split(values, cuts)):
+        out.setdefault(users[s], []).extend(chunk.tolist())
+    return out
+
+
 # name -> loader(path, **options) -> InteractionData
 LOADERS: Registry[Callable[..., InteractionData]] = Registry("data loader")
 
 
 def load_dataset(loader: str, path: Any = None, **options: Any) -> InteractionData:
     """Load a dataset with a registered loader, e.g. ``load_dataset("p5", "data/beauty")``."""
-    from . import loaders  # noqa: F401  (registers the built-in loaders)
-
     return LOADERS.get(loader)(path, **options)

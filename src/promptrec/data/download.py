@@ -32,11 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .loaders.movielens import GROUPLENS_FILES, RECBOLE_FILES, load_ml100k
+from .base import LOADERS
 
 logger = logging.getLogger("promptrec")
 
 ML100K_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
+# The files that make a copy, in either layout (the ml-100k loader reads them).
+GROUPLENS_FILES = ("u.data", "u.item")
+RECBOLE_FILES = ("ml-100k.inter", "ml-100k.item")
 RECBOLE_REQUIREMENT = "recbole==1.2.1"
 RECBOLE_MEMBER_DIR = "recbole/dataset_example/ml-100k/"
 GROUPLENS_KEEP = ("u.data", "u.item", "u.user", "u.genre", "u.occupation", "u.info", "README")
@@ -155,7 +158,7 @@ def _cached_copy_is_intact(target: Path) -> bool:
 
 def verify_ml100k(directory: Path, check: ML100KCheck = ML100K_CHECK) -> dict[str, str]:
     """Load ``directory`` and compare it with ``check``; returns the ratings file's digest."""
-    data = load_ml100k(directory)
+    data = LOADERS.get("ml-100k")(directory)  # registered by promptrec.data (loaders.movielens)
     ratings_file = "u.data" if data.meta.get("source") == "grouplens" else "ml-100k.inter"
     found = (data.n_users, data.n_items, len(data.interactions))
     expected = (check.users, check.items, check.ratings)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .base import InteractionData
+from .base import InteractionData, group_sequences
 
 
 @dataclass
@@ -47,23 +47,6 @@ class Split:
 
     def train_items(self) -> set[str]:
         return set(self.train["item_id"].unique())
-
-
-def group_sequences(df: pd.DataFrame, column: str = "item_id") -> dict[str, list]:
-    """user -> values of ``column`` in row order. Rows of a user are contiguous in a split table.
-
-    Plain numpy on object arrays: pandas' groupby on string columns is several times slower.
-    """
-    users = df["user_id"].to_numpy(dtype=object)
-    values = df[column].to_numpy(dtype=object)
-    if len(users) == 0:
-        return {}
-    cuts = np.flatnonzero(users[1:] != users[:-1]) + 1
-    starts = np.r_[0, cuts]
-    out: dict[str, list] = {}
-    for s, chunk in zip(starts, np.split(values, cuts)):
-        out.setdefault(users[s], []).extend(chunk.tolist())
-    return out
 
 
 def leave_one_out(data: InteractionData) -> Split:

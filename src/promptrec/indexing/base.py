@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import pandas as pd
 
-from ..registry import Registry
+from ..core.registry import Registry
 
 INDEXERS: Registry[type["ItemIndexer"]] = Registry("item indexer")
 
@@ -103,7 +103,6 @@ class ItemIndexer:
 
     @staticmethod
     def load(directory: str | Path) -> "ItemIndexer":
-        _register_builtins()
         raw = json.loads((Path(directory) / "item_index.json").read_text())
         cls = INDEXERS.get(raw["name"])
         obj = cls(seed=raw["seed"], **raw["params"])
@@ -117,10 +116,5 @@ def _token_sort_key(tok: str) -> tuple[str, int, str]:
     return (head, int(tail) if tail.isdigit() else -1, tok)
 
 
-def _register_builtins() -> None:
-    from . import collaborative, random_ids, semantic, sequential  # noqa: F401  (each registers itself)
-
-
 def build_indexer(name: str, **params: Any) -> ItemIndexer:
-    _register_builtins()
     return INDEXERS.get(name)(**params)

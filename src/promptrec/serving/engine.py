@@ -85,7 +85,7 @@ class Engine:
     def __init__(
         self, model_dir: str | Path, quantize: str | None = None, like_threshold: float = LIKE_THRESHOLD
     ) -> None:
-        from ..recommender import load_recommender
+        from ..core.recommender import load_recommender
 
         directory = Path(model_dir)
         started = time.perf_counter()

@@ -3,7 +3,7 @@
 
 Any OpenAI client pointed at ``http://HOST:PORT/v1`` gets recommendations. The conversation is
 rebuilt from the request's user messages on every call (the protocol is stateless) with
-:class:`promptrec.conversation.Conversation`: a user id (the request's ``user`` field, or "user
+:class:`promptrec.serving.conversation.Conversation`: a user id (the request's ``user`` field, or "user
 42" in a message), liked and disliked items, attribute constraints. The ranking comes from
 :meth:`Server.rank`, the path of ``/recommend``, so a conversation that only names a user gets
 exactly the items ``/recommend`` (and ``promptrec recommend``) give that user.
@@ -222,7 +222,7 @@ def _validation_message(err: RequestValidationError) -> tuple[str, str | None]:
 
 def add_openai_routes(app: FastAPI, server: Server, settings: ServeSettings) -> None:
     """Register /v1/models and /v1/chat/completions on ``app``."""
-    from ..conversation import Conversation
+    from .conversation import Conversation
 
     @app.exception_handler(OpenAIError)
     async def openai_error(request: Request, err: OpenAIError) -> JSONResponse:

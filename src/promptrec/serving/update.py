@@ -20,9 +20,9 @@ from typing import Any
 
 import pandas as pd
 
+from ..core.recommender import Recommender, load_recommender
 from ..data import InteractionData, Split
-from ..evaluation import evaluate_rankings
-from ..recommender import Recommender, load_recommender
+from ..evaluation.ranking import evaluate_rankings
 from .engine import LIKE_THRESHOLD, POSITIVE
 from .store import FeedbackStore
 

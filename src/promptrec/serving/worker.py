@@ -57,7 +57,7 @@ class Job:
 
 # -- the child side ------------------------------------------------------------------------------
 def _describe(engine: Any) -> dict[str, Any]:
-    from ..conversation import item_attributes
+    from .conversation import item_attributes
 
     return {
         "version": engine.version,
@@ -282,10 +282,10 @@ class ModelPool:
         return self.titles.get(item_id)
 
     def grounding(self) -> Any:
-        """The :class:`~promptrec.conversation.Catalogue` of this model, built on first use (it
+        """The :class:`~promptrec.serving.conversation.Catalogue` of this model, built on first use (it
         needs rapidfuzz, an optional dependency) and kept as long as the model serves."""
         if self._grounding is None:
-            from ..conversation import Catalogue
+            from .conversation import Catalogue
 
             self._grounding = Catalogue(self.item_order, self.titles, self.attributes, self.users)
         return self._grounding

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from ..config import DataConfig, FileConfig, _Strict
+from ..core.config import DataConfig, FileConfig, _Strict
 
 
 class OracleConfig(_Strict):

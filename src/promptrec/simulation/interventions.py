@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..registry import Registry
+from ..core.registry import Registry
 
 
 @dataclass

@@ -44,9 +44,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..core.recommender import Recommender, build_recommender, load_recommender
 from ..data.base import InteractionData
 from ..data.split import Split, leave_one_out
-from ..recommender import Recommender, build_recommender, load_recommender
 from .choice import ChoiceModel, UserState, item_genre_vectors
 from .config import InterventionEntry, RecommenderEntry, SimulationConfig, UpdateEntry
 from .interventions import SlateContext, build_intervention

@@ -7,12 +7,12 @@ For the slates ``S`` (U, K) shown in a round to the visiting users and their rea
 - ``retention`` = users still active after the round / all users;
 - ``coverage`` = distinct items shown / catalogue size (aggregate diversity);
 - ``gini`` = Gini coefficient of exposure (times shown) over the whole catalogue
-  (:func:`promptrec.beyond.gini`; never-shown items count as 0);
+  (:func:`promptrec.evaluation.beyond.gini`; never-shown items count as 0);
 - ``popularity`` = ``mean_u mean_{i in S_u} pop(i)``, ``pop(i)`` = share of users who
   interacted with i in the *initial* (real) log, a fixed yardstick across rounds;
 - ``ild`` = intra-list diversity, ``mean_u mean_{i<j in S_u} (1 - cos(g_i, g_j))`` over genre
   vectors (pairs with an item without genres skipped), as
-  :func:`promptrec.beyond.intra_list_diversity` with embeddings;
+  :func:`promptrec.evaluation.beyond.intra_list_diversity` with embeddings;
 - per user group (``group[<grouping>=<value>]``): ctr, satisfaction, popularity and coverage of
   the group's slates, and per grouping the gap (``gap[<grouping>]_<metric>``) between its first
   and its last group in the grouping's order (activity: most minus least active fifth; gender:
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..beyond import gini
+from ..evaluation.beyond import gini
 from .choice import Outcome
 
 GROUP_METRICS = ("ctr", "satisfaction", "popularity", "coverage")

@@ -15,9 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..base import LOADERS, DataFormatError, InteractionData
+from ..download import GROUPLENS_FILES, RECBOLE_FILES, get_ml100k
 
-GROUPLENS_FILES = ("u.data", "u.item")
-RECBOLE_FILES = ("ml-100k.inter", "ml-100k.item")
 GENRES = (
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
     "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",
@@ -36,8 +35,6 @@ def load_ml100k(path: str | Path | None = None, name: str = "ml-100k") -> Intera
     With no path, the default copy is obtained (and cached) by :func:`promptrec.data.download.get_ml100k`.
     """
     if path is None:
-        from ..download import get_ml100k
-
         path = get_ml100k()
     directory = Path(path)
     if all((directory / f).is_file() for f in GROUPLENS_FILES):

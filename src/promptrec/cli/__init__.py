@@ -1,0 +1,512 @@
+"""``promptrec`` command line: a thin layer over the library (see :mod:`promptrec.pipeline`)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+
+app = typer.Typer(
+    help="promptrec: recommendation with language models (pretrain, prompt, predict), "
+    "evaluated leak-free with all-item ranking.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Obtain and inspect datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+RECOMMENDER_HELP = (
+    "registered recommender: p5 (prompt LMs), sasrec, bpr, itemknn, popularity, biased_mf, "
+    "cross_encoder, llm, cold_prefix"
+)
+_debug = False
+
+
+@app.callback()
+def _options(
+    debug: Annotated[bool, typer.Option("--debug", help="show the full traceback of an error")] = False,
+) -> None:
+    global _debug
+    _debug = debug
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("promptrec").setLevel(logging.INFO)
+
+
+def _overrides(values: list[str]) -> dict:
+    from ..core.config import parse_overrides
+
+    return parse_overrides(values)
+
+
+@app.command()
+def train(
+    output: Annotated[Path, typer.Option("--output", "-o", help="run directory: model/, compare/, metrics.json, checkpoint")],
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help=RECOMMENDER_HELP + " (default: the config's, else p5)")] = None,
+    config: Annotated[
+        Optional[Path],
+        typer.Option("--config", "-c", help="job config (YAML/JSON: recommender, data, params, compare, evaluation) or a prompt-LM run config; a file or a shipped recipe: sequence_lm, t5_p5, ml100k_decoder, quickstart"),
+    ] = None,
+    loader: Annotated[Optional[str], typer.Option(help="data loader: ml-100k, p5, movielens, tabular (default: the config's, else ml-100k)")] = None,
+    data: Annotated[Optional[str], typer.Option(help="dataset path (default: the config's; ml-100k: the cached copy)")] = None,
+    resume: Annotated[bool, typer.Option(help="continue from the checkpoint in OUTPUT (models that keep one)")] = False,
+    set_: Annotated[
+        Optional[list[str]],
+        typer.Option("--set", help="override a key: data.*, evaluation.*, or a model parameter (--set epochs=50, --set train.lr=1e-3)"),
+    ] = None,
+    verbose: bool = False,
+) -> None:
+    """Train any registered recommender on a leave-one-out split, save it to OUTPUT/model, and
+    evaluate it beside the models it is compared with (popularity by default) on the same users,
+    all items ranked, history excluded."""
+    from ..pipeline import JobConfig, run_job
+
+    _setup_logging(verbose)
+    job = JobConfig.load(config) if config else JobConfig()
+    overrides = _overrides(set_ or [])
+    if model:
+        overrides["recommender"] = model
+        if model != job.recommender and config is None:
+            overrides["params"] = {}
+    if loader:
+        overrides["data.loader"] = loader
+    if data is not None:
+        overrides["data.path"] = data
+    run_job(job.update(overrides), output, resume=resume)
+
+
+@app.command()
+def quickstart(
+    output: Annotated[Path, typer.Option("--output", "-o", help="run directory")] = Path("runs/quickstart"),
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a key, as for train")] = None,
+    verbose: bool = False,
+) -> None:
+    """The main job: fetch MovieLens-100K, train the project's best sequence LM and SASRec on the
+    CPU, and show them beside popularity on the same users."""
+    from ..pipeline import quickstart_job, run_job
+
+    _setup_logging(verbose)
+    run_job(quickstart_job().update(_overrides(set_ or [])), output)
+
+
+@app.command()
+def evaluate(
+    model: Annotated[Path, typer.Option("--model", "-m", help="saved model directory (any recommender)")],
+    loader: Annotated[Optional[str], typer.Option(help="data loader (default: the data the model was trained on)")] = None,
+    data: Annotated[Optional[str], typer.Option(help="dataset path (default: the data the model was trained on)")] = None,
+    stage: Annotated[str, typer.Option(help="valid or test")] = "test",
+    users: Annotated[int, typer.Option(help="evaluate a seeded sample of this many users (0 = all); every row uses the same users")] = 0,
+    seed: Annotated[int, typer.Option(help="seed of the user sample")] = 0,
+    compare: Annotated[Optional[list[str]], typer.Option(help="recommender fitted and evaluated beside it (repeatable; default popularity)")] = None,
+    output: Annotated[Optional[Path], typer.Option(help="write results JSON here")] = None,
+    verbose: bool = False,
+) -> None:
+    """Evaluate a saved model with all-item ranking on a leave-one-out split of its dataset,
+    beside freshly fitted comparison models on the same users."""
+    from ..evaluation.ranking import format_table
+    from ..core.config import DataConfig
+    from ..pipeline import SUMMARY_KEYS, _clean, evaluate_saved
+
+    _setup_logging(verbose)
+    if stage not in ("valid", "test"):
+        raise typer.BadParameter(f"--stage must be valid or test, got {stage!r}")
+    dcfg = None
+    if loader or data is not None:
+        if not loader:
+            raise typer.BadParameter("--data needs --loader")
+        dcfg = DataConfig(loader=loader, path=data)
+    results = evaluate_saved(model, dcfg, stage=stage, users=users, seed=seed, compare=compare or ["popularity"])
+    summaries = {name: _clean(summary) for name, (summary, _) in results.items()}
+    print(format_table(summaries, SUMMARY_KEYS))
+    print(f"{summaries['model']['eval_users']} {stage} users for every row, all items ranked, history excluded")
+    if output:
+        output.write_text(json.dumps(summaries, indent=2, default=str))
+
+
+@app.command()
+def templates(
+    model: Annotated[Path, typer.Option("--model", "-m", help="model directory written by train")],
+    stage: Annotated[
+        Optional[list[str]], typer.Option(help="stage(s) to evaluate, repeatable (default: valid and test)")
+    ] = None,
+    users: Annotated[int, typer.Option(help="evaluate this many users, drawn with the model's seed (0 = all)")] = 0,
+    family: Annotated[str, typer.Option(help="template family")] = "sequential",
+    output: Annotated[Optional[Path], typer.Option(help="write results JSON here")] = None,
+    verbose: bool = False,
+) -> None:
+    """Evaluate a saved model with every template of a family (seen and unseen), all items
+    ranked; pick the best seen template by validation NDCG@10 and report the unseen gap."""
+    from ..core.recommender import load_recommender
+    from ..data import leave_one_out
+    from ..core.config import DataConfig
+    from ..models.p5.template_search import search_templates
+    from ..pipeline import load_data
+
+    _setup_logging(verbose)
+    rec = load_recommender(model)
+    if not hasattr(rec, "templates"):
+        raise ValueError(f"{model} holds a {rec.name} model: template search needs a prompt model (p5)")
+    split = leave_one_out(load_data(DataConfig.model_validate(rec.fit_info_.get("data") or rec.config.data.model_dump(mode="json"))))
+    result = search_templates(rec, split, family=family, stages=stage or ("valid", "test"),
+                              users=users, seed=rec.config.train.seed)
+    typer.echo(result.format())
+    if result.templates(seen=True) and result.templates(seen=False):
+        for st in result.stages:
+            g = result.gap(st)
+            typer.echo(
+                f"{st}: seen mean NDCG@10 {g['NDCG@10']['seen']:.4f}, unseen {g['NDCG@10']['unseen']:.4f} "
+                f"(gap {g['NDCG@10']['gap']:+.4f}); HR@10 {g['HR@10']['seen']:.4f} vs "
+                f"{g['HR@10']['unseen']:.4f} (gap {g['HR@10']['gap']:+.4f}); {g['users']} users"
+            )
+    if output:
+        output.write_text(result.to_json())
+
+
+@app.command()
+def recommend(
+    model: Annotated[Path, typer.Option("--model", "-m", help="model directory")],
+    user: Annotated[list[str], typer.Option("--user", "-u", help="external user id (repeatable)")],
+    k: Annotated[int, typer.Option("-k", help="number of items")] = 10,
+    history: Annotated[Optional[str], typer.Option(help="comma-separated item ids to use as the history instead of the stored one")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Top-k items for users of a saved model (any recommender), with titles."""
+    from ..core.recommender import load_recommender
+
+    rec = load_recommender(model)
+    rec.progress = False
+    hist = {u: history.split(",") for u in user} if history else None
+    unknown = [u for u in user if not rec.history(u) and hist is None]
+    if unknown:
+        typer.echo(f"note: no stored history for {', '.join(unknown)}; recommending from an empty history", err=True)
+    recs = rec.recommend(user, k=k, histories=hist)
+    items = rec.item_table()
+    titles = items["title"] if "title" in items else None
+    recs["title"] = [titles.get(i) if titles is not None else None for i in recs["item_id"]]
+    if json_:
+        typer.echo(recs.to_json(orient="records"))
+        return
+    for u, g in recs.groupby("user_id", sort=False):
+        typer.echo(f"user {u}:")
+        for r in g.itertuples():
+            typer.echo(f"  {r.rank:>3}. {r.item_id:<14} {r.score:9.4f}  {r.title or ''}")
+
+
+@app.command()
+def compare(
+    run_dirs: Annotated[
+        list[Path],
+        typer.Argument(metavar="RUN_DIR", help="run directories (metrics.json + per-user files) or results JSON files"),
+    ],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="where report.md and the plots go")] = None,
+    metric: Annotated[str, typer.Option(help="per-user metric for the paired tests and group plot")] = "NDCG@10",
+    baseline: Annotated[str, typer.Option(help="the baseline entry of each run directory")] = "popularity",
+    against: Annotated[
+        Optional[Path],
+        typer.Option(help="seed-averaged paired test: RUN_DIRs are seeds of one recipe, averaged per user and tested against this run"),
+    ] = None,
+    by_length: Annotated[
+        bool, typer.Option("--by-length", help="per-user METRIC of each run by the length of the user's test history")
+    ] = False,
+) -> None:
+    """Compare runs: a markdown report with paired significance tests and plots in OUTPUT;
+    --against: the seed-averaged paired test of one recipe against another run (JSON);
+    --by-length: where each model gains or loses, by history length (JSON)."""
+    from ..evaluation.report import by_history_length, compare_runs, seed_paired
+
+    if against is not None:
+        metrics = list(dict.fromkeys(["HR@10", "NDCG@10", metric]))
+        typer.echo(json.dumps(seed_paired(run_dirs, against, metrics), indent=1, default=float))
+    if by_length:
+        from ..data import leave_one_out
+        from ..core.config import DataConfig
+        from ..pipeline import JobConfig, load_data
+
+        job = JobConfig.load(run_dirs[0] / "config.yaml")  # every run of one table is on the same data
+        histories = leave_one_out(load_data(DataConfig.model_validate(job.data.model_dump()))).history("test")
+        typer.echo(json.dumps(by_history_length(run_dirs, histories, metric), indent=1))
+    if output is not None:
+        typer.echo(compare_runs(run_dirs, output, metric=metric, baseline=baseline))
+    elif against is None and not by_length:
+        raise typer.BadParameter("give --output (a report), --against RUN_DIR or --by-length")
+
+
+@app.command()
+def serve(
+    model: Annotated[Path, typer.Argument(help="saved model directory of any recommender (save_pretrained)")],
+    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 8000,
+    database: Annotated[
+        Optional[str], typer.Option(help="feedback store: SQLAlchemy URL (postgresql+psycopg://...) or SQLite path")
+    ] = None,
+    api_key: Annotated[
+        Optional[str],
+        typer.Option(envvar="PROMPTREC_API_KEY", help="key for /feedback and /admin (X-API-Key header)"),
+    ] = None,
+    quantize: Annotated[Optional[str], typer.Option(help="int8: dynamic int8 Linear layers (CPU)")] = None,
+    max_k: Annotated[int, typer.Option(help="largest k a request may ask")] = 100,
+    batch_wait_ms: Annotated[
+        float, typer.Option(help="how long a batch waits for more requests once the model is free (0: not at all)")
+    ] = 0.0,
+    model_processes: Annotated[
+        int, typer.Option(help="copies of the model, each in its own process; batches run side by side")
+    ] = 1,
+    threads: Annotated[
+        Optional[int], typer.Option(help="torch threads per model process (default: torch's)")
+    ] = None,
+    model_name: Annotated[
+        str, typer.Option(help="the model's name on the OpenAI-compatible endpoints (/v1/models, /v1/chat/completions)")
+    ] = "promptrec",
+) -> None:
+    """Serve MODEL over HTTP (OpenAPI docs at /docs): recommendations that follow each user's
+    feedback at once, a durable feedback store, and model swaps without downtime (POST
+    /admin/reload or SIGHUP). OpenAI clients get recommendations from /v1/chat/completions
+    (base_url http://HOST:PORT/v1). The model runs in a child process beside the HTTP server."""
+    import secrets
+    import sys
+
+    import uvicorn
+
+    from ..core.recommender import read_config
+    from ..serving.app import ServeSettings, create_app
+
+    _setup_logging(True)
+    read_config(model)  # a directory that is not a saved model fails here, before the server starts
+    if quantize not in (None, "int8"):
+        raise typer.BadParameter(f"--quantize must be int8, got {quantize!r}")
+    if not api_key:
+        api_key = secrets.token_urlsafe(24)
+        print(f"no --api-key or PROMPTREC_API_KEY: write and admin requests need X-API-Key: {api_key}", file=sys.stderr)
+    settings = ServeSettings(
+        model_dir=model, database=database, api_key=api_key, quantize=quantize, max_k=max_k,
+        batch_wait_ms=batch_wait_ms, model_processes=model_processes, threads=threads, model_name=model_name,
+    )
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
+
+
+@app.command()
+def chat(
+    model: Annotated[Path, typer.Option("--model", "-m", help="model directory written by train")],
+    user: Annotated[
+        Optional[str], typer.Option("--user", "-u", help="start from this user's stored history (or say 'I am user 42')")
+    ] = None,
+    k: Annotated[int, typer.Option("-k", min=1, help="items per reply")] = 10,
+    threshold: Annotated[
+        float, typer.Option(min=0, max=100, help="fuzzy-match score (0-100) a title or attribute value must reach")
+    ] = 85.0,
+    json_: Annotated[bool, typer.Option("--json", help="one JSON object per reply: text, items, mentions, state")] = False,
+) -> None:
+    """Talk to a saved model: every line read from the terminal or a pipe is one turn, answered
+    with recommendations. Name items by title (typos are fine) or id ("item 50"), attributes by
+    value (a genre, category or brand); "not", "I didn't like", "no more" mark dislikes. For
+    example: "I am user 196", "I liked Toy Story and Fargo", "not Star Wars", "something in
+    genre comedy", "start over". "quit" or the end of the input ends the session."""
+    import sys
+
+    from ..serving.conversation import Catalogue, Conversation, engine_backend
+    from ..serving.engine import Engine
+
+    engine = Engine(model)
+    conversation = Conversation(
+        Catalogue.from_recommender(engine.rec, threshold), engine_backend(engine), user_id=user, k=k
+    )
+    interactive = sys.stdin.isatty()
+    if interactive:
+        typer.echo("Tell me what you liked or did not; 'quit' to leave.")
+    while True:
+        if interactive:
+            typer.echo("> ", nl=False)
+        line = sys.stdin.readline()
+        if not line or line.strip().lower() in {"quit", "exit"}:
+            break
+        if not line.strip():
+            continue
+        reply = conversation.turn(line.strip())
+        typer.echo(json.dumps(reply.to_dict()) if json_ else reply.text + "\n")
+
+
+@app.command("llm")
+def llm_eval(
+    base_url: Annotated[str, typer.Option(help="the endpoint's /v1 address, e.g. http://127.0.0.1:8000/v1")],
+    model: Annotated[str, typer.Option(help="model name the endpoint serves")],
+    loader: Annotated[str, typer.Option(help="data loader: ml-100k, p5, movielens, tabular")] = "ml-100k",
+    data: Annotated[Optional[str], typer.Option(help="dataset path (ml-100k: empty = the cached default copy)")] = None,
+    option: Annotated[Optional[list[str]], typer.Option(help="loader argument, e.g. --option items=items.csv")] = None,
+    mode: Annotated[str, typer.Option(help="generate (the model names items) or rerank (it orders a retriever's candidates)")] = "generate",
+    retriever: Annotated[str, typer.Option(help="registered recommender (or saved model directory) that proposes candidates and fills short lists")] = "popularity",
+    candidates: Annotated[int, typer.Option(help="rerank: candidates shown")] = 20,
+    shots: Annotated[int, typer.Option(help="few-shot demonstrations from other users' training data")] = 0,
+    template: Annotated[Optional[str], typer.Option(help="template id (default chat-1 / chat-rerank-1)")] = None,
+    users: Annotated[int, typer.Option(help="evaluate a seeded sample of this many test users (0 = all)")] = 500,
+    k: Annotated[int, typer.Option("-k", help="list length")] = 10,
+    api_key_env: Annotated[str, typer.Option(help="environment variable holding the API key (never logged)")] = "OPENAI_API_KEY",
+    cache_dir: Annotated[Path, typer.Option(help="on-disk response cache: a rerun makes no request")] = Path(".cache/promptrec-llm"),
+    concurrency: Annotated[int, typer.Option(help="requests in flight at most")] = 8,
+    max_tokens_total: Annotated[Optional[int], typer.Option(help="token budget (prompt + completion)")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="other LLMRecommender parameter, e.g. --set logprobs=true")] = None,
+    output: Annotated[Optional[Path], typer.Option(help="write results JSON here")] = None,
+    verbose: bool = False,
+) -> None:
+    """Evaluate a chat model behind an OpenAI-compatible endpoint as a recommender: all items
+    ranked, history excluded, answers grounded in the catalogue; prints HR/NDCG with the
+    invalid-answer, parse-failure and fill rates, requests, cache hits, tokens and wall time."""
+    import numpy as np
+
+    from ..data import leave_one_out
+    from ..evaluation.ranking import evaluate_rankings
+    from ..models.llm import LLMRecommender
+    from ..core.config import DataConfig
+    from ..pipeline import load_data
+
+    _setup_logging(verbose)
+    split = leave_one_out(load_data(DataConfig(loader=loader, path=data, options=_overrides(option or []))))
+    params = dict(base_url=base_url, model=model, mode=mode, retriever=retriever, candidates=candidates, shots=shots,
+                  template=template, api_key_env=api_key_env, cache_dir=str(cache_dir), concurrency=concurrency,
+                  max_tokens_total=max_tokens_total, **_overrides(set_ or []))
+    rec = LLMRecommender(**params).fit(split)
+    pool = split.test["user_id"].tolist()
+    chosen = pool if not users or users >= len(pool) else sorted(np.random.default_rng(0).choice(pool, users, replace=False))
+    cutoffs = [c for c in (1, 5, 10, 20) if c <= k]
+    summary, _ = evaluate_rankings(rec, split, k=k, users=chosen, progress=True,
+                                   metrics=[f"{m}@{c}" for m in ("HR", "NDCG") for c in cutoffs])
+    result = {**summary, **rec.stats()}
+    print(json.dumps(result, indent=2, default=str))
+    if output:
+        output.write_text(json.dumps(result, indent=2, default=str))
+
+
+@app.command()
+def update(
+    model: Annotated[Path, typer.Option("--model", "-m", help="model directory to start from")],
+    database: Annotated[str, typer.Option(help="feedback store (SQLAlchemy URL or SQLite path)")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="where the updated model directory goes")],
+    since: Annotated[Optional[float], typer.Option(help="use events from this unix time on (default: all)")] = None,
+    epochs: Annotated[int, typer.Option(min=1, help="epochs of the update (models that train in epochs)")] = 1,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="model parameter for the update, e.g. train.lr=1e-4")] = None,
+) -> None:
+    """Update MODEL (any recommender) on the feedback stored since SINCE and write a new model
+    directory: models that can warm-start (the prompt LMs) continue from their weights, the
+    others are refitted. Point a running server at it with POST /admin/reload."""
+    from ..serving.update import update_model
+
+    _setup_logging(True)
+    if output.resolve() == model.resolve():
+        raise typer.BadParameter("--output must differ from --model: the running server still reads it")
+    summary = update_model(model, database, output, since=since, epochs=epochs, overrides=_overrides(set_ or []))
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command()
+def simulate(
+    config: Annotated[Path, typer.Option("--config", "-c", help="simulation config (YAML or JSON); see simulate_ml100k")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="run directory: rounds.jsonl, summary.md, plots/, runs/")] = Path(
+        "runs/simulate"
+    ),
+    resume: Annotated[bool, typer.Option(help="continue every run from its last round checkpoint")] = False,
+    workers: Annotated[int, typer.Option(min=1, help="runs (seeds, recommenders, strategies) in parallel processes")] = 1,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a config key, e.g. --set rounds=10")] = None,
+    verbose: bool = False,
+) -> None:
+    """Feedback-loop simulation: each round the recommender's slates go to simulated users (a
+    ground-truth model fitted on the real data, never shown to the recommender), their clicks join
+    the interaction log, and the recommender is updated (none, retrain or finetune). Writes per-round
+    CTR, conversion, satisfaction, retention, coverage, exposure Gini, popularity, diversity, group
+    gaps and held-out accuracy, with plots and a summary."""
+    from ..simulation import SimulationConfig
+    from ..simulation import simulate as run_simulation
+
+    _setup_logging(verbose)
+    cfg = SimulationConfig.load(config)
+    if set_:
+        cfg = cfg.update(_overrides(set_))
+    run_simulation(cfg, output, resume=resume, workers=workers)
+    typer.echo(str(Path(output) / "summary.md"))
+
+
+@data_app.command("get")
+def data_get(
+    name: Annotated[str, typer.Argument(help="dataset name: ml-100k")],
+    source: Annotated[Optional[Path], typer.Option(help="a local copy (directory or zip) to use first")] = None,
+    force: bool = False,
+) -> None:
+    """Obtain a dataset into the cache (local path, the official download, or the offline mirror)."""
+    from ..data.download import get_ml100k
+
+    _setup_logging(False)
+    if name != "ml-100k":
+        raise typer.BadParameter(f"unknown dataset {name!r}; available: ml-100k")
+    typer.echo(str(get_ml100k(source, force=force)))
+
+
+@data_app.command("info")
+def data_info(
+    loader: Annotated[str, typer.Option(help="data loader: p5, ml-100k, movielens, tabular")],
+    path: Annotated[Optional[str], typer.Option(help="dataset path")] = None,
+) -> None:
+    """Load a dataset and print its size and leave-one-out split sizes."""
+    from ..data import leave_one_out
+    from ..core.config import DataConfig
+    from ..pipeline import load_data
+
+    data = load_data(DataConfig(loader=loader, path=path))
+    split = leave_one_out(data)
+    info = {**data.summary(), "train": len(split.train), "valid": len(split.valid), "test": len(split.test)}
+    typer.echo(json.dumps(info, indent=2))
+
+
+def _one_line(err: BaseException) -> str:
+    """An expected error as one line: pydantic's report cut to its first problem."""
+    from pydantic import ValidationError
+
+    if isinstance(err, ValidationError):
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "config"
+        more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+        return f"{where}: {first['msg']}{more}"
+    if isinstance(err, KeyError) and err.args:
+        return str(err.args[0])
+    if isinstance(err, OSError) and err.filename and err.strerror:
+        return f"{err.filename}: {err.strerror.lower()}"
+    return str(err) or type(err).__name__
+
+
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+    PermissionError, NotImplementedError,
+)  # DataFormatError and pydantic's ValidationError are ValueErrors
+
+
+def _one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Expected errors (data, config, missing files, a bad model directory) print one line and
+    exit 2; ``--debug`` shows the traceback."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except EXPECTED_ERRORS as err:
+            if _debug:
+                raise
+            typer.echo(f"error: {_one_line(err)}", err=True)
+            raise typer.Exit(2) from None
+
+    return run
+
+
+for _group in (app, data_app):
+    for _info in _group.registered_commands:
+        _info.callback = _one_line_errors(_info.callback)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

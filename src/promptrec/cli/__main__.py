@@ -1,0 +1,5 @@
+"""``python -m promptrec.cli``."""
+
+from . import main
+
+main()

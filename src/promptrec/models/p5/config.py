@@ -1,0 +1,138 @@
+"""Typed run configuration. Every key is documented here; unknown keys are rejected.
+
+A config file (YAML or JSON) mirrors :class:`RunConfig`; it is saved next to the weights of every
+model, with the package version, so a model directory explains how it was made.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Self
+
+from pydantic import Field, model_validator
+
+from ...backbones.tuning import TuningConfig
+from ...core.config import DataConfig, FileConfig, _Strict
+
+
+class IndexConfig(_Strict):
+    method: str = Field("collaborative", description="item indexer: random, sequential, collaborative")
+    params: dict[str, Any] = Field(default_factory=dict, description="indexer parameters (levels, base, clusters, depth, ...)")
+
+
+class ModelConfig(_Strict):
+    backbone: str = Field("t5", description="registered backbone: t5, gpt2, llama, qwen2")
+    preset: str = Field("small", description="size preset: tiny, micro, mini, compact, small, base")
+    pretrained: str | None = Field(
+        None, description="local transformers directory or promptrec model directory to start from"
+    )
+    tuning: TuningConfig = Field(default_factory=TuningConfig)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    # Off by default: under leave-one-out a user token sees only that user's few training
+    # examples, so it stays close to its random init, while 22k of them (Beauty) double the
+    # model and slow every step through a 5x larger output layer.
+    user_tokens: bool = Field(False, description="one vocabulary token per training user")
+    # An item token is a new word to any LM. Started from what the item's text means (sentence
+    # embeddings, PCA-reduced to the model width) instead of noise, items described alike start
+    # close together, which sparse histories alone teach slowly.
+    item_init: Literal["random", "text"] = Field(
+        "random", description="item token embeddings: 'random' or 'text' (PCA of item text embeddings; one-token ids)"
+    )
+    item_encoder: str | None = Field(
+        None, description="local sentence encoder directory for item_init=text; empty = the bundled all-MiniLM-L6-v2"
+    )
+    max_history: int = Field(20, ge=1, description="most recent items shown in a prompt")
+    max_words: int = Field(5000, ge=10, description="word vocabulary size (template + item text)")
+    templates: str | None = Field(None, description="template YAML file, or a shipped set by name (p5, history_last); empty = p5")
+    # A causal LM trained with train.history_loss learns each history item right after the one
+    # before; the target follows </s> instead, a position it learns from one example per user.
+    prompt_eos: bool = Field(
+        True,
+        description="end prompts and answers with </s> (off: the answer continues the prompt as one more item; "
+        "equal-length item codes only)",
+    )
+
+class TaskConfig(_Strict):
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {"sequential": 1.0},
+        description="task family -> sampling weight: sequential, sequence, yesno, choose, rating",
+    )
+    train_candidates: int = Field(20, ge=2, description="candidate list size for 'choose' in training")
+
+    @model_validator(mode="after")
+    def _check(self) -> "TaskConfig":
+        from ...prompts.tasks import TASKS
+
+        for name, w in self.weights.items():
+            TASKS.get(name)
+            if w < 0:
+                raise ValueError(f"task weight for {name!r} must be >= 0")
+        if not any(w > 0 for w in self.weights.values()):
+            raise ValueError("at least one task needs a positive weight")
+        return self
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(10, ge=0)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.05, ge=0, le=1)
+    schedule: Literal["linear", "cosine", "constant"] = "cosine"
+    grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0 disables")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    # Decoupled weight decay pulls every weight toward 0; this pulls item embeddings toward the
+    # text vectors they started from, so what the text says about an item is not forgotten
+    # (least of all for rare items, whose few gradients cannot teach them much).
+    item_anchor: float = Field(
+        0.0, ge=0, description="model.item_init=text: decay of item embeddings toward their text start, times lr per step (0 = off)"
+    )
+    # SASRec learns from every position of a sequence in one pass; a causal LM reading a history
+    # can too, at no extra forward cost. Only for history-only families (sequential, sequence).
+    history_loss: bool = Field(
+        False, description="causal LMs: also learn each history item of a next-item prompt from the items before it"
+    )
+    # Sorting cuts padding (a batch costs its longest prompt) but puts long histories together in
+    # a few batches of their own; a window of 1 mixes every batch at random, as SASRec's are. On
+    # Beauty and Sports random batches lifted validation and the long histories most, at about
+    # 1.6x the time per epoch (bench/README.md).
+    length_window: int = Field(
+        64, ge=1, description="batches whose prompts are sorted by length together, to cut padding (1 = random batches)"
+    )
+    patience: int = Field(3, ge=1, description="epochs without validation NDCG@10 gain before stopping")
+    val_users: int = Field(2000, ge=0, description="validation users per epoch (0 = all)")
+    examples_per_epoch: int | None = Field(None, ge=1, description="default: one pass over training positions")
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    time_limit: float | None = Field(None, gt=0, description="stop training after this many seconds")
+    num_workers: int = Field(0, ge=0, description="processes rendering and tokenising batches (0 = in the training process)")
+    seed: int = 0
+
+
+class EvalConfig(_Strict):
+    ks: tuple[int, ...] = (5, 10, 20)
+    batch_size: int = Field(64, ge=1)
+    template: str | None = Field(None, description="sequential template id for evaluation; empty = first seen")
+    sampled_candidates: int = Field(100, ge=2, description="list size for the sampled choose evaluation")
+    unconstrained_users: int = Field(500, ge=0, description="users decoded without the trie to measure invalid outputs")
+    users: int = Field(0, ge=0, description="evaluate only this many users (0 = all)")
+    shots: int = Field(0, ge=0, description="in-context demonstrations from other users' training data")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="inference precision (bf16 autocast)")
+    search: Literal["auto", "generate"] = Field(
+        "auto",
+        description="constrained decoding: 'auto' picks the fastest exact search for the model; 'generate' always "
+        "uses transformers' beam search with the trie (a reference for the fast paths)",
+    )
+
+
+class RunConfig(FileConfig):
+    data: DataConfig = Field(default_factory=DataConfig)
+    index: IndexConfig = Field(default_factory=IndexConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    tasks: TaskConfig = Field(default_factory=TaskConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _check_anchor(self) -> "RunConfig":
+        if self.train.item_anchor > 0 and self.model.item_init != "text":
+            raise ValueError("train.item_anchor pulls item embeddings toward their text start: it needs model.item_init=text")
+        return self

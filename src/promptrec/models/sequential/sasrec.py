@@ -1,0 +1,331 @@
+"""SASRec baseline: a causal self-attention encoder over the user's item sequence.
+
+Reference:
+    W.-C. Kang, J. McAuley. "Self-Attentive Sequential Recommendation". ICDM 2018.
+Full cross-entropy training as in the strongest published SASRec numbers on this benchmark
+(see the reference table in the shared data README; e.g. Klenitskiy & Vasilev, "Turning Dross
+Into Gold Loss: is BERT4Rec really better than SASRec?", RecSys 2023).
+
+Architecture. Items are numbered 1..n_items by a seeded permutation of the catalogue (0 is
+padding), so no id carries the order of the source file, which may leak the test split.
+A sequence is left-padded to ``max_len``; its input is ``sqrt(hidden) * item embedding + learned
+position embedding`` (padding positions zeroed), then dropout, then ``blocks`` *pre-LN*
+transformer blocks (LayerNorm before self-attention and before the ReLU feed-forward of width
+``hidden``) and a final LayerNorm. Pre-LN follows the authors' released code, which normalises
+before each sub-layer; ``nn.TransformerEncoderLayer(norm_first=True)`` is the standard pre-LN
+form, which differs in details only (their residuals add the *normalised* sub-layer input, and
+their attention keys are not normalised). Attention is causal and never looks at padding keys. The item embedding table is
+shared between input and output: an item's score is the dot product of the hidden state with its
+embedding.
+
+Training. Per user, the last ``max_len + 1`` items of the *training* sequence (``split.train``
+only): inputs are all but the last, targets the same shifted by one, and every position with a
+real input is a training example. ``loss``:
+
+- ``"ce"``: full softmax cross-entropy over all items. Hidden states of the real positions are
+  gathered first, so the (positions x n_items) logits are computed only where there is a target.
+- ``"bce"``: the paper's loss, binary cross-entropy on the target and one uniformly drawn
+  negative per position (a draw equal to the target is not counted; the paper instead redraws
+  any item of the user's sequence).
+- ``"sampled"``: sampled softmax over the target and ``num_negatives`` uniform negatives shared by
+  all positions of a batch (one matmul); negatives equal to a position's target are masked.
+
+Adam with ``weight_decay``; every ``eval_every`` epochs NDCG@10 on the validation users (all, or a
+seeded sample of ``valid_users``) through :func:`~promptrec.evaluation.ranking.evaluate_rankings`; the
+best weights are kept and training stops after ``patience`` evaluations without improvement.
+The defaults are the reference run on Beauty (README: d 64, 2 blocks, 1 head, dropout 0.6, lr 5e-4,
+weight decay 1e-8, batch 512, length 50, up to 200 epochs, best epoch by validation NDCG@10).
+
+Inference. The user's history of the stage (``"valid"``: training sequence; ``"test"``: plus the
+validation item), its last ``max_len`` items, is encoded; the hidden state at the last position
+scores every item (the history mask and the top-k are
+:class:`~promptrec.core.recommender.ScoringRecommender`'s). Users without history get the training
+popularity order (score = interaction count).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Self
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...core.recommender import RECOMMENDERS, STAGES
+from ...data.split import Split
+from ..torch_base import TorchRecommender, check_positive_ints, valid_sample
+
+LOSSES = ("ce", "bce", "sampled")
+
+_NO_ITEMS = np.zeros(0, dtype=np.int64)
+
+
+class SASRecNet(nn.Module):
+    """Item + position embeddings, pre-LN causal transformer blocks, final LayerNorm."""
+
+    def __init__(
+        self, n_items: int, hidden: int, blocks: int, heads: int, dropout: float, max_len: int
+    ) -> None:
+        super().__init__()
+        self.heads = heads
+        self.item_emb = nn.Embedding(n_items + 1, hidden, padding_idx=0)
+        self.pos_emb = nn.Embedding(max_len, hidden)
+        self.dropout = nn.Dropout(dropout)
+        layer = nn.TransformerEncoderLayer(
+            hidden, heads, dim_feedforward=hidden, dropout=dropout, batch_first=True,
+            norm_first=True,
+        )
+        self.encoder = nn.TransformerEncoder(
+            layer, blocks, norm=nn.LayerNorm(hidden), enable_nested_tensor=False
+        )
+        # Xavier-initialised embeddings as in the authors' code (normal form, as in its common
+        # PyTorch port); with the sqrt(hidden) input scale the item part starts at a size
+        # comparable to the position part.
+        nn.init.xavier_normal_(self.item_emb.weight)
+        nn.init.xavier_normal_(self.pos_emb.weight)
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
+
+    def item_table(self) -> torch.Tensor:
+        """Output embeddings of items 1..n_items (the input table without padding): (n_items, d)."""
+        return self.item_emb.weight[1:]
+
+    def forward(self, seqs: torch.Tensor) -> torch.Tensor:
+        """Hidden states (B, L, d) of left-padded item sequences ``seqs`` (B, L), 0 = padding."""
+        length = seqs.shape[1]
+        pad = seqs == 0  # (B, L)
+        positions = torch.arange(length, device=seqs.device)
+        x = self.item_emb(seqs) * self.item_emb.embedding_dim**0.5 + self.pos_emb(positions)
+        x = self.dropout(x.masked_fill(pad[..., None], 0.0))  # (B, L, d)
+        # True = may not attend: future keys and padding keys. Every query may see itself, so no
+        # row is fully masked (that would give NaN at padding queries, whose outputs are unused).
+        eye = torch.eye(length, dtype=torch.bool, device=seqs.device)
+        future = torch.ones(length, length, dtype=torch.bool, device=seqs.device).triu(1)
+        blocked = (future | pad[:, None, :]) & ~eye  # (B, L, L)
+        mask = blocked.repeat_interleave(self.heads, dim=0)  # (B * heads, L, L)
+        return self.encoder(x, mask=mask)  # (B, L, d)
+
+
+def sequence_loss(
+    net: SASRecNet,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    loss: str = "ce",
+    num_negatives: int = 100,
+) -> torch.Tensor:
+    """Mean next-item loss over the real positions of a batch.
+
+    ``inputs`` and ``targets`` are (B, L) item numbers, 0 where there is no example (padding).
+    Only real positions reach the output layer: their hidden states are gathered first.
+    """
+    hidden = net(inputs)  # (B, L, d)
+    real = targets > 0  # (B, L)
+    h = hidden[real]  # (N, d), N = number of real positions
+    positive = targets[real]  # (N,) item numbers 1..n_items
+    table = net.item_table()  # (n_items, d)
+    if loss == "ce":
+        logits = h @ table.T  # (N, n_items)
+        return F.cross_entropy(logits, positive - 1)
+    n_items = table.shape[0]
+    pos_logit = (h * net.item_emb(positive)).sum(-1)  # (N,)
+    if loss == "bce":
+        negative = torch.randint(1, n_items + 1, positive.shape, device=h.device)  # (N,)
+        neg_logit = (h * net.item_emb(negative)).sum(-1)  # (N,)
+        not_hit = (negative != positive).float()  # a draw of the target is no negative
+        return F.binary_cross_entropy_with_logits(
+            pos_logit, torch.ones_like(pos_logit)
+        ) + F.binary_cross_entropy_with_logits(
+            neg_logit, torch.zeros_like(neg_logit), weight=not_hit
+        )
+    if loss == "sampled":
+        negative = torch.randint(1, n_items + 1, (num_negatives,), device=h.device)  # (n_neg,)
+        neg_logits = h @ net.item_emb(negative).T  # (N, n_neg)
+        neg_logits = neg_logits.masked_fill(negative[None, :] == positive[:, None], -torch.inf)
+        logits = torch.cat([pos_logit[:, None], neg_logits], dim=1)  # (N, 1 + n_neg)
+        return F.cross_entropy(logits, torch.zeros_like(positive))
+    raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+
+
+@RECOMMENDERS.register("sasrec")
+class SASRec(TorchRecommender):
+    """SASRec (module doc for architecture, losses and protocol).
+
+    Args:
+        hidden: embedding and hidden size d.
+        blocks: transformer blocks.
+        heads: attention heads (must divide ``hidden``).
+        dropout: on embeddings, attention weights, feed-forward and residual branches.
+        max_len: sequence length seen by the model (the last ``max_len`` items).
+        lr: Adam learning rate.
+        weight_decay: Adam's L2 term.
+        batch_size: user sequences per step.
+        epochs: maximum passes over the users.
+        eval_every: epochs between validation evaluations.
+        patience: evaluations without a better validation NDCG@10 before stopping.
+        loss: ``"ce"`` (full softmax), ``"bce"`` (one negative, the paper) or ``"sampled"``.
+        num_negatives: negatives per batch for ``loss="sampled"``.
+        valid_users: validation users sampled (seeded) for early stopping; None = all.
+        time_limit: seconds of training after which no new epoch starts (the last one is
+            validated and the best weights kept; ``fit_info_["stopped_by"]`` says why it ended).
+        seed: seeds the item numbering, initialisation, shuffling, dropout, negatives, the sample.
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ...
+        progress: show a tqdm bar over epochs.
+    """
+
+    name = "sasrec"
+
+    def __init__(
+        self,
+        hidden: int = 64,
+        blocks: int = 2,
+        heads: int = 1,
+        dropout: float = 0.6,
+        max_len: int = 50,
+        lr: float = 5e-4,
+        weight_decay: float = 1e-8,
+        batch_size: int = 512,
+        epochs: int = 200,
+        eval_every: int = 1,
+        patience: int = 20,
+        loss: str = "ce",
+        num_negatives: int = 100,
+        valid_users: int | None = None,
+        time_limit: float | None = None,
+        seed: int = 0,
+        device: str = "auto",
+        progress: bool = True,
+    ) -> None:
+        super().__init__(
+            lr=lr, batch_size=batch_size, epochs=epochs, patience=patience, seed=seed,
+            device=device, progress=progress,
+        )
+        check_positive_ints(
+            hidden=hidden, blocks=blocks, heads=heads, max_len=max_len, eval_every=eval_every,
+            num_negatives=num_negatives,
+        )
+        if hidden % heads:
+            raise ValueError(f"heads ({heads}) must divide hidden ({hidden})")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        if valid_users is not None and valid_users < 1:
+            raise ValueError(f"valid_users must be positive or None, got {valid_users!r}")
+        if time_limit is not None and time_limit <= 0:
+            raise ValueError(f"time_limit must be positive or None, got {time_limit!r}")
+        self.hidden = hidden
+        self.blocks = blocks
+        self.heads = heads
+        self.dropout = float(dropout)
+        self.max_len = max_len
+        self.weight_decay = float(weight_decay)
+        self.eval_every = eval_every
+        self.loss = loss
+        self.num_negatives = num_negatives
+        self.valid_users = valid_users
+        self.time_limit = time_limit
+
+    def _new_net(self) -> SASRecNet:
+        return SASRecNet(
+            len(self.items_), self.hidden, self.blocks, self.heads, self.dropout, self.max_len
+        )
+
+    # -- fitting -------------------------------------------------------------------------------
+    def fit(self, split: Split) -> Self:
+        start = time.perf_counter()
+        rng = np.random.default_rng(self.seed)
+        catalogue = split.data.items.index.astype(str).to_numpy(dtype=object)
+        self.items_: np.ndarray = catalogue[rng.permutation(len(catalogue))]
+        self.histories_: dict[str, dict[str, list[str]]] = {s: split.history(s) for s in STAGES}
+        self._build_index()
+        cols = self._position.get_indexer(split.train["item_id"])
+        self.counts_: np.ndarray = np.bincount(cols, minlength=len(self.items_)).astype(np.float32)
+
+        # Item numbers are positions + 1 (0 = padding). The window holds the last max_len + 1
+        # items; a target counts only where its input is a real item.
+        sequences = [self._position.get_indexer(s) + 1 for s in split.train_sequences().values()]
+        window = _left_pad(sequences, self.max_len + 1)  # (U, L + 1)
+        inputs = window[:, :-1]  # (U, L)
+        targets = np.where(inputs > 0, window[:, 1:], 0)  # (U, L)
+        useful = (targets > 0).any(axis=1)  # one-item users teach nothing
+        inputs, targets = inputs[useful], targets[useful]
+
+        sample = valid_sample(split, self.valid_users, rng)
+
+        # torch draws the initialisation, shuffling, dropout and negatives
+        with self._seeded() as device:
+            self.net_ = self._new_net().to(device)
+            self._train(split, torch.from_numpy(inputs), torch.from_numpy(targets), sample)
+        self.fit_info_["fit_seconds"] = round(time.perf_counter() - start, 2)
+        return self
+
+    def _train(
+        self, split: Split, inputs: torch.Tensor, targets: torch.Tensor, sample: list[str]
+    ) -> None:
+        net = self.net_
+        device = net.item_emb.weight.device
+        optimiser = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+        def train_epoch() -> float:
+            total, positions = 0.0, 0
+            for batch in torch.randperm(len(inputs)).split(self.batch_size):
+                x, y = inputs[batch].to(device), targets[batch].to(device)  # (B, L) each
+                loss = sequence_loss(net, x, y, self.loss, self.num_negatives)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                n = int((y > 0).sum())
+                total, positions = total + loss.item() * n, positions + n
+            return total / max(positions, 1)
+
+        validate = (lambda: self._valid_ndcg(split, sample)) if sample else None
+        training = self._train_epochs(
+            train_epoch, validate, "NDCG@10", eval_every=self.eval_every, time_limit=self.time_limit
+        )
+        self.fit_info_ = {
+            **training.fit_info(),
+            "train_seconds_per_epoch": round(float(np.mean(training.train_seconds)), 3),
+        }
+
+    # -- prediction ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def _scores(self, users: list[str], seen: list[np.ndarray]) -> np.ndarray:
+        """Every item scored by the state after the newest item of the history."""
+        self.net_.eval()
+        device = self.net_.item_emb.weight.device
+        # seen: columns; item number = column + 1
+        warm = torch.tensor([len(s) > 0 for s in seen], dtype=torch.bool, device=device)  # (B,)
+        # (B, n_items); users without history keep the popularity counts (cold start).
+        scores = torch.from_numpy(self.counts_).to(device).repeat(len(users), 1)
+        if warm.any():
+            seqs = torch.from_numpy(_left_pad([s + 1 for s in seen], self.max_len)).to(device)
+            last = self.net_(seqs[warm])[:, -1]  # (B_warm, d) state after the newest item
+            scores[warm] = last @ self.net_.item_table().T
+        return scores.cpu().numpy()
+
+    # -- persistence: the popularity counts besides TorchRecommender's own ---------------------
+    def _extra_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        return {}, {"counts": torch.from_numpy(self.counts_)}
+
+    def _restore_extra(self, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        self.counts_ = tensors.pop("counts").numpy()
+
+
+def _left_pad(sequences: list[np.ndarray], length: int) -> np.ndarray:
+    """(U, length) int64 array of the last ``length`` entries of each sequence, zeros in front."""
+    out = np.zeros((len(sequences), length), dtype=np.int64)
+    kept = np.array([min(len(s), length) for s in sequences], dtype=np.int64)  # (U,)
+    rows = np.repeat(np.arange(len(sequences)), kept)
+    # Column of each kept entry: rows end at the last column, so row r starts at length - kept[r].
+    offsets = np.cumsum(kept) - kept
+    cols = np.arange(len(rows)) - offsets[rows] + length - kept[rows]
+    tails = (s[len(s) - n :] for s, n in zip(sequences, kept))
+    out[rows, cols] = np.concatenate([_NO_ITEMS, *tails])
+    return out
+
+
+__all__ = ["LOSSES", "SASRec", "SASRecNet", "sequence_loss"]
