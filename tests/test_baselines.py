@@ -82,7 +82,7 @@ def test_contract(name: str, params: dict, cyclic_split, tmp_path) -> None:
 def test_unfitted_and_bad_params(name: str) -> None:
     with pytest.raises(RuntimeError, match="not fitted"):
         build_recommender(name).recommend(["u"])
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError, match="unknown parameter 'no_such_param'"):
         build_recommender(name, no_such_param=1)  # misspelled keys fail, never silently ignored
 
 

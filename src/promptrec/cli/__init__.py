@@ -387,7 +387,7 @@ def update(
     database: Annotated[str, typer.Option(help="feedback store (SQLAlchemy URL or SQLite path)")],
     output: Annotated[Path, typer.Option("--output", "-o", help="where the updated model directory goes")],
     since: Annotated[Optional[float], typer.Option(help="use events from this unix time on (default: all)")] = None,
-    epochs: Annotated[int, typer.Option(min=1, help="epochs of the update (models that train in epochs)")] = 1,
+    epochs: Annotated[int, typer.Option(min=1, help="epochs of the update (models that train in epochs; a --set key wins)")] = 1,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="model parameter for the update, e.g. train.lr=1e-4")] = None,
 ) -> None:
     """Update MODEL (any recommender) on the feedback stored since SINCE and write a new model

@@ -264,11 +264,11 @@ class P5Recommender(Recommender):
         index does not know cannot be learned: a full refit is needed for those."""
         from .training import train
 
-        overrides = dict(params or {})
+        overrides = dict(params or {})  # a key given there wins over epochs and seed
         if epochs is not None:
-            overrides["train.epochs"] = epochs
+            overrides.setdefault("train.epochs", epochs)
         if seed is not None:
-            overrides["train.seed"] = seed
+            overrides.setdefault("train.seed", seed)
         weights = self.config.tasks.weights
         if weights.get("rating", 0) > 0 and not split.data.has_ratings:
             # Without ratings in the new data the rating family is not fine-tuned (its weights
