@@ -180,12 +180,12 @@ class Engine:
                     histories={q.user_id: q.state.history for q in batch},
                     candidates={q.user_id: list(q.candidates) for q in batch if q.candidates is not None} or None,
                 )
-                rows = {u: g for u, g in recs.groupby("user_id", sort=False)}
+                # Rows come grouped by user, best first; a plain pass is cheaper than a groupby.
+                rows: dict[str, list[tuple[str, float]]] = {}
+                for u, i, s in zip(recs["user_id"].tolist(), recs["item_id"].tolist(), recs["score"].tolist()):
+                    rows.setdefault(u, []).append((i, s))
                 for n, q in zip(members, batch):
-                    g = rows.get(q.user_id)
-                    ranked = [] if g is None else [
-                        Ranked(i, float(s), i in q.state.demoted) for i, s in zip(g["item_id"], g["score"])
-                    ]
+                    ranked = [Ranked(i, float(s), i in q.state.demoted) for i, s in rows.get(q.user_id, [])]
                     ranked.sort(key=lambda r: r.demoted)  # stable: best first within each part
                     answers[n] = Answer(ranked[: q.k], "model", self.version)
         return answers  # type: ignore[return-value]
