@@ -92,3 +92,29 @@ def test_evaluate_run_rewrites_the_run_directory(trained):
     metrics = evaluate_run(trained / "run", progress=False, command="test")
     assert metrics["model"]["eval_users"] == 30 and "HR@10" in metrics["popularity"]
     assert json.loads((trained / "run" / "metrics.json").read_text())["command"] == "test"
+
+
+def test_every_row_of_an_evaluation_covers_the_same_users(trained):
+    """``--users N`` draws one seeded sample that the model and every comparison are scored on."""
+    out = trained / "eval_sample.json"
+    result = runner.invoke(app, ["evaluate", "--model", str(trained / "run" / "model"), "--users", "7",
+                                 "--compare", "popularity", "--compare", "itemknn", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text())
+    assert set(rows) == {"model", "popularity", "itemknn"}
+    assert {row["eval_users"] for row in rows.values()} == {7}
+    assert "7 test users for every row" in result.output
+
+
+def test_expected_errors_are_one_line_and_exit_2(trained, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user_id,item_id,timestamp\nu1,i1,1\nu1,i2,x\n")
+    result = runner.invoke(app, ["train", "--model", "popularity", "--loader", "tabular", "--data", str(bad),
+                                 "--output", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert result.output.strip() == f"error: {bad}, line 3: non-numeric timestamp 'x'"
+    result = runner.invoke(app, ["evaluate", "--model", str(tmp_path)])
+    assert result.exit_code == 2 and "not a saved promptrec model directory" in result.output
+    assert "Traceback" not in result.output
+    result = runner.invoke(app, ["train", "--model", "sasrec", "--set", "epochz=3", "--output", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "unknown parameter 'epochz'" in result.output

@@ -5,9 +5,7 @@ continual update, and acknowledged events surviving SIGKILL."""
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +16,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from conftest import ServedModel as Served
 from conftest import cyclic_data
 
 from promptrec.data import InteractionData, leave_one_out
@@ -25,7 +24,7 @@ from promptrec.models.p5.config import RunConfig
 from promptrec.models.p5.model import P5Recommender
 from promptrec.serving.store import FeedbackStore
 
-KEY = "test-key-123"
+KEY = Served.key
 TINY = {
     "model.preset": "tiny",
     "index.method": "random",
@@ -53,41 +52,6 @@ def model_dirs(tmp_path_factory) -> tuple[Path, Path, object]:
     seq = P5Recommender(RunConfig().update({**TINY, "train.seed": 1}))
     seq.fit(split, progress=False).save_pretrained(root / "seq")
     return root / "full", root / "seq", split
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Served:
-    """``promptrec serve`` as a child process; ``url`` once it is ready."""
-
-    def __init__(self, model: Path, database: Path, *extra: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "PROMPTREC_API_KEY": KEY, "OMP_NUM_THREADS": "1"}
-        cmd = [sys.executable, "-m", "promptrec.cli", "serve", str(model), "--port", str(self.port),
-               "--database", str(database), "--max-k", "20", *extra]
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.proc.stderr.read().decode()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("server not ready in 60 s")
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
