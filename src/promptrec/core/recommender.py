@@ -52,6 +52,7 @@ import numpy as np
 import pandas as pd
 
 from .. import __version__
+from .items import DISPLAY_COLUMNS, load_item_table, save_item_table
 from .registry import Registry
 
 if TYPE_CHECKING:  # an annotation only: core imports nothing above it when it runs
@@ -60,6 +61,7 @@ if TYPE_CHECKING:  # an annotation only: core imports nothing above it when it r
 RECOMMENDATION_COLUMNS = ("user_id", "item_id", "score", "rank")
 STAGES = ("valid", "test")
 CONFIG_FILE = "promptrec_config.json"
+ITEMS_FILE = "items.parquet"
 
 # name -> Recommender subclass; each model registers itself in its own module.
 RECOMMENDERS: Registry[type["Recommender"]] = Registry("recommender")
@@ -342,6 +344,25 @@ class ScoringRecommender(Recommender):
     def catalogue(self) -> list[str]:
         self._check_fitted()
         return self.items_.tolist()
+
+    def item_table(self) -> pd.DataFrame:
+        return getattr(self, "item_info_", super().item_table())
+
+    def _keep_item_table(self, split: Split) -> None:
+        """Keep the split's item titles and attributes: for display and serving, not for scoring."""
+        items = split.data.items
+        self.item_info_ = items[[c for c in DISPLAY_COLUMNS if c in items]].copy()
+
+    def _write_config(self, directory: str | Path) -> Path:
+        path = super()._write_config(directory)
+        if hasattr(self, "item_info_"):
+            save_item_table(self.item_info_, path / ITEMS_FILE)
+        return path
+
+    def _read_item_table(self, directory: str | Path) -> None:
+        """Restore what ``_keep_item_table`` kept (nothing for a model saved without it)."""
+        if (Path(directory) / ITEMS_FILE).exists():
+            self.item_info_ = load_item_table(Path(directory) / ITEMS_FILE)
 
 
 def history_cells(seen: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

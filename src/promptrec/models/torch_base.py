@@ -248,6 +248,7 @@ class TorchRecommender(ScoringRecommender):
         net = model._new_net()
         net.load_state_dict(tensors)
         model.net_ = net.to(model._torch_device()).eval()
+        model._read_item_table(directory)
         model._build_index()
         return model
 

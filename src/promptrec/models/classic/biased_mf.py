@@ -138,6 +138,7 @@ class BiasedMF(TorchRecommender):
         self.items_: np.ndarray = catalogue[rng.permutation(len(catalogue))]
         self.users_: np.ndarray = pd.unique(train["user_id"].to_numpy(dtype=object))
         self.histories_: dict[str, dict[str, list[str]]] = {s: split.history(s) for s in STAGES}
+        self._keep_item_table(split)
         self._build_index()
         ratings = train["rating"].to_numpy(dtype=np.float32)
         # From the float64 column: the range is the scale's, not its float32 rounding.

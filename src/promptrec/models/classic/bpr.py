@@ -114,6 +114,7 @@ class BPR(TorchRecommender):
         self.items_: np.ndarray = catalogue[rng.permutation(len(catalogue))]
         self.users_: np.ndarray = pd.unique(split.train["user_id"].to_numpy(dtype=object))
         self.histories_: dict[str, dict[str, list[str]]] = {s: split.history(s) for s in STAGES}
+        self._keep_item_table(split)
         self._build_index()
         n_users, n_items = len(self.users_), len(self.items_)
 

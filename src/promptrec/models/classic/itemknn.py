@@ -70,6 +70,7 @@ class ItemKNN(ScoringRecommender):
         order = np.random.default_rng(self.seed).permutation(len(catalogue))
         self.items_: np.ndarray = catalogue[order]  # column j holds item items_[j]
         self.histories_: dict[str, dict[str, list[str]]] = {s: split.history(s) for s in STAGES}
+        self._keep_item_table(split)
         self._build_index()
         n_items = len(self.items_)
 
@@ -129,6 +130,7 @@ class ItemKNN(ScoringRecommender):
         model.similarity_ = sp.csr_matrix(
             (arrays["data"], arrays["indices"], arrays["indptr"]), shape=(n, n)
         )
+        model._read_item_table(directory)
         model._build_index()
         return model
 

@@ -56,6 +56,7 @@ class MostPopular(ScoringRecommender):
         self.counts_: np.ndarray = counts[order].astype(np.int64)  # (n_items,)
         # The histories recommend() excludes, per stage: no Split is needed at serving time.
         self.histories_: dict[str, dict[str, list[str]]] = {s: split.history(s) for s in STAGES}
+        self._keep_item_table(split)
         self._build_index()
         self.fit_info_ = {"fit_seconds": round(time.perf_counter() - start, 3)}
         return self
@@ -114,6 +115,7 @@ class MostPopular(ScoringRecommender):
         model.counts_ = np.asarray(state["counts"], dtype=np.int64)
         model.histories_ = {s: state["histories"][s] for s in STAGES}
         model.fit_info_ = config.get("fit_info", {})
+        model._read_item_table(directory)
         model._build_index()
         return model
 

@@ -29,6 +29,7 @@ from ...backbones.builders import BACKBONES, load_pretrained
 from ...backbones.tokenization import add_tokens, build_tokenizer
 from ...backbones.tuning import apply_tuning, is_peft, load_tuned, save_tuned, trainable_parameters, unwrap
 from ...core.recommender import RECOMMENDERS, Recommender, check_k, check_stage, recommendation_frame
+from ...core.items import DISPLAY_COLUMNS, load_item_table, save_item_table
 from ...data import Split
 from ...data.split import group_sequences
 from ...indexing import ItemIndexer, build_indexer
@@ -71,7 +72,7 @@ class P5Recommender(Recommender):
         """Fit the item index and tokenizer on the training split and create the LM (untrained)."""
         cfg = self.config
         data = split.data
-        self.items = data.items[[c for c in ("title", "categories", "brand") if c in data.items]].copy()
+        self.items = data.items[[c for c in DISPLAY_COLUMNS if c in data.items]].copy()
         self.train_history = split.train_sequences()
         self.valid_item = dict(zip(split.valid["user_id"], split.valid["item_id"]))
         self.indexer = build_indexer(cfg.index.method, seed=cfg.train.seed, **cfg.index.params)
@@ -671,12 +672,7 @@ class P5Recommender(Recommender):
         hist = [(u, i, "train") for u, items in self.train_history.items() for i in items]
         hist += [(u, i, "valid") for u, i in self.valid_item.items()]
         pd.DataFrame(hist, columns=["user_id", "item_id", "part"]).to_parquet(d / "histories.parquet", index=False)
-        items = self.items.copy()
-        if "categories" in items:
-            items["categories"] = items["categories"].map(
-                lambda c: list(c) if isinstance(c, (list, tuple, np.ndarray)) else ([] if c is None or c != c else [str(c)])
-            )
-        items.reset_index().to_parquet(d / "items.parquet", index=False)
+        save_item_table(self.items, d / "items.parquet")
         (d / "users.json").write_text(json.dumps(self.user_tokens))
 
     @classmethod
@@ -714,7 +710,7 @@ class P5Recommender(Recommender):
         obj.train_history = group_sequences(train)
         valid = hist[hist["part"] == "valid"]
         obj.valid_item = dict(zip(valid["user_id"], valid["item_id"]))
-        obj.items = pd.read_parquet(d / "items.parquet").set_index("item_id")
+        obj.items = load_item_table(d / "items.parquet")
         obj.user_tokens = json.loads((d / "users.json").read_text())
         obj._build_trie()
         return obj

@@ -241,6 +241,7 @@ class SASRec(TorchRecommender):
         catalogue = split.data.items.index.astype(str).to_numpy(dtype=object)
         self.items_: np.ndarray = catalogue[rng.permutation(len(catalogue))]
         self.histories_: dict[str, dict[str, list[str]]] = {s: split.history(s) for s in STAGES}
+        self._keep_item_table(split)
         self._build_index()
         cols = self._position.get_indexer(split.train["item_id"])
         self.counts_: np.ndarray = np.bincount(cols, minlength=len(self.items_)).astype(np.float32)
