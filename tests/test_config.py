@@ -64,3 +64,21 @@ def test_shipped_recipes_load_by_name(name):
 def test_a_missing_recipe_names_the_shipped_ones():
     with pytest.raises(FileNotFoundError, match="sequence_lm"):
         RunConfig.load("no_such_recipe")
+
+
+def test_job_overrides_go_to_the_job_or_the_model():
+    """``data.*`` and ``evaluation.*`` are the job's, anything else a model parameter; a run
+    config's own evaluation keys (eval.users, eval.ks, train.seed) keep steering the job's."""
+    from promptrec.pipeline import JobConfig
+
+    job = JobConfig.load("sequence_lm").update(
+        {"data.path": "/elsewhere", "train.epochs": 3, "eval.users": 100, "train.seed": 7}
+    )
+    assert job.recommender == "p5" and job.data.path == "/elsewhere"
+    assert job.params["data"]["path"] == "/elsewhere"  # the saved run config names the same data
+    assert job.params["train"]["epochs"] == 3 and job.params["model"]["preset"] == "micro"
+    assert (job.evaluation.users, job.evaluation.seed) == (100, 7)
+    sasrec = JobConfig(recommender="sasrec").update({"epochs": 5, "evaluation.users": 50})
+    assert sasrec.params == {"epochs": 5} and sasrec.evaluation.users == 50
+    with pytest.raises(ValidationError):
+        JobConfig.model_validate({"recommender": "sasrec", "bogus": 1})

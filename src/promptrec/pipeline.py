@@ -129,6 +129,11 @@ class JobConfig(FileConfig):
                 node[p] = dict(node.get(p) or {})
                 node = node[p]
             node[leaf] = value
+        if set(params) & RUN_SECTIONS:
+            # A run config's own evaluation keys keep steering the job's evaluation, as on load.
+            for key, field in (("eval.users", "users"), ("eval.ks", "ks"), ("train.seed", "seed")):
+                if key in overrides:
+                    own.setdefault(f"evaluation.{field}", overrides[key])
         job = super().update(own) if own else self
         if "data" in params:  # a run config names its dataset too: keep it the job's
             params["data"] = job.data.model_dump(mode="json")
