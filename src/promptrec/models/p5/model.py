@@ -574,7 +574,7 @@ class P5Recommender(Recommender):
             if not self._prompt_learning:
                 pos = enc["attention_mask"].cumsum(-1) - 1
                 enc = {**enc, "position_ids": pos.clamp(min=0)}
-            return self.model(**enc, logits_to_keep=1).logits[:, -1, :]
+            return self.model(**enc, logits_to_keep=1, use_cache=False).logits[:, -1, :]
         start = torch.full((enc["input_ids"].shape[0], 1), unwrap(self.model).config.decoder_start_token_id, device=self.model.device)
         return self.model(**enc, decoder_input_ids=start).logits[:, 0, :]
 
