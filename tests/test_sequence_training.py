@@ -6,12 +6,11 @@ import pandas as pd
 import pytest
 import torch
 
+from promptrec.data import InteractionData, leave_one_out
 from promptrec.evaluation.ranking import evaluate_recommender
 from promptrec.models.p5.config import RunConfig
-from promptrec.data import InteractionData, leave_one_out
 from promptrec.models.p5.model import P5Recommender
 from promptrec.prompts.tasks import TASKS
-from promptrec.models.p5.training import _loss
 
 
 def config(**extra):
@@ -69,7 +68,7 @@ def test_target_only_output_layer_gives_the_full_loss(backbone, split):
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=-100)
     logits = rec.model(**batch).logits
     full = loss_fn(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
-    assert _loss(rec.model, batch, targets, loss_fn).item() == pytest.approx(full.item(), rel=1e-5)
+    assert rec.lm.loss(rec.model, batch, targets, loss_fn).item() == pytest.approx(full.item(), rel=1e-5)
 
 
 def test_whole_sequence_family_has_one_example_per_user_and_windows_long_histories():

@@ -6,7 +6,7 @@ model, with the package version, so a model directory explains how it was made.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 

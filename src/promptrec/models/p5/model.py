@@ -36,6 +36,7 @@ from ...indexing import ItemIndexer, build_indexer
 from ...prompts.tasks import TASKS, TaskContext, rating_text
 from ...prompts.templates import TemplateSet
 from .config import RunConfig
+from .lm import LMKind, lm_kind
 from .generation import ItemTrie, TrieConstraint, collect_beams, fixed_length_beam_search, supports_fixed_length_search, top_items
 
 WEIGHTS = "model.safetensors"
@@ -120,7 +121,7 @@ class P5Recommender(Recommender):
             )
         if cfg.model.item_init == "text":
             self._init_items_from_text(base, split, progress)
-        self.model = apply_tuning(base, cfg.model.tuning, "CAUSAL_LM" if _causal(base) else "SEQ_2_SEQ_LM")
+        self.model = apply_tuning(base, cfg.model.tuning, lm_kind(base).peft_task)
         self._build_trie()
         return self
 
@@ -145,9 +146,15 @@ class P5Recommender(Recommender):
         self.item_start = (rows, weight[rows].detach().clone())  # what train.item_anchor pulls toward
 
     @property
+    def lm(self) -> LMKind:
+        """What the LM's kind (encoder-decoder or decoder-only) decides: padding, batches, the
+        first answer token, the loss."""
+        return lm_kind(self.model)
+
+    @property
     def causal(self) -> bool:
         """True for a decoder-only LM (prompt and answer in one sequence)."""
-        return _causal(unwrap(self.model))
+        return self.lm.causal
 
     def parameter_counts(self) -> dict[str, int]:
         trainable, total = trainable_parameters(self.model)
@@ -327,11 +334,8 @@ class P5Recommender(Recommender):
         return hist
 
     def _encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
-        # A causal LM continues the prompt, so prompts are padded on the left and all end at the
-        # last position; an encoder reads them whole, padded on the right.
         enc = self.tokenizer(
-            prompts, padding=True, padding_side="left" if self.causal else "right",
-            return_tensors="pt", return_token_type_ids=False,
+            prompts, padding=True, padding_side=self.lm.padding_side, return_tensors="pt", return_token_type_ids=False
         )
         device = self.model.device
         return {k: v.to(device) for k, v in enc.items()}
@@ -345,44 +349,9 @@ class P5Recommender(Recommender):
         history: per example, whether the item tokens inside its prompt (its history, in order)
         are targets too (causal LMs only): each is then learned from the tokens before it.
         """
-        tok = self.tokenizer
-        if not self.causal:
-            if history is not None and any(history):
-                raise ValueError("history targets need a causal LM")
-            enc = tok(inputs, padding=True, return_tensors="pt", return_token_type_ids=False)
-            labels = tok(targets, padding=True, return_tensors="pt", return_token_type_ids=False)["input_ids"]
-            labels[labels == tok.pad_token_id] = -100
-            # The decoder reads the labels shifted right; passing the labels themselves would make
-            # the model compute a second loss that training never uses.
-            enc["decoder_input_ids"] = unwrap(self.model).prepare_decoder_input_ids_from_labels(labels=labels)
-            enc["targets"] = labels
-            return enc
-        prompts = tok(inputs, return_token_type_ids=False)["input_ids"]
-        answers = tok(targets, return_token_type_ids=False)["input_ids"]
-        seqs, tgts = [], []
-        for r, (p, a) in enumerate(zip(prompts, answers)):
-            # The answer must end, or decoding never would. Without prompt_eos the answer is one
-            # more item of the sequence: an </s> target after it would teach the position that
-            # holds the last item (where evaluation asks for the next one) to predict the end.
-            if self.config.model.prompt_eos and (not a or a[-1] != tok.eos_token_id):
-                a = [*a, tok.eos_token_id]
-            seqs.append(p + a)
-            # Position t predicts token t + 1: only answer tokens are targets (loss on the target),
-            # and, for history examples, the item tokens of the prompt.
-            if history is not None and history[r]:
-                lead = [t if t in self.item_token_ids else -100 for t in p[1:]]
-            else:
-                lead = [-100] * (len(p) - 1)
-            tgts.append(lead + a + [-100])
-        width = max(map(len, seqs))
-        ids = torch.full((len(seqs), width), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        target = torch.full((len(seqs), width), -100, dtype=torch.long)
-        for r, (seq, tgt) in enumerate(zip(seqs, tgts)):
-            ids[r, : len(seq)] = torch.tensor(seq)
-            mask[r, : len(seq)] = 1
-            target[r, : len(tgt)] = torch.tensor(tgt)
-        return {"input_ids": ids, "attention_mask": mask, "targets": target}
+        return self.lm.training_batch(
+            self.model, self.tokenizer, inputs, targets, history, self.item_token_ids, self.config.model.prompt_eos
+        )
 
     def _sequential_template(self, template: str | None = None):
         tid = template or self.config.eval.template
@@ -477,8 +446,7 @@ class P5Recommender(Recommender):
         excluded_idx = [to_idx(e) for e in excluded] if excluded is not None else None
         allowed_idx = [to_idx(a) for a in allowed] if allowed is not None else None
         bf16 = self.config.eval.precision == "bf16"
-        # The decoded tokens start after the decoder's start token, or after a causal prompt.
-        start = enc["input_ids"].shape[1] if self.causal else 1
+        start = self.lm.answer_start(enc)
         with torch.autocast(self.model.device.type, dtype=torch.bfloat16, enabled=bf16):
             if constrained and self.search == "one_token":
                 # One token per item: the first decoding step already scores every item, so the
@@ -567,16 +535,7 @@ class P5Recommender(Recommender):
 
     def _next_token_logits(self, enc: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits of the first answer token for encoded prompts, one row per prompt."""
-        if self.causal:
-            # Left-padded: every prompt's next token is read at the last position, and positions
-            # count from each prompt's first real token (absolute position embeddings need that,
-            # not the padded index).
-            if not self._prompt_learning:
-                pos = enc["attention_mask"].cumsum(-1) - 1
-                enc = {**enc, "position_ids": pos.clamp(min=0)}
-            return self.model(**enc, logits_to_keep=1, use_cache=False).logits[:, -1, :]
-        start = torch.full((enc["input_ids"].shape[0], 1), unwrap(self.model).config.decoder_start_token_id, device=self.model.device)
-        return self.model(**enc, decoder_input_ids=start).logits[:, 0, :]
+        return self.lm.next_token_logits(self.model, enc, self._prompt_learning)
 
     def score(
         self,
@@ -764,6 +723,3 @@ def load_base(path: str | Path) -> tuple[Any, Any]:
         model = model.merge_and_unload()
     return model, rec.tokenizer
 
-
-def _causal(model) -> bool:
-    return not getattr(model.config, "is_encoder_decoder", False)

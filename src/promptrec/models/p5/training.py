@@ -21,10 +21,11 @@ from accelerate.utils import set_seed
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, get_scheduler
+from transformers import get_scheduler
 
 from ...data.split import group_sequences
 from ...prompts.tasks import TASKS, length_batches, mixture_plan
+from .lm import lm_kind
 
 if TYPE_CHECKING:
     from ...data import Split
@@ -139,6 +140,7 @@ def train(
     )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     raw = accelerator.unwrap_model(model)  # the module itself, for weights and evaluation
+    kind = lm_kind(raw)  # the loss of an encoder-decoder or a decoder-only LM
     rec.model = model
     anchor = None  # (embedding weight, item rows, their start): resolved once here, not on every step
     if cfg.item_anchor > 0:
@@ -195,7 +197,7 @@ def train(
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             targets = batch.pop("targets")
             with accelerator.autocast():
-                loss = _loss(model, batch, targets, loss_fn)
+                loss = kind.loss(model, batch, targets, loss_fn)
             value = loss.item()
             if not math.isfinite(value):
                 # Left alone, the weights turn to NaN and every later ranking comes back empty.
@@ -263,22 +265,6 @@ def train(
         **rec.parameter_counts(),
     }
     return rec
-
-
-def _loss(model, batch: dict[str, torch.Tensor], targets: torch.Tensor, loss_fn) -> torch.Tensor:
-    """Mean cross-entropy of the targets (-100 = none) aligned with the last logits positions."""
-    if isinstance(model, PreTrainedModel) and not model.config.is_encoder_decoder:
-        # A causal LM's output layer over the whole vocabulary is most of a step when items are
-        # single tokens; only the target positions need it, so the body's hidden states are
-        # gathered there first (prompt positions far outnumber targets). Wrapped models (peft,
-        # distributed) go through their own forward.
-        hidden = model.base_model(**batch).last_hidden_state
-        real = targets != -100
-        logits = model.get_output_embeddings()(hidden[real])
-        return loss_fn(logits.float(), targets[real])
-    # The last positions line up with the targets (soft prompts add positions in front).
-    logits = model(**batch).logits[:, -targets.size(1) :]
-    return loss_fn(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
 
 
 def _pull_items(weight: torch.Tensor, rows: torch.Tensor, start: torch.Tensor, rate: float) -> None:
