@@ -17,7 +17,7 @@ import yaml
 from conftest import ServedModel, cyclic_data
 from typer.testing import CliRunner
 
-from promptrec.cli import app
+from promptrec.cli import RECOMMENDER_HELP, app
 
 runner = CliRunner()
 K = 5
@@ -54,6 +54,7 @@ def test_this_file_covers_the_whole_registry() -> None:
     ).stdout.split()
     covered = {name.split("-")[0] for name in PARAMS} | set(ELSEWHERE)
     assert covered == set(listed)
+    assert all(name in RECOMMENDER_HELP for name in listed)  # what `promptrec train --help` lists
 
 
 @pytest.fixture(scope="module")
