@@ -88,6 +88,12 @@ def test_config_is_strict_and_keeps_embeddings_frozen(encoder) -> None:
     assert CrossEncoderConfig(tuning=TuningConfig(method="ia3")).learning_rate() == 1e-3
     config = small(encoder, tuning={"method": "lora"}).config
     assert CrossEncoderConfig.model_validate(config.model_dump(mode="json")) == config
+    # Through the registry (what `promptrec train --model cross_encoder --set ...` does) too.
+    from promptrec.core.recommender import build_recommender
+
+    assert build_recommender("cross_encoder", {"batch_size": 4}).config.batch_size == 4
+    with pytest.raises(ValueError, match="bogus"):
+        build_recommender("cross_encoder", {"bogus": 1})
 
 
 def test_missing_bundled_encoder_says_how_to_install(monkeypatch) -> None:

@@ -90,7 +90,9 @@ class Recommender(ABC):
         ``seed`` sets the model's seed unless ``params`` does."""
         params = dict(params or {})
         accepted = inspect.signature(cls).parameters
-        unknown = sorted(set(params) - set(accepted))
+        # A constructor taking **kwargs validates them itself (a strict config).
+        open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+        unknown = [] if open_ended else sorted(set(params) - set(accepted))
         if unknown:
             raise ValueError(f"{cls.name}: unknown parameter {unknown[0]!r}; it takes {', '.join(accepted)}")
         if seed is not None and "seed" in accepted:
