@@ -75,6 +75,14 @@ def assert_recommender_contract(model, split, directory: Path, k: int = 5) -> No
     assert sorted(model.recommend([user], k=1000)["item_id"]) == sorted(unseen)
     assert len(model.recommend([user], k=1000, exclude_seen=False)) == len(catalogue)
     assert len(model.recommend([user], k=1)) == 1
+    # An explicit history replaces the stored one (and is excluded); candidates bound the answer.
+    given = sorted(catalogue)[:3]
+    assert not set(model.recommend([user], k=k, histories={user: given})["item_id"]) & set(given)
+    allowed = sorted(unseen)[:4]
+    answer = model.recommend([user, users[1]], k=k, candidates={user: allowed})
+    mine = answer[answer["user_id"] == user]
+    assert set(mine["item_id"]) <= set(allowed) and len(mine) == min(k, len(allowed))
+    assert (answer["user_id"] == users[1]).sum() == k  # a user without a list is not restricted
     assert model.recommend([], k=3).empty
     with pytest.raises(ValueError, match="k must be"):
         model.recommend([user], k=0)

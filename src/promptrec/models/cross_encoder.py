@@ -489,7 +489,7 @@ class CrossEncoderRecommender(Recommender):
 
         ``histories``: explicit histories (item ids, no ratings) for the users they name.
         ``candidates``: ``None`` scores the whole catalogue (one encoder pass per user and item:
-        expensive); a list is shared by every user; a mapping gives each user's own list; a fitted
+        expensive); a list is shared by every user; a mapping gives each user it names their own list; a fitted
         recommender is asked for each user's top ``retrieve`` items, which are then re-ranked.
         Items outside the catalogue are dropped; with ``exclude_seen`` so is the ``stage`` history.
         Equal scores keep the candidates' order (the whole catalogue: a seeded permutation).
@@ -540,8 +540,8 @@ class CrossEncoderRecommender(Recommender):
             table = candidates.recommend(users, k=retrieve, exclude_seen=exclude_seen, stage=stage)
             grouped = table.groupby("user_id", sort=False)["item_id"].apply(list).to_dict()
             return [[str(i) for i in grouped.get(u, [])] for u in users]
-        if isinstance(candidates, Mapping):
-            return [[str(i) for i in candidates.get(u, [])] for u in users]
+        if isinstance(candidates, Mapping):  # users it does not name are not restricted
+            return [[str(i) for i in candidates[u]] if u in candidates else list(self.catalogue_) for u in users]
         if isinstance(candidates, str):
             raise TypeError("candidates must be a list of item ids, not one string")
         shared = [str(i) for i in candidates]
