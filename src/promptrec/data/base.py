@@ -9,7 +9,6 @@ leak the order of the test split, is ever used as a feature.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
