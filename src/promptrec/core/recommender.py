@@ -152,6 +152,14 @@ class Recommender(ABC):
     def history(self, user: str, stage: str = "test") -> list[str]:
         """The user's stored history for ``stage``, oldest first (empty for an unknown user)."""
 
+    def current_history(
+        self, user: str, stage: str = "test", histories: Mapping[str, Sequence[str]] | None = None
+    ) -> list[str]:
+        """The history ``recommend`` answers from: ``histories[user]`` where given, else the stored one."""
+        if histories is not None and user in histories:
+            return [str(i) for i in histories[user]]
+        return self.history(user, stage)
+
     @abstractmethod
     def catalogue(self) -> list[str]:
         """Every item the model can recommend (external ids)."""

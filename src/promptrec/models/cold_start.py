@@ -206,8 +206,7 @@ class ColdPrefixRecommender(Recommender):
         codes = self.rec.indexer.codes
         rows = []
         for user, group in base.groupby("user_id", sort=False):
-            history = histories[user] if histories is not None and user in histories else self.rec.history(user, stage)
-            seen = set(history) if exclude_seen else set()
+            seen = set(self.current_history(user, stage, histories)) if exclude_seen else set()
             if candidates is not None and user in candidates:  # cold items outside the list stay out
                 seen |= self.cold_items - set(candidates[user])
             listed = set(group["item_id"])

@@ -297,7 +297,7 @@ class LLMRecommender(Recommender):
             users, k=depth, exclude_seen=exclude_seen, stage=stage, histories=histories, candidates=candidates
         )
         by_user = {u: list(g["item_id"]) for u, g in retrieved.groupby("user_id", sort=False)}
-        known = {u: list(histories[u]) if histories is not None and u in histories else self.history(u, stage) for u in users}
+        known = {u: self.current_history(u, stage, histories) for u in users}
 
         conversations, labelled = [], []
         for u in users:
@@ -320,9 +320,10 @@ class LLMRecommender(Recommender):
         rows_u, rows_i, rows_s, rows_r = [], [], [], []
         for n, (u, lab) in enumerate(zip(users, labelled)):
             seen = set(known[u]) if exclude_seen else set()
-            if candidates is not None and u in candidates:  # a named item outside the list is dropped
-                seen |= set(self.titles_) - set(candidates[u])
             ranked = _by_votes([self._ranked(r[n], lab, seen) for r in replies])
+            if candidates is not None and u in candidates:  # a named item outside the list is dropped
+                allowed = set(candidates[u])
+                ranked = [i for i in ranked if i in allowed]
             self._count["users"] += 1
             named = len(ranked)
             fill = [i for i in by_user.get(u, []) if i not in ranked and i not in seen]

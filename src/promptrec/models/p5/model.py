@@ -505,10 +505,7 @@ class P5Recommender(Recommender):
 
             batches = tqdm(batches, desc="recommend", unit="batch")
         for batch in batches:
-            hists = [
-                list(histories[u]) if histories is not None and u in histories else self.history(u, stage)
-                for u in batch
-            ]
+            hists = [self.current_history(u, stage, histories) for u in batch]
             prompts = self.sequential_prompts(batch, hists, template)
             allowed = None
             if candidates is not None and any(u in candidates for u in batch):
