@@ -125,8 +125,10 @@ def build_qwen2(
     return _llama_like(Qwen2Config, Qwen2ForCausalLM, vocab_size, preset, dropout, pad_token_id, eos_token_id)
 
 
-def load_pretrained(path: str | Path) -> tuple[PreTrainedModel, Any]:
-    """(model, tokenizer) from a local transformers directory.
+def load_pretrained(path: str | Path, random_weights: bool = False) -> tuple[PreTrainedModel, Any]:
+    """(model, tokenizer) from a local transformers directory; with ``random_weights`` the same
+    architecture and tokenizer with freshly initialised weights (what pretraining brings is the
+    difference between the two).
 
     A promptrec model directory to start from is loaded by
     :func:`promptrec.models.p5.model.load_base`, which comes back here for anything else.
@@ -138,7 +140,7 @@ def load_pretrained(path: str | Path) -> tuple[PreTrainedModel, Any]:
         raise FileNotFoundError(f"pretrained model directory {d} does not exist")
     config = AutoConfig.from_pretrained(str(d))
     auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
-    model = auto.from_pretrained(str(d))
+    model = auto.from_config(config) if random_weights else auto.from_pretrained(str(d))
     tokenizer = AutoTokenizer.from_pretrained(str(d))
     if tokenizer.pad_token is None:  # GPT-2 style tokenizers have none; padding is masked anyway
         tokenizer.pad_token = tokenizer.eos_token

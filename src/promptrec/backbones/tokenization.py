@@ -66,5 +66,12 @@ def build_tokenizer(
 
 
 def add_tokens(tokenizer, item_tokens: Sequence[str], user_tokens: Sequence[str] = ()) -> int:
-    """Extend a pretrained tokenizer (e.g. a local t5 directory) with item and user tokens."""
-    return tokenizer.add_tokens([AddedToken(t, normalized=False) for t in [*item_tokens, *user_tokens]])
+    """Extend a pretrained tokenizer (e.g. a local t5 or Gemma directory) with item and user tokens.
+
+    Each new token takes the space before it (``lstrip``). A SentencePiece-style vocabulary would
+    otherwise put a lone ``▁`` token between the items of a history, so that every history item
+    is read after a space while the answer is asked for right after the last item: the position
+    that predicts a history item and the one that predicts the answer would differ.
+    """
+    new = [AddedToken(t, normalized=False, lstrip=True) for t in [*item_tokens, *user_tokens]]
+    return tokenizer.add_tokens(new)

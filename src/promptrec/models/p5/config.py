@@ -23,7 +23,12 @@ class ModelConfig(_Strict):
     backbone: str = Field("t5", description="registered backbone: t5, gpt2, llama, qwen2")
     preset: str = Field("small", description="size preset: tiny, micro, mini, compact, small, base")
     pretrained: str | None = Field(
-        None, description="local transformers directory or promptrec model directory to start from"
+        None,
+        description="what to start from: a local transformers or promptrec model directory, a .gguf file, or a "
+        "packaged model (gemma-3-270m; `promptrec models list`)",
+    )
+    random_weights: bool = Field(
+        False, description="model.pretrained's architecture and tokenizer with fresh random weights (the control run)"
     )
     tuning: TuningConfig = Field(default_factory=TuningConfig)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
@@ -34,11 +39,17 @@ class ModelConfig(_Strict):
     # An item token is a new word to any LM. Started from what the item's text means (sentence
     # embeddings, PCA-reduced to the model width) instead of noise, items described alike start
     # close together, which sparse histories alone teach slowly.
-    item_init: Literal["random", "text"] = Field(
-        "random", description="item token embeddings: 'random' or 'text' (PCA of item text embeddings; one-token ids)"
+    # A pretrained LM already knows the words of a title: 'lm' starts an item token at the mean
+    # of its title's token embeddings, in the LM's own embedding space.
+    item_init: Literal["random", "text", "lm"] = Field(
+        "random",
+        description="item token embeddings: 'random', 'text' (PCA of item_encoder sentence embeddings) or 'lm' "
+        "(mean of the pretrained backbone's embeddings of the title's tokens); one-token ids",
     )
     item_encoder: str | None = Field(
-        None, description="local sentence encoder directory for item_init=text; empty = the bundled all-MiniLM-L6-v2"
+        None,
+        description="text encoder for item_init=text: a local directory, a .gguf file or a packaged model "
+        "(all-minilm-l6-v2, gemma-3-270m; `promptrec models list`); empty = all-minilm-l6-v2",
     )
     max_history: int = Field(20, ge=1, description="most recent items shown in a prompt")
     max_words: int = Field(5000, ge=10, description="word vocabulary size (template + item text)")
@@ -98,6 +109,16 @@ class TrainConfig(_Strict):
     length_window: int = Field(
         64, ge=1, description="batches whose prompts are sorted by length together, to cut padding (1 = random batches)"
     )
+    # Next-item answers are item tokens; a pretrained LM's output layer also covers 262k words
+    # that are never an answer here, at most of the cost of a step.
+    softmax: Literal["vocabulary", "items"] = Field(
+        "vocabulary",
+        description="what the training softmax covers: the whole vocabulary, or the item tokens and </s> only "
+        "(tasks whose answers are items: sequential, sequence, choose)",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in the backward pass: less memory for large backbones, ~30% slower"
+    )
     patience: int = Field(3, ge=1, description="epochs without validation NDCG@10 gain before stopping")
     val_users: int = Field(2000, ge=0, description="validation users per epoch (0 = all)")
     examples_per_epoch: int | None = Field(None, ge=1, description="default: one pass over training positions")
@@ -123,6 +144,9 @@ class EvalConfig(_Strict):
     )
 
 
+ITEM_ANSWER_TASKS = ("sequential", "sequence", "choose")  # families whose answers are item codes
+
+
 class RunConfig(FileConfig):
     data: DataConfig = Field(default_factory=DataConfig)
     index: IndexConfig = Field(default_factory=IndexConfig)
@@ -133,6 +157,14 @@ class RunConfig(FileConfig):
 
     @model_validator(mode="after")
     def _check_anchor(self) -> "RunConfig":
-        if self.train.item_anchor > 0 and self.model.item_init != "text":
-            raise ValueError("train.item_anchor pulls item embeddings toward their text start: it needs model.item_init=text")
+        if self.train.item_anchor > 0 and self.model.item_init == "random":
+            raise ValueError("train.item_anchor pulls item embeddings toward their text start: it needs model.item_init=text or lm")
+        if self.model.random_weights and not self.model.pretrained:
+            raise ValueError("model.random_weights=true re-initialises model.pretrained's architecture: set model.pretrained")
+        if self.model.item_init == "lm" and not self.model.pretrained:
+            raise ValueError("model.item_init=lm reads item titles with a pretrained LM's own embeddings: set model.pretrained")
+        if self.train.softmax == "items":
+            other = sorted(n for n, w in self.tasks.weights.items() if w > 0 and n not in ITEM_ANSWER_TASKS)
+            if other:
+                raise ValueError(f"train.softmax=items covers item answers only; tasks {other} answer with words")
         return self

@@ -45,11 +45,63 @@ class LMKind(ABC):
     def answer_start(self, enc: dict[str, torch.Tensor]) -> int:
         """Where the decoded answer starts in what ``generate`` returns."""
 
-    def loss(self, model: Any, batch: dict[str, torch.Tensor], targets: torch.Tensor, loss_fn: Callable) -> torch.Tensor:
-        """Mean cross-entropy of the targets (-100 = none) aligned with the last logits positions."""
+    def loss(
+        self, model: Any, batch: dict[str, torch.Tensor], targets: torch.Tensor, loss_fn: Callable,
+        vocabulary: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Mean cross-entropy of the targets (-100 = none) aligned with the last logits positions.
+
+        vocabulary: sorted token ids the softmax covers (default: the whole vocabulary); every
+        target must be one of them.
+        """
         # The last positions line up with the targets (soft prompts add positions in front).
         logits = model(**batch).logits[:, -targets.size(1) :]
-        return loss_fn(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
+        real = targets != -100
+        logits, wanted = logits[real], targets[real]
+        if vocabulary is not None:
+            logits, wanted = logits[:, vocabulary], _positions_in(vocabulary, wanted)
+        return loss_fn(logits.float(), wanted)
+
+
+def _positions_in(vocabulary: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Where each token sits in the sorted ``vocabulary``; a token outside it is an error (its
+    loss would silently be that of a neighbour)."""
+    pos = torch.searchsorted(vocabulary, tokens).clamp(max=len(vocabulary) - 1)
+    if not torch.equal(vocabulary[pos], tokens):
+        stray = tokens[vocabulary[pos] != tokens][:5].tolist()
+        raise ValueError(f"train.softmax=items: targets {stray} are not item tokens or </s>")
+    return pos
+
+
+def _head_rows(head: torch.nn.Module, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The output layer's weight (and bias) rows for the token ids ``rows``. Under LoRA with
+    trainable tokens (tuning.py) the head is peft's wrapper, whose new tokens' rows are kept apart
+    from the frozen matrix: they replace the frozen rows here, as the wrapper's forward does for
+    the whole matrix."""
+    if isinstance(head, torch.nn.Linear):
+        return head.weight[rows], None if head.bias is None else head.bias[rows]
+    head = getattr(head, "token_adapter", head)  # peft's wrapper module around the layer
+    weight = head.base_layer.weight[rows]
+    for name in head.active_adapters:
+        tokens = torch.tensor(head.token_indices[name], device=rows.device)
+        pos = torch.searchsorted(rows, tokens).clamp(max=len(rows) - 1)
+        hit = rows[pos] == tokens
+        weight = weight.index_copy(0, pos[hit], head.trainable_tokens_delta[name][hit].to(weight))
+    return weight, None
+
+
+def _body(model: Any) -> torch.nn.Module | None:
+    """The transformer body under the output layer, where calling it alone computes what the
+    model's forward would up to the output layer: a plain transformers model, or one with LoRA or
+    IA3 (which live inside the base's layers). Soft prompts and prefixes exist only in peft's
+    own forward, and a distributed wrapper must run its own: None for those."""
+    if isinstance(model, PreTrainedModel):
+        return model.base_model
+    import peft
+
+    if isinstance(model, peft.PeftModel) and not model.active_peft_config.is_prompt_learning:
+        return model.get_base_model().base_model
+    return None
 
 
 class EncoderDecoder(LMKind):
@@ -90,7 +142,9 @@ class DecoderOnly(LMKind):
         """history: per example, whether the item tokens inside its prompt (its history, in
         order) are targets too: each is then learned from the tokens before it."""
         prompts = tokenizer(inputs, return_token_type_ids=False)["input_ids"]
-        answers = tokenizer(targets, return_token_type_ids=False)["input_ids"]
+        # The answer continues the prompt: no second <bos> (pretrained tokenizers add one to
+        # every text); its </s> is added below where one is wanted.
+        answers = tokenizer(targets, add_special_tokens=False, return_token_type_ids=False)["input_ids"]
         eos = tokenizer.eos_token_id
         seqs, tgts = [], []
         for r, (p, a) in enumerate(zip(prompts, answers)):
@@ -130,17 +184,28 @@ class DecoderOnly(LMKind):
     def answer_start(self, enc):
         return enc["input_ids"].shape[1]  # right after the prompt
 
-    def loss(self, model, batch, targets, loss_fn):
-        if isinstance(model, PreTrainedModel):
-            # The output layer over the whole vocabulary is most of a step when items are single
-            # tokens; only the target positions need it, so the body's hidden states are gathered
-            # there first (prompt positions far outnumber targets). Wrapped models (peft,
-            # distributed) go through their own forward.
-            hidden = model.base_model(**batch).last_hidden_state  # (B, T, d)
-            real = targets != -100
-            logits = model.get_output_embeddings()(hidden[real])  # (n_targets, vocab)
-            return loss_fn(logits.float(), targets[real])
-        return super().loss(model, batch, targets, loss_fn)
+    def loss(self, model, batch, targets, loss_fn, vocabulary=None):
+        body = _body(model)
+        if body is None:
+            return super().loss(model, batch, targets, loss_fn, vocabulary)
+        # The output layer over the whole vocabulary is most of a step when items are single
+        # tokens (and nearly all of it with a pretrained LM's 262k-word vocabulary); only the
+        # target positions need it, so the body's hidden states are gathered there first (prompt
+        # positions far outnumber targets), and with a vocabulary only its rows are used.
+        hidden = body(**batch).last_hidden_state  # (B, T, d)
+        real = targets != -100
+        head = unwrap(model).get_output_embeddings()
+        wanted = targets[real]
+        if vocabulary is None:
+            logits = head(hidden[real])  # (n_targets, vocab)
+        else:
+            weight, bias = _head_rows(head, vocabulary)
+            logits = torch.nn.functional.linear(hidden[real], weight, bias)
+            wanted = _positions_in(vocabulary, wanted)
+        cap = getattr(unwrap(model).config, "final_logit_softcapping", None)
+        if cap:  # Gemma 2's soft cap, which the model's forward applies after the output layer
+            logits = torch.tanh(logits / cap) * cap
+        return loss_fn(logits.float(), wanted)
 
 
 ENCODER_DECODER, DECODER_ONLY = EncoderDecoder(), DecoderOnly()

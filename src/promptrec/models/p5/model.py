@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from ... import __version__
 from ...backbones.builders import BACKBONES, load_pretrained
 from ...backbones.tokenization import add_tokens, build_tokenizer
+from ...pretrained import PACKAGED, resolve_model
 from ...backbones.tuning import apply_tuning, is_peft, load_tuned, save_tuned, trainable_parameters, unwrap
 from ...core.recommender import RECOMMENDERS, Recommender, check_k, check_stage, recommendation_frame
 from ...core.items import DISPLAY_COLUMNS, load_item_table, save_item_table
@@ -81,16 +82,19 @@ class P5Recommender(Recommender):
         users = sorted(self.train_history)
         self.user_tokens = {u: f"<u_{i}>" for i, u in enumerate(users)} if cfg.model.user_tokens else {}
         if cfg.model.pretrained:
-            if not cfg.model.prompt_eos:
-                raise ValueError("model.prompt_eos=false needs promptrec's own tokenizer; a pretrained model keeps its own")
             # A pretrained backbone keeps its own tokenizer (its ids match the weights); the item
             # and user tokens are added to it (those it has are reused) and the embeddings grow
-            # to match. The architecture is the directory's, whatever model.backbone says. The
+            # to match. The architecture is the directory's, whatever model.backbone says. A
+            # packaged model keeps its name (it resolves on any machine that has the package); a
             # path is stored absolute: a peft model is loaded from it wherever it is served.
-            self.config = cfg = cfg.update({"model.pretrained": str(Path(cfg.model.pretrained).resolve())})
-            base, self.tokenizer = load_base(cfg.model.pretrained)
+            if cfg.model.pretrained not in PACKAGED:
+                self.config = cfg = cfg.update({"model.pretrained": str(Path(cfg.model.pretrained).resolve())})
+            base, self.tokenizer = load_base(cfg.model.pretrained, cfg.model.random_weights)
+            words = len(self.tokenizer)
             add_tokens(self.tokenizer, self.indexer.tokens(), list(self.user_tokens.values()))
             base.resize_token_embeddings(len(self.tokenizer))
+            if cfg.model.item_init == "lm":
+                self._init_items_from_lm(base, words)
         else:
             if is_peft(cfg.model.tuning):
                 raise ValueError(
@@ -121,7 +125,13 @@ class P5Recommender(Recommender):
             )
         if cfg.model.item_init == "text":
             self._init_items_from_text(base, split, progress)
-        self.model = apply_tuning(base, cfg.model.tuning, lm_kind(base).peft_task)
+        if not cfg.model.prompt_eos and self.tokenizer("x")["input_ids"][-1] == self.tokenizer.eos_token_id:
+            # An answer without </s> continues the prompt as one more item; a prompt that ends
+            # with </s> (T5's tokenizer adds it) would ask for the next item after the end.
+            raise ValueError("model.prompt_eos=false needs a tokenizer that does not end every text with </s>")
+        # Tokens added to a pretrained vocabulary (its own rows stay frozen under LoRA).
+        added = list(range(words, len(self.tokenizer))) if cfg.model.pretrained else None
+        self.model = apply_tuning(base, cfg.model.tuning, lm_kind(base).peft_task, added)
         self._build_trie()
         return self
 
@@ -131,8 +141,7 @@ class P5Recommender(Recommender):
         from ...indexing.semantic import resolve_encoder, text_item_vectors
 
         codes = self.indexer.codes
-        if any(len(code) != 1 for code in codes.values()):
-            raise ValueError("model.item_init=text needs one token per item (e.g. index.method=random, levels: 1)")
+        self._one_token_codes("model.item_init=text")
         encoder = resolve_encoder(self.config.model.item_encoder, "model.item_init=text", "model.item_encoder=DIR")
         weight = base.get_input_embeddings().weight
         catalogue = list(codes)
@@ -144,6 +153,33 @@ class P5Recommender(Recommender):
         with torch.no_grad():
             weight[rows, :k] = vectors.to(weight.dtype) * (weight[rows, :k].std() / vectors.std())
         self.item_start = (rows, weight[rows].detach().clone())  # what train.item_anchor pulls toward
+
+    def _one_token_codes(self, setting: str) -> dict[str, str]:
+        codes = self.indexer.codes
+        if any(len(code) != 1 for code in codes.values()):
+            raise ValueError(f"{setting} needs one token per item (e.g. index.method=random, levels: 1)")
+        return {item: code[0] for item, code in codes.items()}
+
+    def _init_items_from_lm(self, base, words: int) -> None:
+        """Start each item token at the mean of the pretrained LM's input embeddings of its
+        title's tokens (the first ``words`` rows: the LM's own vocabulary). An item without a
+        title keeps the init the grown embedding matrix gave it."""
+        codes = self._one_token_codes("model.item_init=lm")
+        titles = self.items["title"].dropna().astype(str) if "title" in self.items else pd.Series(dtype=str)
+        titled = [i for i in codes if i in titles.index and titles[i].strip()]
+        weight = base.get_input_embeddings().weight
+        ids = self.tokenizer([titles[i] for i in titled], add_special_tokens=False)["input_ids"] if titled else []
+        with torch.no_grad():
+            for item, tokens in zip(titled, ids):
+                tokens = [t for t in tokens if t < words]
+                if tokens:
+                    weight[self.tokenizer.convert_tokens_to_ids(codes[item])] = weight[tokens].mean(0)
+        rows = torch.tensor(self.tokenizer.convert_tokens_to_ids(list(codes.values())))
+        self.item_start = (rows, weight[rows].detach().clone())  # what train.item_anchor pulls toward
+
+    def item_vocabulary(self) -> torch.Tensor:
+        """Sorted token ids of every item code token and </s>: what ``train.softmax=items`` covers."""
+        return torch.tensor(sorted({*self.item_token_ids, self.tokenizer.eos_token_id}))
 
     @property
     def lm(self) -> LMKind:
@@ -613,7 +649,7 @@ class P5Recommender(Recommender):
             # The frozen base stays where model.pretrained points; only what was trained is saved,
             # with what finds the base again once the two have moved (base_model_locator).
             save_tuned(self.model, d)
-            base = Path(self.config.model.pretrained)
+            base = Path(resolve_model(self.config.model.pretrained, "model.pretrained")).resolve()
             (d / BASE_FILE).write_text(json.dumps({
                 "path": str(base), "relative": os.path.relpath(base, d.resolve()), "fingerprint": fingerprint(base),
             }, indent=2))
@@ -690,6 +726,8 @@ def find_base_model(directory: Path, recorded: str | None) -> Path:
     meta = json.loads(meta_path.read_text())
     name = Path(meta["path"]).name
     tried = [Path(meta["path"]), (directory / meta["relative"]).resolve()]
+    if recorded in PACKAGED:  # found (or converted) where this machine keeps it
+        tried.insert(0, Path(resolve_model(recorded, "model.pretrained")))
     tried += [Path(p) / name for p in os.environ.get("PROMPTREC_MODEL_PATH", "").split(os.pathsep) if p]
     for candidate in tried:
         if candidate.is_dir() and fingerprint(candidate) == meta["fingerprint"]:
@@ -700,15 +738,17 @@ def find_base_model(directory: Path, recorded: str | None) -> Path:
     )
 
 
-def load_base(path: str | Path) -> tuple[Any, Any]:
+def load_base(path: str | Path, random_weights: bool = False) -> tuple[Any, Any]:
     """(model, tokenizer) to start from: a local transformers directory or a promptrec model directory.
 
     A promptrec directory gives its trained LM and tokenizer (item tokens included), which is how
     a model trained on one dataset starts training on another. A peft-tuned one is merged first.
     """
-    d = Path(path)
+    d = Path(resolve_model(path, "model.pretrained"))
     if not (d / "promptrec_config.json").exists():
-        return load_pretrained(d)
+        return load_pretrained(d, random_weights)
+    if random_weights:
+        raise ValueError("model.random_weights=true applies to a transformers directory, not a promptrec model")
     rec = P5Recommender.from_pretrained(d)
     model = rec.model
     if model is not unwrap(model):

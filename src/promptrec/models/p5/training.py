@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from ...backbones.tuning import unwrap
 from ...data.split import group_sequences
 from ...prompts.tasks import TASKS, length_batches, mixture_plan
 from .lm import lm_kind
@@ -123,6 +124,8 @@ def train(
     steps_per_epoch = math.ceil(per_epoch / cfg.batch_size)
     total_steps = max(1, steps_per_epoch * cfg.epochs)
 
+    if cfg.gradient_checkpointing:
+        unwrap(model).activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
     # Only what the tuning method leaves trainable (everything, for full fine-tuning).
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -145,9 +148,15 @@ def train(
     anchor = None  # (embedding weight, item rows, their start): resolved once here, not on every step
     if cfg.item_anchor > 0:
         weight = raw.get_input_embeddings().weight
+        if not weight.requires_grad:
+            raise ValueError(
+                "train.item_anchor pulls the trained item embeddings toward their start; here the embedding "
+                "matrix is frozen (LoRA trains the new tokens as adapter rows): set train.item_anchor=0"
+            )
         rows, start = rec.item_start
         anchor = (weight, rows.to(weight.device), start.to(weight))
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=-100, label_smoothing=cfg.label_smoothing)
+    vocabulary = rec.item_vocabulary().to(accelerator.device) if cfg.softmax == "items" else None
 
     state = {"epoch": -1, "step": 0, "best": -1.0, "best_epoch": -1, "bad_epochs": 0, "train_seconds": 0.0}
     if resuming:
@@ -197,7 +206,7 @@ def train(
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             targets = batch.pop("targets")
             with accelerator.autocast():
-                loss = kind.loss(model, batch, targets, loss_fn)
+                loss = kind.loss(model, batch, targets, loss_fn, vocabulary)
             value = loss.item()
             if not math.isfinite(value):
                 # Left alone, the weights turn to NaN and every later ranking comes back empty.
