@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from promptrec.core.config import recipe_path
 from promptrec.core.recommender import build_recommender, load_recommender
 from promptrec.data import leave_one_out
 from promptrec.evaluation.ranking import evaluate_rankings
@@ -68,7 +69,7 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=500, help="test users evaluated (seeded sample)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ml100k-path", default=str(ROOT.parent / "shared" / "data" / "ml-100k"))
-    ap.add_argument("--config", default=str(ROOT / "configs" / "ml100k_decoder.yaml"))
+    ap.add_argument("--config", default=str(recipe_path("ml100k_decoder")))
     ap.add_argument("--runs", default=str(ROOT / "runs" / "llm_ml100k"), help="decoder run, chat export, cache, server log")
     ap.add_argument("--retriever", default="bpr", help="registered recommender proposing the rerank candidates")
     ap.add_argument("--candidates", type=int, default=20)

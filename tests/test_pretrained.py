@@ -203,3 +203,18 @@ def test_real_gemma_resolves_by_name_and_writes_english():
     out = model.generate(**ids, max_new_tokens=6, do_sample=False)
     # The base model's greedy continuation (as llama.cpp gives it from the same GGUF file).
     assert tok.decode(out[0][ids["input_ids"].shape[1]:]).startswith(" the capital of the country")
+
+
+def test_a_causal_lm_is_an_item_text_encoder(gemma_dir, split):
+    """model.item_encoder takes a pretrained LLM as well as a sentence encoder: its mean-pooled
+    hidden states, reduced by PCA to the model width, start the item tokens."""
+    from promptrec.indexing.semantic import text_item_vectors
+
+    catalogue = list(split.data.items.index)
+    vectors = text_item_vectors(split.data.items, catalogue, split.train_items(), 8, str(gemma_dir))
+    assert vectors.shape == (len(catalogue), 8) and np.isfinite(vectors).all()
+    cfg = RunConfig().update({
+        "model.backbone": "gpt2", "model.preset": "tiny", "index.method": "random", "index.params": {"levels": 1},
+        "model.item_init": "text", "model.item_encoder": str(gemma_dir),
+    })
+    P5Recommender(cfg).build(split)  # the encoder resolves and the item rows take its vectors

@@ -179,8 +179,14 @@ def recommend(
     k: Annotated[int, typer.Option("-k", help="number of items")] = 10,
     history: Annotated[Optional[str], typer.Option(help="comma-separated item ids to use as the history instead of the stored one")] = None,
     json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    explain: Annotated[
+        Optional[str],
+        typer.Option(help="explain each item in one sentence with this pretrained LLM (a packaged model name such "
+                     "as gemma-3-270m, a directory or a .gguf file), checked for grounding"),
+    ] = None,
 ) -> None:
-    """Top-k items for users of a saved model (any recommender), with titles."""
+    """Top-k items for users of a saved model (any recommender), with titles; with --explain, a
+    sentence on why for each, and whether everything it names was in the prompt (grounded)."""
     from ..core.recommender import load_recommender
 
     rec = load_recommender(model)
@@ -193,6 +199,14 @@ def recommend(
     items = rec.item_table()
     titles = items["title"] if "title" in items else None
     recs["title"] = [titles.get(i) if titles is not None else None for i in recs["item_id"]]
+    if explain:
+        from ..models.llm.explain import Explainer
+
+        explainer = Explainer(explain, items)
+        shown = {u: rec.current_history(u, "test", hist) for u in user}
+        found = explainer.explain([(shown[u], i) for u, i in zip(recs["user_id"], recs["item_id"])])
+        recs["explanation"] = [e["explanation"] for e in found]
+        recs["grounded"] = [e["grounded"] for e in found]
     if json_:
         typer.echo(recs.to_json(orient="records"))
         return
@@ -200,6 +214,9 @@ def recommend(
         typer.echo(f"user {u}:")
         for r in g.itertuples():
             typer.echo(f"  {r.rank:>3}. {r.item_id:<14} {r.score:9.4f}  {r.title or ''}")
+            if explain:
+                mark = "" if r.grounded else "  [names something not shown]"
+                typer.echo(f"       why: {r.explanation}{mark}")
 
 
 @app.command()

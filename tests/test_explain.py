@@ -1,0 +1,81 @@
+"""Explanations: the grounding check on known sentences, and the Explainer end to end on a tiny
+random-init Gemma 3 (its sentences are noise; what is checked is the plumbing)."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from promptrec.models.llm.explain import CatalogueMentions, Explainer, _first_sentence, grounding_summary
+
+ITEMS = pd.DataFrame(
+    {
+        "title": ["Toy Story (1995)", "Rock, The (1996)", "Heat (1995)", "Star Wars (1977)"],
+        "categories": [["Animation", "Comedy"], ["Action"], ["Crime"], ["Sci-Fi", "Action"]],
+        "year": [1995, 1996, 1995, 1977],
+    },
+    index=pd.Index(["1", "2", "3", "4"], name="item_id"),
+)
+
+
+def test_grounded_sentences_name_only_what_was_shown():
+    m = CatalogueMentions(ITEMS)
+    g = m.ground("Fans of Star Wars will enjoy The Rock, an action film from 1996.", shown_items=["4", "2"])
+    assert g.grounded and g.named_items == ["4", "2"] and set(g.named_attributes) == {"action", "1996"}
+
+
+def test_an_unshown_title_or_attribute_is_ungrounded():
+    m = CatalogueMentions(ITEMS)
+    g = m.ground("Like Toy Story, The Rock is a comedy.", shown_items=["2"])
+    assert not g.grounded
+    assert g.ungrounded_items == ["1"] and g.ungrounded_attributes == ["comedy"]
+    # One-word titles are ordinary words ("heat"), not mentions.
+    assert m.ground("It has real heat.", shown_items=["2"]).named_items == []
+
+
+def test_summary_rates_and_first_sentence():
+    assert _first_sentence(" it is fun. And more.\nnext") == "it is fun."
+    rows = [
+        {"explanation": "a b c", "grounded": True, "ungrounded_items": [], "ungrounded_attributes": [],
+         "named_items": ["4"], "named_attributes": [], "seconds": 1.0},
+        {"explanation": "", "grounded": False, "ungrounded_items": ["1"], "ungrounded_attributes": [],
+         "named_items": ["1"], "named_attributes": [], "seconds": 3.0},
+    ]
+    s = grounding_summary(rows)
+    assert s["hallucination_rate"] == 0.5 and s["empty_rate"] == 0.5 and s["seconds_per_explanation"] == 2.0
+    assert s["mean_words"] == 1.5 and s["naming_rate"] == 1.0
+
+
+def test_explainer_on_a_tiny_gemma_and_the_cli(tmp_path):
+    from test_pretrained import gemma_like_tokenizer
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+    from typer.testing import CliRunner
+
+    from promptrec.cli import app
+    from promptrec.core.recommender import build_recommender
+    from promptrec.data import leave_one_out
+    from conftest import cyclic_data
+
+    tok = gemma_like_tokenizer()
+    config = Gemma3TextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=16, pad_token_id=0,
+                              eos_token_id=1, bos_token_id=2)
+    llm = tmp_path / "llm"
+    Gemma3ForCausalLM(config).save_pretrained(llm)
+    tok.save_pretrained(str(llm))
+    explainer = Explainer(str(llm), ITEMS, max_new_tokens=5)
+    prompt = explainer.prompt(["4", "3"], "2")
+    assert "Star Wars (1977); Heat (1995)" in prompt and "Rock, The (1996) (Action, 1996)" in prompt
+    out = explainer.explain([(["4"], "2"), (["1"], "3")])
+    assert [r["item_id"] for r in out] == ["2", "3"] and all(isinstance(r["explanation"], str) for r in out)
+    with pytest.raises(Exception, match="not an explanation"):
+        Explainer(str(llm), ITEMS, template="chat-1")
+
+    split = leave_one_out(cyclic_data(n_users=10, n_items=20))
+    model = build_recommender("popularity").fit(split)
+    model.save_pretrained(tmp_path / "pop")
+    res = CliRunner().invoke(app, ["recommend", "-m", str(tmp_path / "pop"), "-u", "user1", "-k", "2", "--json",
+                                   "--explain", str(llm)])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout.strip().splitlines()[-1])
+    assert len(rows) == 2 and {"explanation", "grounded"} <= set(rows[0])
