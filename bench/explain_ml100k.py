@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from promptrec.core.config import DataConfig
 from promptrec.core.recommender import build_recommender, load_recommender
 from promptrec.data import leave_one_out
-from promptrec.core.config import DataConfig
 from promptrec.models.llm.explain import Explainer, grounding_summary
 from promptrec.pipeline import load_data
 

@@ -129,8 +129,7 @@ def main() -> None:
     summary, _ = evaluate_rankings(bpr, split, stage="test", k=10, users=users, metrics=("HR@10", "NDCG@10"))
     emit("bpr alone (all items ranked)", {m: round(summary[m], 4) for m in ("HR@10", "NDCG@10")}, rows=rows)
     with open(args.results, "a") as f:
-        for r in rows:
-            f.write(json.dumps({**r, "command": command, "date": time.strftime("%Y-%m-%d")}) + "\n")
+        f.writelines(json.dumps({**r, "command": command, "date": time.strftime("%Y-%m-%d")}) + "\n" for r in rows)
     print(json.dumps({"command": command, "results": args.results}))
 
 

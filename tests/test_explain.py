@@ -47,6 +47,7 @@ def test_summary_rates_and_first_sentence():
 
 
 def test_explainer_on_a_tiny_gemma_and_the_cli(tmp_path):
+    from conftest import cyclic_data
     from test_pretrained import gemma_like_tokenizer
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
     from typer.testing import CliRunner
@@ -54,7 +55,6 @@ def test_explainer_on_a_tiny_gemma_and_the_cli(tmp_path):
     from promptrec.cli import app
     from promptrec.core.recommender import build_recommender
     from promptrec.data import leave_one_out
-    from conftest import cyclic_data
 
     tok = gemma_like_tokenizer()
     config = Gemma3TextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, processors, decoders
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerFast
 
 from promptrec.core.recommender import load_recommender
@@ -167,6 +167,7 @@ def test_lora_trains_only_the_new_token_rows_and_the_adapter(gemma_dir, split, t
 def test_a_tiny_gemma_learns_the_cycle_with_full_tuning(gemma_dir):
     """A known answer: users walk a cycle, so the next item follows the last one."""
     from conftest import cyclic_data
+
     from promptrec.evaluation.ranking import evaluate_recommender
 
     split = leave_one_out(cyclic_data(n_users=80, n_items=20))

@@ -107,7 +107,7 @@ def test_bad_parameters_and_encoders_are_refused(tmp_path) -> None:
     with pytest.raises(ValueError, match="codebook"):
         build_indexer("semantic", codebook=1)
     ids, items = catalogue_and_items()
-    with pytest.raises(ValueError, match="not a local model directory"):
+    with pytest.raises(ValueError, match="neither a local model directory"):
         build_indexer("semantic", encoder=str(tmp_path / "missing")).fit(train_on(ids), ids, items)
 
 

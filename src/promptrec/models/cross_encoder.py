@@ -62,7 +62,7 @@ import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..backbones.tuning import apply_tuning, is_peft, load_tuned, save_tuned, trainable_parameters, unwrap
+from ..backbones.tuning import TuningConfig, apply_tuning, is_peft, load_tuned, save_tuned, trainable_parameters, unwrap
 from ..core.recommender import (
     RECOMMENDERS,
     STAGES,
@@ -73,7 +73,7 @@ from ..core.recommender import (
 )
 from ..data.split import Split
 from ..evaluation.ctr import ctr_auc, history_examples
-from ..backbones.tuning import TuningConfig
+from ..pretrained import resolve_model
 
 log = logging.getLogger("promptrec")
 
@@ -96,7 +96,7 @@ class CrossEncoderConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     pretrained: str | None = Field(
-        None, description="local transformers directory of the encoder; empty = the bundled all-MiniLM-L6-v2"
+        None, description="the encoder: a local transformers directory or a packaged model name; empty = all-minilm-l6-v2"
     )
     head: Literal["binary", "rating"] = Field(
         "binary", description="binary: P(like) with cross-entropy; rating: the rating with squared error"
@@ -210,9 +210,7 @@ class CrossEncoderRecommender(Recommender):
     def _build(self, items: pd.DataFrame) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        base = self.config.pretrained or default_pretrained()
-        if not Path(base).is_dir():
-            raise ValueError(f"cross_encoder: pretrained encoder {base} is not a local model directory")
+        base = resolve_model(self.config.pretrained, "cross_encoder: pretrained") if self.config.pretrained else default_pretrained()
         self.base_ = str(Path(base).resolve())
         self.tokenizer_ = AutoTokenizer.from_pretrained(self.base_)
         with _quiet_transformers():  # the new head is "newly initialized", as it should be

@@ -7,11 +7,12 @@ import importlib
 import logging
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 from ..core.cache import default_cache_root
 from ..core.registry import Registry
