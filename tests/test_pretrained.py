@@ -219,3 +219,19 @@ def test_a_causal_lm_is_an_item_text_encoder(gemma_dir, split):
         "model.item_init": "text", "model.item_encoder": str(gemma_dir),
     })
     P5Recommender(cfg).build(split)  # the encoder resolves and the item rows take its vectors
+
+
+def test_a_base_llm_answers_chat_as_a_transcript(gemma_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from promptrec.pretrained.chat import transcript_chat_directory
+
+    chat = transcript_chat_directory(gemma_dir, tmp_path / "chat")
+    tok = AutoTokenizer.from_pretrained(chat)
+    text = tok.apply_chat_template([
+        {"role": "system", "content": "Rank items."}, {"role": "user", "content": "history : a"},
+        {"role": "assistant", "content": "B\nA"}, {"role": "user", "content": "history : b"},
+    ], tokenize=False)
+    assert text == "<bos>Rank items.\n\nUser: history : a\n\nAssistant: B\nA\n\nUser: history : b\n\nAssistant:"
+    assert (chat / "model.safetensors").resolve() == (gemma_dir / "model.safetensors").resolve()  # linked, not copied
+    assert json.loads((chat / "generation_config.json").read_text())["do_sample"] is False

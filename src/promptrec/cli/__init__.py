@@ -504,6 +504,34 @@ def models_get(
     typer.echo(str(get_model(name, install=install)))
 
 
+@models_app.command("serve")
+def models_serve(
+    name: Annotated[str, typer.Argument(help="packaged model name, transformers directory or .gguf file")],
+    port: Annotated[int, typer.Option(help="loopback port")] = 8000,
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+) -> None:
+    """Serve a pretrained base LLM over the OpenAI chat protocol (`transformers serve`), with a
+    chat template that writes the conversation as a User:/Assistant: transcript, which a base
+    model continues: the endpoint for the llm recommender (base_url http://HOST:PORT/v1, model =
+    the printed directory)."""
+    import os
+    import subprocess
+    import sys
+
+    from ..core.cache import default_cache_root
+    from ..pretrained import resolve_model
+    from ..pretrained.chat import transcript_chat_directory
+
+    _setup_logging(True)
+    source = Path(resolve_model(name, "model"))
+    chat = transcript_chat_directory(source, default_cache_root() / "chat-models" / source.name)
+    typer.echo(f"serving {chat} at http://{host}:{port}/v1 (model name: {chat})", err=True)
+    cli = Path(sys.executable).with_name("transformers")
+    raise typer.Exit(subprocess.call(
+        [str(cli), "serve", str(chat), "--host", host, "--port", str(port)], env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    ))
+
+
 def _one_line(err: BaseException) -> str:
     """An expected error as one line: pydantic's report cut to its first problem."""
     from pydantic import ValidationError
