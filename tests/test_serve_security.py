@@ -11,6 +11,7 @@ Every response of the module is recorded; none may be a 500."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -280,6 +281,19 @@ def test_a_killed_model_process_is_replaced(model_dir, tmp_path) -> None:
     finally:
         server.stop()
     assert "exited (exit code -9)" in (tmp_path / "server.log").read_text()
+
+
+def test_fuzzing_every_route_finds_no_server_error(served) -> None:
+    """A short run of bench/serve_fuzz.py: schemathesis cases for every operation, with hostile
+    values put into the bodies and every identity (no key, a wrong one, the key both ways)."""
+    spec = importlib.util.spec_from_file_location("serve_fuzz", Path(__file__).parents[1] / "bench" / "serve_fuzz.py")
+    serve_fuzz = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(serve_fuzz)
+    tally = serve_fuzz.Tally()
+    serve_fuzz.fuzz(served.url, ADMIN, examples=15, seed_=1, tally=tally)
+    assert tally.requests >= 200 and tally.mutated >= 50 and len(tally.statuses) == 12
+    assert not tally.server_errors, tally.server_errors[:3]
+    assert sum(c["401"] for c in tally.statuses.values()) > 0  # the identities without a key were refused
 
 
 def test_no_response_was_a_500_or_showed_a_secret() -> None:

@@ -49,10 +49,9 @@ from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Request, Security
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
@@ -60,7 +59,7 @@ from .batching import MicroBatcher
 from .engine import LIKE_THRESHOLD, Answer
 from .openai_api import PREFIX as OPENAI_PREFIX
 from .openai_api import OpenAIError, add_openai_routes
-from .security import ApiKey, BodyGuard, KeyRing, Scope, StrictJSONRoute
+from .security import AccessControl, ApiKey, BodyGuard, KeyRing, Scope, StrictJSONRoute
 from .store import FeedbackEvent, FeedbackStore, StoredEvent
 from .worker import Job, ModelLoadError, ModelPool, ModelUnavailable
 
@@ -69,9 +68,16 @@ log = logging.getLogger("promptrec.serve")
 ItemId = Annotated[str, Field(min_length=1, max_length=256)]
 UserId = Annotated[str, Field(min_length=1, max_length=256)]
 HARD_MAX_LIST = 10_000  # schema bound on any list in a request; the settings may lower it
-# Module level: FastAPI resolves dependency annotations in the module's namespace.
-API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, description="an API key (or send it as a bearer token)")
-BEARER = HTTPBearer(auto_error=False, description="an API key, as OpenAI clients send it")
+# The scope each protected path needs; every other path is open (/health, /ready, /metrics, the
+# docs, /v1/models: nothing about a user).
+REQUIRED: dict[str, Scope] = {
+    "/recommend": "read", "/score": "read", "/rate": "read", "/v1/chat/completions": "read",
+    "/feedback": "write", "/admin/reload": "admin", "/info": "admin",
+}
+SECURITY_SCHEMES = {
+    "APIKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+    "HTTPBearer": {"type": "http", "scheme": "bearer", "description": "the same key, as OpenAI clients send it"},
+}
 ACCESS_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "no API key, or an unknown one"},
     403: {"description": "the key lacks the scope this endpoint needs"},
@@ -301,32 +307,6 @@ def _is_model_dir(directory: str) -> bool:
         return False
 
 
-class AccessDenied(Exception):
-    """401 (no key, or an unknown one) or 403 (a key without the scope)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def access(keys: KeyRing, scope: Scope, public: bool = False) -> Any:
-    """The dependency of an endpoint that needs ``scope``; ``public``: it needs nothing."""
-
-    async def check(
-        key: Annotated[str | None, Security(API_KEY)],
-        bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)],
-    ) -> None:
-        if public:
-            return
-        granted = keys.scopes(key if key is not None else bearer.credentials if bearer is not None else None)
-        if granted is None:
-            raise AccessDenied(401, "missing or unknown API key: send it as X-API-Key or Authorization: Bearer")
-        if scope not in granted:
-            raise AccessDenied(403, f"this API key lacks the {scope} scope")
-
-    return check
-
-
 class Metrics:
     """Request count and latency per route and status, as a plain ASGI middleware.
 
@@ -364,9 +344,6 @@ class Metrics:
 def create_app(settings: ServeSettings) -> FastAPI:
     server = Server(settings)
     keys = settings.key_ring()
-    read = Depends(access(keys, "read", public=settings.public_read))
-    write = Depends(access(keys, "write"))
-    admin = Depends(access(keys, "admin"))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -399,10 +376,6 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app.router.route_class = StrictJSONRoute  # before any route is added
     app.state.server = server
 
-    app.add_middleware(Metrics, server=server)
-    add_openai_routes(app, server, settings, read)
-    app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
-
     def error(request: Request, status: int, message: str, code: str, headers: dict[str, str]) -> JSONResponse:
         if request.url.path.startswith(OPENAI_PREFIX):  # what OpenAI clients parse
             kind = "server_error" if status >= 500 else "invalid_request_error"
@@ -411,11 +384,17 @@ def create_app(settings: ServeSettings) -> FastAPI:
             return response
         return JSONResponse({"detail": message}, status_code=status, headers=headers)
 
-    @app.exception_handler(AccessDenied)
-    async def denied(request: Request, err: AccessDenied) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else {}
-        code = "invalid_api_key" if err.status == 401 else "insufficient_scope"
-        return error(request, err.status, str(err), code, headers)
+    def denied(request: Request, status: int, message: str) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+        return error(request, status, message, "invalid_api_key" if status == 401 else "insufficient_scope", headers)
+
+    app.add_middleware(Metrics, server=server)
+    add_openai_routes(app, server, settings)
+    app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
+    # Outermost (the last added): a refused request costs no body read. Metrics, innermost, counts
+    # the requests that reached a route.
+    public = frozenset({"read"}) if settings.public_read else frozenset()
+    app.add_middleware(AccessControl, keys=keys, required=REQUIRED, public=public, deny=denied)
 
     @app.exception_handler(ModelUnavailable)
     async def unavailable(request: Request, err: ModelUnavailable) -> JSONResponse:
@@ -439,8 +418,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
             raise HTTPException(422, f"unknown {what}: {shown}")
 
     # -- endpoints -------------------------------------------------------------------------------
-    @app.post("/recommend", response_model=RecommendResponse, dependencies=[read],
-              responses={**ACCESS_ERRORS, **MODEL_ERRORS})
+    @app.post("/recommend", response_model=RecommendResponse, responses={**ACCESS_ERRORS, **MODEL_ERRORS})
     async def recommend(body: RecommendRequest) -> RecommendResponse:
         eng = engine()
         if body.k > settings.max_k:
@@ -475,7 +453,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         unknown_items(eng, [i for _, i in pairs], "items")
         return eng, pairs
 
-    @app.post("/score", response_model=PairsResponse, dependencies=[read], responses={**ACCESS_ERRORS, **MODEL_ERRORS})
+    @app.post("/score", response_model=PairsResponse, responses={**ACCESS_ERRORS, **MODEL_ERRORS})
     async def score(body: PairsRequest) -> PairsResponse:
         """P(yes) of the yes/no family for each (user, item) pair, with the user's feedback."""
         eng, pairs = await pairs_for(body, "score")
@@ -490,7 +468,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
             model_version=eng.version,
         )
 
-    @app.post("/rate", response_model=PairsResponse, dependencies=[read], responses={**ACCESS_ERRORS, **MODEL_ERRORS})
+    @app.post("/rate", response_model=PairsResponse, responses={**ACCESS_ERRORS, **MODEL_ERRORS})
     async def rate(body: PairsRequest) -> PairsResponse:
         """Expected star rating (1-5) of each (user, item) pair, from the rating family."""
         eng, pairs = await pairs_for(body, "rate")
@@ -500,7 +478,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
             model_version=eng.version,
         )
 
-    @app.post("/feedback", response_model=FeedbackResponse, dependencies=[write], responses=ACCESS_ERRORS)
+    @app.post("/feedback", response_model=FeedbackResponse, responses=ACCESS_ERRORS)
     async def feedback(body: FeedbackRequest) -> FeedbackResponse:
         """Store events; the answer comes only after they are committed to the store. Items the
         model does not know are stored too (a later update may learn them)."""
@@ -509,7 +487,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         result = await run_in_threadpool(server.store.add, body.events)
         return FeedbackResponse(stored=result.stored, duplicates=result.duplicates, event_ids=result.event_ids)
 
-    @app.post("/admin/reload", response_model=ReloadResponse, dependencies=[admin], responses=ACCESS_ERRORS)
+    @app.post("/admin/reload", response_model=ReloadResponse, responses=ACCESS_ERRORS)
     async def reload(body: ReloadRequest | None = None) -> ReloadResponse:
         directory = body.model_dir if body else None
         if directory is not None and not _is_model_dir(directory):
@@ -537,7 +515,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         headers = {"Retry-After": str(min(restarting))} if restarting else None
         return JSONResponse(body, status_code=200 if ok else 503, headers=headers)
 
-    @app.get("/info", dependencies=[admin], responses=ACCESS_ERRORS)
+    @app.get("/info", responses=ACCESS_ERRORS)
     async def info() -> dict[str, Any]:
         eng = engine()
         return {
@@ -560,6 +538,22 @@ def create_app(settings: ServeSettings) -> FastAPI:
     @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus() -> PlainTextResponse:
         return PlainTextResponse(generate_latest(server.registry), media_type=CONTENT_TYPE_LATEST)
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema, with the keys that AccessControl checks declared on each operation."""
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)
+            schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+            for path, scope in REQUIRED.items():
+                for operation in schema["paths"].get(path, {}).values():
+                    operation["security"] = [{"APIKeyHeader": []}, {"HTTPBearer": []}]
+                    public = scope == "read" and settings.public_read
+                    operation["description"] = (operation.get("description", "") + "\n\nNeeds an API key with the "
+                                                f"`{scope}` scope" + (" (not on this server: public read)" if public else "") + ".")
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     return app
 

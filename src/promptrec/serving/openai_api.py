@@ -222,9 +222,8 @@ def _validation_message(err: RequestValidationError) -> tuple[str, str | None]:
     return f"{param or 'body'}: {first['msg']}", param
 
 
-def add_openai_routes(app: FastAPI, server: Server, settings: ServeSettings, read: Any) -> None:
-    """Register /v1/models and /v1/chat/completions on ``app``; ``read``: the dependency that
-    admits a request to the chat endpoint."""
+def add_openai_routes(app: FastAPI, server: Server, settings: ServeSettings) -> None:
+    """Register /v1/models and /v1/chat/completions on ``app``."""
     from .conversation import Conversation
 
     @app.exception_handler(OpenAIError)
@@ -313,7 +312,7 @@ def add_openai_routes(app: FastAPI, server: Server, settings: ServeSettings, rea
         )
         return completion, reply.text.splitlines(keepends=True)
 
-    @app.post("/v1/chat/completions", response_model=ChatCompletion, dependencies=[read], responses={
+    @app.post("/v1/chat/completions", response_model=ChatCompletion, responses={
         **ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "a completion, or with stream: SSE chunks"},
         401: {"description": "no API key, or an unknown one (OpenAI error shape)"},
         403: {"description": "the key lacks the read scope (OpenAI error shape)"},
