@@ -12,8 +12,8 @@ numbers measure recovery, not back-off), reads the model process's PID from ``/i
 it SIGKILL.
 
 Per kill: seconds from the kill to the first 200 of a request sent after it (the first good
-answer), and to ``/ready`` answering 200 again; whether ``/info`` then shows a new PID and one
-more restart. Over the run: responses by status (500 must be 0), 503s with a Retry-After header,
+answer), and until ``/info`` lists a new process and ``/ready`` answers 200; whether ``/ready``
+said 503 in between, and ``/info`` then shows one more restart. Over the run: responses by status (500 must be 0), 503s with a Retry-After header,
 and the ``promptrec_model_restarts_total`` counter.
 
     OMP_NUM_THREADS=1 python bench/serve_heal.py                       # 20 kills, 4 clients
@@ -96,17 +96,22 @@ def info(url: str, key: str) -> dict[str, Any]:
     return httpx.get(f"{url}/info", headers={"X-API-Key": key}, timeout=30).json()
 
 
-def wait_ready(url: str, timeout: float) -> float | None:
-    """Seconds until /ready answered 200, polled every 20 ms; None if it did not."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
+def wait_healed(url: str, key: str, dead: int, since: float, timeout: float) -> tuple[float | None, bool]:
+    """Seconds from ``since`` until ``/info`` lists a model process other than ``dead`` and
+    ``/ready`` answers 200 (polled every 20 ms; None if that did not happen), and whether
+    ``/ready`` said 503 meanwhile."""
+    said_503 = False
+    while time.monotonic() - since < timeout:
         try:
-            if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
-                return time.monotonic() - start
+            pids = info(url, key)["model_pids"]
+            ready = httpx.get(f"{url}/ready", timeout=5).status_code
         except httpx.TransportError:
-            pass
+            pids, ready = [], 0
+        said_503 = said_503 or ready == 503
+        if pids and dead not in pids and ready == 200:
+            return time.monotonic() - since, said_503
         time.sleep(0.02)
-    return None
+    return None, said_503
 
 
 def stats(values: list[float]) -> dict[str, float | None]:
@@ -137,6 +142,7 @@ def main() -> int:
     users = sorted(pd.read_parquet(args.model / "histories.parquet", columns=["user_id"])["user_id"].unique())
     items = sorted(pd.read_parquet(args.model / "items.parquet", columns=["item_id"])["item_id"].unique())
     machine = machine_info(("torch", "fastapi", "uvicorn"))
+    machine["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
     workdir = Path(tempfile.mkdtemp(prefix="promptrec_heal_"))
     key = secrets.token_urlsafe(16)
     server = Server(args.model, workdir / "feedback.db", key, workdir / "server.log", args.threads)
@@ -153,7 +159,7 @@ def main() -> int:
                 pid = before["model_pids"][0]
                 os.kill(pid, signal.SIGKILL)
                 killed = time.monotonic()
-                ready = wait_ready(server.url, args.heal_timeout)
+                ready, said_503 = wait_healed(server.url, key, pid, killed, args.heal_timeout)
                 deadline = time.monotonic() + args.heal_timeout
                 while (good := clients.first_good_after(killed)) is None and time.monotonic() < deadline:
                     time.sleep(0.02)
@@ -165,6 +171,7 @@ def main() -> int:
                     "restarts": after["model_restarts"],
                     "first_good_answer_s": round(good - killed, 3) if good is not None else None,
                     "ready_again_s": round(ready, 3) if ready is not None else None,
+                    "ready_said_503": said_503,
                 })
                 print(json.dumps(kills[-1]), file=sys.stderr, flush=True)
         finally:
@@ -186,6 +193,7 @@ def main() -> int:
         "healed_without_operator": len(healed),
         "first_good_answer_s": stats([k["first_good_answer_s"] for k in healed]),
         "ready_again_s": stats([k["ready_again_s"] for k in kills if k["ready_again_s"] is not None]),
+        "ready_said_503_after_kill": sum(k["ready_said_503"] for k in kills),
         "responses": dict(sorted(statuses.items())),
         "responses_500": statuses.get("500", 0),
         "responses_503": statuses.get("503", 0),
@@ -198,6 +206,7 @@ def main() -> int:
         "client_retry_wait_s": args.retry_wait,
         "seconds": round(time.perf_counter() - started, 1),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
         "machine": machine,
     }

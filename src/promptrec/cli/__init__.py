@@ -272,6 +272,9 @@ def serve(
     threads: Annotated[
         Optional[int], typer.Option(help="torch threads per model process (default: torch's)")
     ] = None,
+    spare_process: Annotated[
+        bool, typer.Option(help="keep a process with torch imported to replace a model process that exits (faster restarts, more memory)")
+    ] = True,
     model_name: Annotated[
         str, typer.Option(help="the model's name on the OpenAI-compatible endpoints (/v1/models, /v1/chat/completions)")
     ] = "promptrec",
@@ -314,6 +317,7 @@ def serve(
         model_dir=model, database=database, api_key=api_key or None, keys=keys, public_read=public_read,
         body_timeout_s=body_timeout, quantize=quantize, max_k=max_k,
         batch_wait_ms=batch_wait_ms, model_processes=model_processes, threads=threads, model_name=model_name,
+        spare_process=spare_process,
     )
     try:  # a wrong URL or an unreachable database: one line now, not a traceback from the server
         FeedbackStore(settings.database_url()).close()

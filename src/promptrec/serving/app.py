@@ -110,6 +110,9 @@ class ServeSettings(BaseModel):
     # 0: a batch takes what queued while the model was busy, and waits for nothing more.
     batch_wait_ms: float = Field(0.0, ge=0)
     model_processes: int = Field(1, ge=1, le=64)  # copies of the model, each in a process of its own
+    # A process with torch and the model code imported, waiting to replace a model process that
+    # exits: a restart then takes a model load, not the imports too.
+    spare_process: bool = True
     threads: int | None = Field(None, ge=1)  # torch threads per model process; None: torch's default
     cache_size: int = Field(10_000, ge=0)
     model_name: str = Field("promptrec", min_length=1, max_length=256)  # the model id of the OpenAI endpoints
@@ -284,7 +287,8 @@ class Server:
             directory = Path(model_dir) if model_dir else (old.model_dir if old else self.settings.model_dir)
             s = self.settings
             new = await run_in_threadpool(
-                partial(ModelPool, directory, s.model_processes, on_restart=self.restarts.inc, quantize=s.quantize,
+                partial(ModelPool, directory, s.model_processes, on_restart=self.restarts.inc, spare=s.spare_process,
+                        quantize=s.quantize,
                         like_threshold=s.like_threshold, threads=s.threads)
             )
             self.engine = new  # one reference assignment: the swap is atomic

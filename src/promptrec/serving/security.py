@@ -275,8 +275,8 @@ def validation_errors(errors: Iterable[dict[str, Any]], limit: int = 20) -> list
 
 # -- request bodies ----------------------------------------------------------------------------
 class BodyRejected(HTTPException):
-    """413 or 408 raised from a body read: FastAPI passes an HTTPException from there to its
-    handler (any other exception would become a 400 "error parsing the body")."""
+    """413 or 408 raised from a body read: FastAPI passes an HTTPException from there to the
+    app's handler (any other exception would become a 400 "error parsing the body")."""
 
 
 class BodyGuard:
@@ -315,25 +315,16 @@ class BodyGuard:
                 complete = True
             return message
 
-        started = False
-
-        async def tracked(message: dict) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, guarded, tracked)
-        except BodyRejected as err:  # raised where no handler of the app caught it
-            if started:
-                raise
-            await self._reject(send, err)
+        # A BodyRejected raised in a route reaches the app's HTTPException handler, which answers
+        # it; nothing of it comes back here.
+        await self.app(scope, guarded, send)
 
     def _too_large(self) -> BodyRejected:
         return BodyRejected(413, f"request body over {self.max_bytes} bytes")
 
     @staticmethod
     async def _reject(send: Any, err: BodyRejected) -> None:
+        """A declared length over the limit: answered before the app sees the request."""
         body = json.dumps({"detail": err.detail}).encode()
         await send({"type": "http.response.start", "status": err.status_code,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),

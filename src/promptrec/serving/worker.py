@@ -104,15 +104,22 @@ def _rate(engine: Any, args: dict[str, Any]) -> list[float]:
 HANDLERS = {"answer": _answer, "score": _score, "rate": _rate}
 
 
-def _child(conn: Any, model_dir: str, quantize: str | None, like_threshold: float, threads: int | None) -> None:
+def _child(conn: Any) -> None:
+    """A model process: first the imports (torch, transformers, every recommender's code: most of
+    a start's time), then whatever the parent says to load, then calls until told to stop."""
     import torch
 
-    if threads:
-        torch.set_num_threads(threads)
+    from .. import models  # noqa: F401  (each registers its recommenders)
     from .engine import Engine
 
     try:
-        engine = Engine(model_dir, quantize, like_threshold)
+        args = json.loads(conn.recv_bytes())["args"]  # {"op": "load", "args": ...}
+    except (EOFError, OSError):  # the parent is gone, or closed a spare it no longer needs
+        return
+    if args["threads"]:
+        torch.set_num_threads(args["threads"])
+    try:
+        engine = Engine(args["model_dir"], args["quantize"], args["like_threshold"])
     except Exception as err:  # noqa: BLE001  (reported to the parent, which keeps its old model)
         conn.send_bytes(json.dumps({"error": f"{type(err).__name__}: {err}"}).encode())
         return
@@ -137,11 +144,32 @@ def _child(conn: Any, model_dir: str, quantize: str | None, like_threshold: floa
 
 
 # -- the parent side -----------------------------------------------------------------------------
+class Spawned:
+    """A started model process that has loaded nothing yet: it imports, then waits for a
+    directory. Kept as a spare, it turns a restart into a model load without the imports."""
+
+    def __init__(self) -> None:
+        # spawn, not fork: a forked copy of a process that already runs threads (the event loop's
+        # pools, torch's) can inherit locks held by threads that do not exist in the child.
+        context = multiprocessing.get_context("spawn")
+        self.conn, child_conn = context.Pipe()
+        self.process = context.Process(target=_child, args=(child_conn,), name="promptrec-model", daemon=True)
+        self.process.start()
+        child_conn.close()  # the child's end lives in the child only: its death closes the pipe
+
+    def discard(self) -> None:
+        """Stop it: it has nothing loaded, so nothing is lost by killing it."""
+        self.process.kill()
+        self.process.join(5.0)
+        self.conn.close()
+
+
 class ModelProcess:
     """A loaded model directory in a child process; construction returns once it is loaded.
 
     Immutable as seen from the server, so a swap is one reference assignment. Calls are
     serialised (the child answers one at a time); ``close`` waits for the call in flight.
+    ``spawned``: a process started earlier (a spare) to load into; a new one if None or dead.
     """
 
     def __init__(
@@ -150,20 +178,23 @@ class ModelProcess:
         quantize: str | None = None,
         like_threshold: float = LIKE_THRESHOLD,
         threads: int | None = None,
+        spawned: Spawned | None = None,
     ) -> None:
         started = time.perf_counter()
         self.model_dir = Path(model_dir)
         self.quantize = quantize
-        # spawn, not fork: a forked copy of a process that already runs threads (the event loop's
-        # pools, torch's) can inherit locks held by threads that do not exist in the child.
-        context = multiprocessing.get_context("spawn")
-        self._conn, child_conn = context.Pipe()
-        self._process = context.Process(
-            target=_child, args=(child_conn, str(model_dir), quantize, like_threshold, threads),
-            name="promptrec-model", daemon=True,
-        )
-        self._process.start()
-        child_conn.close()  # the child's end lives in the child only: its death closes the pipe
+        load = {"op": "load", "args": {"model_dir": str(model_dir), "quantize": quantize,
+                                       "like_threshold": like_threshold, "threads": threads}}
+        if spawned is not None:
+            try:
+                spawned.conn.send_bytes(json.dumps(load).encode())
+            except OSError:  # the spare died: start afresh
+                spawned.discard()
+                spawned = None
+        if spawned is None:
+            spawned = Spawned()
+            spawned.conn.send_bytes(json.dumps(load).encode())  # buffered until the child reads it
+        self._process, self._conn = spawned.process, spawned.conn
         self._lock = threading.Lock()
         try:
             info = self._receive(LOAD_TIMEOUT_S, ModelLoadError)
@@ -290,10 +321,13 @@ class ModelPool:
     """
 
     def __init__(
-        self, model_dir: str | Path, processes: int = 1, on_restart: Callable[[], None] | None = None, **options: Any
+        self, model_dir: str | Path, processes: int = 1, on_restart: Callable[[], None] | None = None,
+        spare: bool = True, **options: Any,
     ) -> None:
-        """``on_restart``: called after each replacement process is serving; ``options``: what
-        each :class:`ModelProcess` takes besides the directory."""
+        """``on_restart``: called after each replacement process is serving; ``spare``: keep a
+        process that has done its imports ready for a restart (seconds faster, at the memory
+        cost of an idle interpreter with torch); ``options``: what each :class:`ModelProcess`
+        takes besides the directory."""
         if processes < 1:
             raise ValueError(f"processes must be >= 1, got {processes}")
         started = time.perf_counter()
@@ -326,6 +360,8 @@ class ModelPool:
         self._state = threading.Condition(threading.RLock())
         self._closed = threading.Event()
         self.restarts = 0
+        self._keep_spare = spare
+        self._spare: Spawned | None = Spawned() if spare else None
         self._watcher = threading.Thread(target=self._watch, name="promptrec-model-watch", daemon=True)
         self._watcher.start()
 
@@ -402,8 +438,10 @@ class ModelPool:
     def _restart(self, slot: int, delay: float) -> None:
         while not self._closed.wait(delay):
             started = time.monotonic()
+            with self._state:
+                spare, self._spare = self._spare, None
             try:
-                member = ModelProcess(self.model_dir, **self._options)
+                member = ModelProcess(self.model_dir, spawned=spare, **self._options)
                 if member.version != self.version:
                     member.close()
                     raise ModelLoadError(
@@ -416,6 +454,7 @@ class ModelPool:
                     delay = self._backoff(slot)
                     self._back_at[slot] = time.monotonic() + delay + self.load_seconds
                 log.error("restarting a model process failed (%s); next try in %.1f s", err, delay)
+                self._replenish()
                 continue
             with self._state:
                 closed = self._closed.is_set()
@@ -428,11 +467,25 @@ class ModelPool:
             if closed:  # the pool closed while this one loaded
                 member.close()
                 return
-            log.info("model process %d serves again after a restart (%.1f s to load)", member.pid,
-                     time.monotonic() - started)
+            log.info("model process %d serves again after a restart (%.1f s to load%s)", member.pid,
+                     time.monotonic() - started, ", imports done in advance" if spare is not None else "")
+            self._replenish()
             if self._on_restart is not None:
                 self._on_restart()
             return
+
+    def _replenish(self) -> None:
+        """A new spare, started after a restart used the last one (its imports then run beside
+        the serving processes, not in the way of the restart)."""
+        with self._state:
+            if not self._keep_spare or self._spare is not None or self._closed.is_set():
+                return
+        spare = Spawned()  # not under the lock: starting a process takes a while
+        with self._state:
+            if self._spare is None and not self._closed.is_set():
+                self._spare, spare = spare, None
+        if spare is not None:
+            spare.discard()
 
     # -- calls -------------------------------------------------------------------------------
     def _acquire(self) -> tuple[int, ModelProcess]:
@@ -481,9 +534,12 @@ class ModelPool:
         with self._state:
             self._closed.set()
             members = [m for m in self._slots if m is not None]
+            spare, self._spare = self._spare, None
             self._state.notify_all()
+        if spare is not None:
+            spare.discard()
         for member in members:
             member.close()
 
 
-__all__ = ["Job", "ModelLoadError", "ModelPool", "ModelProcess", "ModelProcessError", "ModelUnavailable"]
+__all__ = ["Job", "ModelLoadError", "ModelPool", "ModelProcess", "ModelProcessError", "ModelUnavailable", "Spawned"]
