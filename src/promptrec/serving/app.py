@@ -288,8 +288,7 @@ class Server:
             s = self.settings
             new = await run_in_threadpool(
                 partial(ModelPool, directory, s.model_processes, on_restart=self.restarts.inc, spare=s.spare_process,
-                        quantize=s.quantize,
-                        like_threshold=s.like_threshold, threads=s.threads)
+                        quantize=s.quantize, like_threshold=s.like_threshold, threads=s.threads)
             )
             self.engine = new  # one reference assignment: the swap is atomic
             if old is not None:
