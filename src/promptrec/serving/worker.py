@@ -331,6 +331,9 @@ class ModelPool:
         if processes < 1:
             raise ValueError(f"processes must be >= 1, got {processes}")
         started = time.perf_counter()
+        # The spare starts first: its imports run beside the members' instead of later, beside
+        # the requests they serve.
+        self._spare: Spawned | None = Spawned() if spare else None
         with ThreadPoolExecutor(processes) as pool:  # loaded side by side
             futures = [pool.submit(ModelProcess, model_dir, **options) for _ in range(processes)]
         members, errors = [], []
@@ -342,6 +345,8 @@ class ModelPool:
         if errors:
             for member in members:
                 member.close()
+            if self._spare is not None:
+                self._spare.discard()
             raise errors[0]
         first = members[0]
         self.model_dir, self.quantize, self.version = first.model_dir, first.quantize, first.version
@@ -361,7 +366,6 @@ class ModelPool:
         self._closed = threading.Event()
         self.restarts = 0
         self._keep_spare = spare
-        self._spare: Spawned | None = Spawned() if spare else None
         self._watcher = threading.Thread(target=self._watch, name="promptrec-model-watch", daemon=True)
         self._watcher.start()
 
