@@ -286,9 +286,10 @@ class Server:
             old = self.engine
             directory = Path(model_dir) if model_dir else (old.model_dir if old else self.settings.model_dir)
             s = self.settings
+            spawned = old.take_spare() if old is not None else None
             new = await run_in_threadpool(
                 partial(ModelPool, directory, s.model_processes, on_restart=self.restarts.inc, spare=s.spare_process,
-                        quantize=s.quantize, like_threshold=s.like_threshold, threads=s.threads)
+                        spawned=spawned, quantize=s.quantize, like_threshold=s.like_threshold, threads=s.threads)
             )
             self.engine = new  # one reference assignment: the swap is atomic
             if old is not None:

@@ -322,12 +322,13 @@ class ModelPool:
 
     def __init__(
         self, model_dir: str | Path, processes: int = 1, on_restart: Callable[[], None] | None = None,
-        spare: bool = True, **options: Any,
+        spare: bool = True, spawned: Spawned | None = None, **options: Any,
     ) -> None:
         """``on_restart``: called after each replacement process is serving; ``spare``: keep a
         process that has done its imports ready for a restart (seconds faster, at the memory
         cost of an idle interpreter with torch); ``options``: what each :class:`ModelProcess`
-        takes besides the directory."""
+        takes besides the directory; ``spawned``: a process with its imports done (the spare of
+        the pool this one replaces), for the first copy to load into."""
         if processes < 1:
             raise ValueError(f"processes must be >= 1, got {processes}")
         started = time.perf_counter()
@@ -335,7 +336,8 @@ class ModelPool:
         # the requests they serve.
         self._spare: Spawned | None = Spawned() if spare else None
         with ThreadPoolExecutor(processes) as pool:  # loaded side by side
-            futures = [pool.submit(ModelProcess, model_dir, **options) for _ in range(processes)]
+            futures = [pool.submit(ModelProcess, model_dir, spawned=spawned if n == 0 else None, **options)
+                       for n in range(processes)]
         members, errors = [], []
         for future in futures:
             try:
@@ -477,6 +479,14 @@ class ModelPool:
             if self._on_restart is not None:
                 self._on_restart()
             return
+
+    def take_spare(self) -> Spawned | None:
+        """Hand the spare over to the pool that replaces this one (a reload then loads without
+        the imports, and does not run two of them at once); this pool starts afresh if it has
+        to restart a process later."""
+        with self._state:
+            spare, self._spare = self._spare, None
+        return spare
 
     def _replenish(self) -> None:
         """A new spare, started after a restart used the last one (its imports then run beside
