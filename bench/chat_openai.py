@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import secrets
 import shlex
 import statistics
 import subprocess
@@ -82,10 +83,11 @@ def main() -> None:
         expected.setdefault(str(row["user_id"]), []).append(str(row["item_id"]))
 
     with tempfile.TemporaryDirectory() as tmp:
-        server = Server(model, Path(tmp) / "feedback.db", "bench-key", Path(tmp) / "server.log", args.threads)
+        key = secrets.token_urlsafe(16)  # the chat endpoint needs a key with the read scope
+        server = Server(model, Path(tmp) / "feedback.db", key, Path(tmp) / "server.log", args.threads)
         try:
             server.wait_ready()
-            client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="bench-key", max_retries=0, timeout=120)
+            client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0, timeout=120)
             client.chat.completions.create(model="promptrec", messages=[{"role": "user", "content": "hello"}])
             first, again, stream, mismatches = [], [], [], []
             for user in users:

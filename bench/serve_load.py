@@ -32,6 +32,9 @@ default 1). On a machine with few cores the client and the server share them.
     python bench/serve_load.py --model-processes 2              # writes serve_load_p2.json
     python bench/serve_load.py --seconds 5 --clients 1 8 --results /tmp/load.json
     python bench/serve_load.py --url http://127.0.0.1:8000      # a server that is already running
+
+Requests carry an API key (``X-API-Key``), as a backend's would: one made up for a server this
+script starts, ``PROMPTREC_API_KEY`` for ``--url`` (it needs the read and admin scopes).
 """
 
 from __future__ import annotations
@@ -126,9 +129,9 @@ class Tally:
     cached: int = 0
 
 
-def client_loop(url: str, workload: Workload, rng: random.Random, deadline: float, budget: list[int],
-                lock: threading.Lock, tally: Tally) -> None:
-    with httpx.Client(base_url=url, timeout=60) as client:
+def client_loop(url: str, headers: dict[str, str], workload: Workload, rng: random.Random, deadline: float,
+                budget: list[int], lock: threading.Lock, tally: Tally) -> None:
+    with httpx.Client(base_url=url, timeout=60, headers=headers) as client:
         while time.perf_counter() < deadline:
             with lock:  # --requests is a budget shared by all clients of the level
                 if budget[0] <= 0:
@@ -156,9 +159,9 @@ def client_loop(url: str, workload: Workload, rng: random.Random, deadline: floa
                     tally.error_samples.append(f"{response.status_code}: {response.text[:500]}")
 
 
-def batch_counters(url: str) -> tuple[int, int] | None:
+def batch_counters(url: str, headers: dict[str, str]) -> tuple[int, int] | None:
     try:
-        info = httpx.get(f"{url}/info", timeout=10).json()
+        info = httpx.get(f"{url}/info", timeout=10, headers=headers).json()
         return int(info["batches"]), int(info["batched_requests"])
     except (httpx.HTTPError, KeyError, ValueError):
         return None
@@ -169,19 +172,19 @@ def group_cpu(pids: list[int]) -> float | None:
     return sum(times) if times and None not in times else None  # type: ignore[arg-type]
 
 
-def run_level(url: str, workload: Workload, clients: int, seconds: float, max_requests: int, seed: int,
-              pids: dict[str, list[int]]) -> dict[str, Any]:
+def run_level(url: str, headers: dict[str, str], workload: Workload, clients: int, seconds: float, max_requests: int,
+              seed: int, pids: dict[str, list[int]]) -> dict[str, Any]:
     tallies = [Tally() for _ in range(clients)]
     budget = [max_requests if max_requests > 0 else 1 << 62]
     lock = threading.Lock()
-    batches_before = batch_counters(url)
+    batches_before = batch_counters(url, headers)
     cpu_before = {role: group_cpu(group) for role, group in pids.items()}
     client_before = time.process_time()  # this process, all threads
     start = time.perf_counter()
     deadline = start + seconds
     threads = [
         threading.Thread(target=client_loop, daemon=True, args=(
-            url, workload, random.Random(f"{seed}-{workload.mode}-{clients}-{c}"), deadline, budget, lock, tallies[c]))
+            url, headers, workload, random.Random(f"{seed}-{workload.mode}-{clients}-{c}"), deadline, budget, lock, tallies[c]))
         for c in range(clients)
     ]
     for t in threads:
@@ -195,7 +198,7 @@ def run_level(url: str, workload: Workload, clients: int, seconds: float, max_re
         after = group_cpu(group)
         before = cpu_before[role]
         cpu_percent[role] = round(100 * (after - before) / wall, 1) if after is not None and before is not None else None
-    batches_after = batch_counters(url)
+    batches_after = batch_counters(url, headers)
 
     latencies = np.array([x for t in tallies for x in t.latencies]) * 1000
     ok = len(latencies)
@@ -240,11 +243,11 @@ def run_level(url: str, workload: Workload, clients: int, seconds: float, max_re
     return level
 
 
-def warm_up(url: str, workload: Workload, requests: int, seed: int) -> None:
+def warm_up(url: str, headers: dict[str, str], workload: Workload, requests: int, seed: int) -> None:
     """Sequential requests before measuring: first-call costs (allocations, lazy imports, the
     first beam search) should not land in the first level's tail."""
     rng = random.Random(f"{seed}-warmup-{workload.mode}")
-    with httpx.Client(base_url=url, timeout=120) as client:
+    with httpx.Client(base_url=url, timeout=120, headers=headers) as client:
         for _ in range(requests):
             response = client.post("/recommend", json=workload.request(rng))
             if response.status_code != 200:
@@ -292,24 +295,25 @@ def main() -> int:
     try:
         if args.url:
             url, server_pid = args.url.rstrip("/"), None
+            headers = {"X-API-Key": os.environ.get("PROMPTREC_API_KEY", "")}
         else:
             workdir = Path(tempfile.mkdtemp(prefix="promptrec_load_"))
             extra = (["--quantize", args.quantize] if args.quantize else []) + (
                 ["--batch-wait-ms", str(args.batch_wait_ms)] if args.batch_wait_ms is not None else []) + (
                 ["--model-processes", str(args.model_processes)])
-            # /feedback is not used here: any key will do.
-            server = Server(args.model, workdir / "feedback.db", secrets.token_urlsafe(16), workdir / "server.log",
-                            args.threads, extra)
+            key = secrets.token_urlsafe(16)
+            headers = {"X-API-Key": key}
+            server = Server(args.model, workdir / "feedback.db", key, workdir / "server.log", args.threads, extra)
             server.wait_ready()
             url, server_pid = server.url, server.proc.pid
-        info = httpx.get(f"{url}/info", timeout=10).json()
+        info = httpx.get(f"{url}/info", timeout=10, headers=headers).json()
         # The model runs in child processes of the server: their CPU and memory count too.
         pids = {"http": [server_pid], "model": list(info.get("model_pids", []))} if server_pid else {}
         modes: dict[str, list[dict]] = {}
         for mode in args.modes:
             workload = Workload(users, items, mode)
-            warm_up(url, workload, args.warmup, args.seed)
-            modes[mode] = [run_level(url, workload, c, args.seconds, args.requests, args.seed, pids)
+            warm_up(url, headers, workload, args.warmup, args.seed)
+            modes[mode] = [run_level(url, headers, workload, c, args.seconds, args.requests, args.seed, pids)
                            for c in args.clients]
             if server is not None and server.proc.poll() is not None:
                 raise RuntimeError(f"the server died during the {mode} run:\n{server.log_tail()}")

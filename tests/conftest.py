@@ -101,11 +101,13 @@ def assert_recommender_contract(model, split, directory: Path, k: int = 5) -> No
 
 class ServedModel:
     """``promptrec serve`` on a saved model directory as a child process on loopback; ``url``
-    once ``/ready`` answers. ``key`` is its API key."""
+    once ``/ready`` answers. ``key`` is its API key (every scope). ``log``: a file for the
+    server's output, which the caller can then read (a pipe nobody reads would fill up)."""
 
     key = "test-key-123"
 
-    def __init__(self, model: Path, database: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, model: Path, database: Path | str, *extra: str, env: dict[str, str] | None = None,
+                 log: Path | None = None) -> None:
         import signal  # noqa: F401  (stop() sends one)
         import socket
         import subprocess
@@ -121,11 +123,17 @@ class ServedModel:
         env = {**os.environ, "PROMPTREC_API_KEY": self.key, "OMP_NUM_THREADS": "1", **(env or {})}
         cmd = [sys.executable, "-m", "promptrec.cli", "serve", str(model), "--port", str(self.port),
                "--database", str(database), "--max-k", "20", *extra]
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.log = log
+        if log is None:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        else:
+            with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
+                self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.proc.stderr.read().decode()[-2000:]}")
+                output = log.read_text() if log is not None else self.proc.stderr.read().decode()
+                raise RuntimeError(f"server exited: {output[-2000:]}")
             try:
                 if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
                     return

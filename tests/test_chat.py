@@ -62,7 +62,7 @@ def server(model_dir, tmp_path_factory) -> Iterator[Served]:
 @pytest.fixture(scope="module")
 def client(server) -> openai.OpenAI:
     # Any key: the chat endpoints only read, like /recommend.
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="anything", max_retries=0, timeout=60)
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0, timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_openai_client_gets_the_items_of_promptrec_recommend(client, server, mod
             extra_body={"k": 4},
         )
         assert ids(by_field) == expected[:4]
-        plain = httpx.post(f"{server.url}/recommend", json={"user_id": user, "k": 10}).json()
+        plain = httpx.post(f"{server.url}/recommend", json={"user_id": user, "k": 10}, headers={"X-API-Key": KEY}).json()
         assert [i["item_id"] for i in plain["items"]] == expected
 
 
@@ -135,7 +135,8 @@ def test_streaming_matches_the_plain_answer(client, server) -> None:
     assert last.choices[0].finish_reason == "stop" and all(c.choices[0].finish_reason is None for c in chunks[:-1])
     assert [r["item_id"] for r in last.model_extra["recommendations"]] == ids(plain)
     assert all(int(i.removeprefix("item")) % 3 == 1 for i in ids(plain))  # Drama only
-    raw = httpx.post(f"{server.url}/v1/chat/completions", json={"model": "promptrec", "messages": messages, "stream": True})
+    raw = httpx.post(f"{server.url}/v1/chat/completions", json={"model": "promptrec", "messages": messages, "stream": True},
+                     headers={"Authorization": f"Bearer {KEY}"})
     assert raw.headers["content-type"].startswith("text/event-stream")
     events = [line for line in raw.text.split("\n\n") if line]
     assert events[-1] == "data: [DONE]"
@@ -158,9 +159,10 @@ def test_openai_style_errors(client, server) -> None:
         client.chat.completions.create(model="promptrec", messages=hello, extra_body={"top_k": 3})
     assert "unsupported parameter: top_k" in err.value.message
     url = f"{server.url}/v1/chat/completions"
-    bad = httpx.post(url, content=b"{not json", headers={"content-type": "application/json"})
+    bad = httpx.post(url, content=b"{not json", headers={"content-type": "application/json", "Authorization": f"Bearer {KEY}"})
     assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
-    bad = httpx.post(url, json={"model": "promptrec", "messages": [{"role": "wizard", "content": "hi"}]})
+    bad = httpx.post(url, json={"model": "promptrec", "messages": [{"role": "wizard", "content": "hi"}]},
+                     headers={"Authorization": f"Bearer {KEY}"})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "messages.0.role"
     # Other routes keep FastAPI's own validation answers.
     assert httpx.post(f"{server.url}/recommend", content=b"{not json",

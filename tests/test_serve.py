@@ -25,6 +25,7 @@ from promptrec.models.p5.model import P5Recommender
 from promptrec.serving.store import FeedbackStore
 
 KEY = Served.key
+AUTH = {"X-API-Key": KEY}
 TINY = {
     "model.preset": "tiny",
     "index.method": "random",
@@ -63,7 +64,7 @@ def server(model_dirs, tmp_path_factory) -> Iterator[Served]:
 
 @pytest.fixture()
 def client(server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=30) as c:
+    with httpx.Client(base_url=server.url, timeout=30, headers=AUTH) as c:
         yield c
 
 
@@ -155,14 +156,19 @@ def test_malformed_and_oversized_bodies(client) -> None:
     big = {"user_id": "user1", "history": ["item1"] * 200_000}
     r = client.post("/recommend", json=big)
     assert r.status_code == 413 and "over" in r.json()["detail"]
+    # The same body sent chunked (no Content-Length) is cut off once it passes the limit.
+    r = client.post("/recommend", content=iter([b'{"user_id": "user1", "history": [', b'"item1", ' * 200_000, b"]}"]),
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "over" in r.json()["detail"]
 
 
 def test_feedback_needs_the_key_and_valid_events(client) -> None:
     event = {"user_id": "user1", "item_id": "item2", "type": "click"}
-    assert client.post("/feedback", json={"events": [event]}).status_code == 401
+    anonymous = {"X-API-Key": ""}  # replaces the client's key
+    assert client.post("/feedback", json={"events": [event]}, headers=anonymous).status_code == 401
     wrong = client.post("/feedback", json={"events": [event]}, headers={"X-API-Key": "wrong"})
     assert wrong.status_code == 401 and "API key" in wrong.json()["detail"]
-    assert client.post("/admin/reload", json={}).status_code == 401
+    assert client.post("/admin/reload", json={}, headers=anonymous).status_code == 401
     bad = {**event, "type": "rating"}  # a rating needs a value
     r = client.post("/feedback", json={"events": [bad]}, headers={"X-API-Key": KEY})
     assert r.status_code == 422 and "value" in r.text
@@ -248,7 +254,7 @@ def test_swap_under_load_fails_no_request(server, model_dirs) -> None:
     stop = threading.Event()
 
     def hammer() -> None:
-        with httpx.Client(base_url=server.url, timeout=30) as c:
+        with httpx.Client(base_url=server.url, timeout=30, headers=AUTH) as c:
             n = 0
             while not stop.is_set():
                 r = c.post("/recommend", json={"user_id": f"user{n % 40}", "k": 5})
@@ -373,7 +379,7 @@ def test_acknowledged_events_survive_sigkill(model_dirs, tmp_path) -> None:
                         acknowledged.add(eid)
                     n += 1
 
-        model_pids = httpx.get(f"{served.url}/info").json()["model_pids"]
+        model_pids = httpx.get(f"{served.url}/info", headers=AUTH).json()["model_pids"]
         workers = [threading.Thread(target=post, args=(w,)) for w in range(3)]
         for w in workers:
             w.start()
@@ -405,18 +411,18 @@ def test_two_model_processes_answer_side_by_side(model_dirs, tmp_path) -> None:
     are the ones a single process gives."""
     single = Served(model_dirs[1], tmp_path / "one.db")
     try:
-        with httpx.Client(base_url=single.url, timeout=30) as c:
+        with httpx.Client(base_url=single.url, timeout=30, headers=AUTH) as c:
             expected = {u: items(c.post("/recommend", json={"user_id": u, "k": 5})) for u in ("user0", "user1", "user2")}
     finally:
         single.stop()
     served = Served(model_dirs[1], tmp_path / "two.db", "--model-processes", "2")
     try:
-        info = httpx.get(f"{served.url}/info").json()
+        info = httpx.get(f"{served.url}/info", headers=AUTH).json()
         assert len(set(info["model_pids"])) == 2
         answers: dict[str, list[list[str]]] = {u: [] for u in expected}
 
         def ask(user: str) -> None:
-            with httpx.Client(base_url=served.url, timeout=30) as c:
+            with httpx.Client(base_url=served.url, timeout=30, headers=AUTH) as c:
                 for n in range(5):  # a fresh explicit history each time: no cached answers
                     body = {"user_id": user, "k": 5, "history": [f"item{(n + i) % 30}" for i in range(5)]}
                     assert c.post("/recommend", json=body).status_code == 200
@@ -428,7 +434,7 @@ def test_two_model_processes_answer_side_by_side(model_dirs, tmp_path) -> None:
         for t in threads:
             t.join()
         assert all(answer == expected[u] for u, got in answers.items() for answer in got)
-        assert httpx.get(f"{served.url}/info").json()["batches"] >= 2
+        assert httpx.get(f"{served.url}/info", headers=AUTH).json()["batches"] >= 2
     finally:
         served.stop()
         assert not any(alive(pid) for pid in info["model_pids"])

@@ -183,7 +183,37 @@ def test_valid_events():
     assert {t: FeedbackEvent(user_id="u", item_id="i", type=t, value=1.0).type for t in EVENT_TYPES} == {
         t: t for t in EVENT_TYPES
     }
-    assert FeedbackEvent(user_id="u", item_id="i", type="rating", value=-17.25).value == -17.25  # any finite value
+    # The documented ranges, ends included: any rating scale from 0 to 100, times 1970 to 2100.
+    for value in (0, 0.5, 4.5, 10, 100):
+        assert FeedbackEvent(user_id="u", item_id="i", type="rating", value=value).value == value
+    for timestamp in (0, 1.7e9, 4_102_444_800):
+        assert FeedbackEvent(user_id="u", item_id="i", type="click", timestamp=timestamp).timestamp == timestamp
+
+
+@pytest.mark.parametrize("fields", [
+    {"type": "rating", "value": -0.5}, {"type": "rating", "value": 100.5}, {"type": "rating", "value": 1e308},
+    {"type": "click", "timestamp": -1}, {"type": "click", "timestamp": 1e300},
+    {"type": "click", "timestamp": True}, {"type": "rating", "value": True}, {"type": "click", "user_id": 7},
+])
+def test_out_of_range_or_mistyped_events(fields):
+    with pytest.raises(pydantic.ValidationError):
+        FeedbackEvent(**({"user_id": "u", "item_id": "i"} | fields))
+
+
+def test_store_urls_never_show_secrets(tmp_path):
+    from promptrec.serving.store import mask_secrets
+
+    url = "postgresql+psycopg://bob:pa%40ss@db:5432/x?sslmode=require&password=qpw&sslpassword=spw&api_key=k1"
+    assert mask_secrets(url) == (
+        "postgresql+psycopg://bob:***@db:5432/x?sslmode=require&password=***&sslpassword=***&api_key=***"
+    )
+    assert mask_secrets("failed: host=db password=qpw user=bob", ["qpw"]) == "failed: host=db password=*** user=bob"
+    assert mask_secrets("a driver quoting pa@ss", ["pa@ss"]) == "a driver quoting ***"
+    with FeedbackStore(f"sqlite:///{tmp_path / 'f.db'}?password=qpw") as store:
+        assert "qpw" not in store.url and "password=***" in store.url and "qpw" not in repr(store)
+    with pytest.raises(FeedbackStoreError) as err:
+        FeedbackStore("postgresql://bob:pw1@db:notaport/x?token=tk1")
+    assert "pw1" not in str(err.value) and "tk1" not in str(err.value) and err.value.__cause__ is None
 
 
 def test_other_processes_write_concurrently_and_a_fresh_store_sees_it(tmp_path):

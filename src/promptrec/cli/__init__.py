@@ -268,8 +268,20 @@ def serve(
     ] = None,
     api_key: Annotated[
         Optional[str],
-        typer.Option(envvar="PROMPTREC_API_KEY", help="key for /feedback and /admin (X-API-Key header)"),
+        typer.Option(envvar="PROMPTREC_API_KEY", show_envvar=True,
+                     help="a key with every scope (read, write, admin); prefer the environment variable to argv, which `ps` shows"),
     ] = None,
+    key_file: Annotated[
+        Optional[Path],
+        typer.Option(envvar="PROMPTREC_KEY_FILE", show_envvar=True,
+                     help="keys with scopes, one 'SCOPES KEY' line each (e.g. 'read,write <key>'); scopes: read, write, admin"),
+    ] = None,
+    public_read: Annotated[
+        bool, typer.Option(help="demos only: /recommend, /score, /rate and chat answer without a key (anyone can read any user's recommendations)")
+    ] = False,
+    body_timeout: Annotated[
+        float, typer.Option(min=0.1, help="seconds a client has to send a request body after its headers (408 after)")
+    ] = 30.0,
     quantize: Annotated[Optional[str], typer.Option(help="int8: dynamic int8 Linear layers (CPU)")] = None,
     max_k: Annotated[int, typer.Option(help="largest k a request may ask")] = 100,
     batch_wait_ms: Annotated[
@@ -281,6 +293,9 @@ def serve(
     threads: Annotated[
         Optional[int], typer.Option(help="torch threads per model process (default: torch's)")
     ] = None,
+    spare_process: Annotated[
+        bool, typer.Option(help="keep a process with torch imported to replace a model process that exits (faster restarts, more memory)")
+    ] = True,
     model_name: Annotated[
         str, typer.Option(help="the model's name on the OpenAI-compatible endpoints (/v1/models, /v1/chat/completions)")
     ] = "promptrec",
@@ -288,26 +303,47 @@ def serve(
     """Serve MODEL over HTTP (OpenAPI docs at /docs): recommendations that follow each user's
     feedback at once, a durable feedback store, and model swaps without downtime (POST
     /admin/reload or SIGHUP). OpenAI clients get recommendations from /v1/chat/completions
-    (base_url http://HOST:PORT/v1). The model runs in a child process beside the HTTP server."""
-    import secrets
-    import sys
+    (base_url http://HOST:PORT/v1). The model runs in a child process beside the HTTP server,
+    replaced if it exits.
+
+    Keys: every endpoint that answers about a user needs one with the read scope (X-API-Key or
+    Authorization: Bearer), /feedback the write scope, /admin/reload and /info the admin scope;
+    /health, /ready, /metrics and the docs are open."""
+    from pydantic import ValidationError
 
     import uvicorn
 
     from ..core.recommender import read_config
     from ..serving.app import ServeSettings, create_app
+    from ..serving.security import ApiKey, KeyFileError, read_key_file
+    from ..serving.store import FeedbackStore, FeedbackStoreError
 
     _setup_logging(True)
     read_config(model)  # a directory that is not a saved model fails here, before the server starts
     if quantize not in (None, "int8"):
         raise typer.BadParameter(f"--quantize must be int8, got {quantize!r}")
-    if not api_key:
-        api_key = secrets.token_urlsafe(24)
-        print(f"no --api-key or PROMPTREC_API_KEY: write and admin requests need X-API-Key: {api_key}", file=sys.stderr)
+    try:
+        keys = tuple(read_key_file(key_file)) if key_file else ()
+        if api_key:
+            ApiKey(secret=api_key, scopes=frozenset({"read"}))  # the same checks as a file's keys
+    except (KeyFileError, ValidationError) as err:
+        message = err.errors()[0]["msg"] if isinstance(err, ValidationError) else str(err)
+        raise typer.BadParameter(message.removeprefix("Value error, "), param_hint="--api-key/--key-file") from None
+    if not keys and not api_key and not public_read:
+        raise typer.BadParameter(
+            "no API key: set PROMPTREC_API_KEY (a key with every scope) or --key-file, or pass --public-read for a demo",
+            param_hint="--api-key/--key-file",
+        )
     settings = ServeSettings(
-        model_dir=model, database=database, api_key=api_key, quantize=quantize, max_k=max_k,
+        model_dir=model, database=database, api_key=api_key or None, keys=keys, public_read=public_read,
+        body_timeout_s=body_timeout, quantize=quantize, max_k=max_k,
         batch_wait_ms=batch_wait_ms, model_processes=model_processes, threads=threads, model_name=model_name,
+        spare_process=spare_process,
     )
+    try:  # a wrong URL or an unreachable database: one line now, not a traceback from the server
+        FeedbackStore(settings.database_url()).close()
+    except FeedbackStoreError as err:  # its message masks passwords and secret query parameters
+        raise typer.BadParameter(str(err).splitlines()[0], param_hint="--database") from None
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
 
 

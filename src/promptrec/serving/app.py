@@ -8,9 +8,9 @@ uvicorn. Endpoints (OpenAPI at ``/docs``):
   candidates. Unknown users get the popularity order (``strategy: "popularity"``).
 - ``POST /score`` (yes/no probability) and ``POST /rate`` (expected stars): only when the model
   was trained on that family, else 409.
-- ``POST /feedback`` (API key): events, acknowledged only after the store committed them; event
+- ``POST /feedback`` (write key): events, acknowledged only after the store committed them; event
   ids make retries idempotent.
-- ``POST /admin/reload`` (API key) or SIGHUP: load a model directory in new model processes beside
+- ``POST /admin/reload`` (admin key) or SIGHUP: load a model directory in new model processes beside
   the running ones, then swap. Requests in flight finish on the old model and new ones start on
   the new one, so none fails during the swap; a directory that does not load leaves the old model
   serving.
@@ -18,7 +18,17 @@ uvicorn. Endpoints (OpenAPI at ``/docs``):
   answered by a conversational session over the same ranking as ``/recommend``
   (:mod:`promptrec.serving.openai_api`).
 - ``GET /health`` (the process answers), ``GET /ready`` (model loaded and store reachable),
-  ``GET /metrics`` (Prometheus: request counts, latency histogram, batch sizes), ``GET /info``.
+  ``GET /metrics`` (Prometheus: request counts, latency histogram, batch sizes, model restarts),
+  ``GET /info`` (admin key).
+
+Access (:mod:`promptrec.serving.security`): everything that answers about a user (/recommend,
+/score, /rate, the chat endpoint) needs a key with the ``read`` scope unless the server runs in
+public-read mode; /feedback needs ``write``, /admin/reload and /info ``admin``. A key goes in
+``X-API-Key`` or ``Authorization: Bearer``. Bodies are parsed strictly (no NaN, Infinity, lone
+surrogates or NUL) and error bodies never echo the input.
+
+A model process that exits is replaced (:class:`~promptrec.serving.worker.ModelPool`); until
+its replacement serves, requests that need the model get 503 with ``Retry-After``.
 
 Answers are cached per (model version, user, newest event of the user, request): feedback or a
 new model changes the key, so a cached answer is never stale. The model itself runs in child
@@ -29,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import hmac
 import logging
 import signal
 import time
@@ -40,26 +49,42 @@ from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
-from fastapi.security import APIKeyHeader
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from .batching import MicroBatcher
 from .engine import LIKE_THRESHOLD, Answer
-from .openai_api import add_openai_routes
+from .openai_api import PREFIX as OPENAI_PREFIX
+from .openai_api import OpenAIError, add_openai_routes
+from .security import AccessControl, ApiKey, BodyGuard, KeyRing, Scope, StrictJSONRoute
 from .store import FeedbackEvent, FeedbackStore, StoredEvent
-from .worker import Job, ModelLoadError, ModelPool
+from .worker import Job, ModelLoadError, ModelPool, ModelUnavailable
 
 log = logging.getLogger("promptrec.serve")
 
 ItemId = Annotated[str, Field(min_length=1, max_length=256)]
 UserId = Annotated[str, Field(min_length=1, max_length=256)]
-HARD_MAX_LIST = 10_000
-# Module level: FastAPI resolves dependency annotations in the module's namespace.
-API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, description="the server's API key")  # schema bound on any list in a request; the settings may lower it
+HARD_MAX_LIST = 10_000  # schema bound on any list in a request; the settings may lower it
+# The scope each protected path needs; every other path is open (/health, /ready, /metrics, the
+# docs, /v1/models: nothing about a user).
+REQUIRED: dict[str, Scope] = {
+    "/recommend": "read", "/score": "read", "/rate": "read", "/v1/chat/completions": "read",
+    "/feedback": "write", "/admin/reload": "admin", "/info": "admin",
+}
+SECURITY_SCHEMES = {
+    "APIKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+    "HTTPBearer": {"type": "http", "scheme": "bearer", "description": "the same key, as OpenAI clients send it"},
+}
+ACCESS_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "no API key, or an unknown one"},
+    403: {"description": "the key lacks the scope this endpoint needs"},
+}
+MODEL_ERRORS: dict[int | str, dict[str, Any]] = {
+    503: {"description": "no model process can answer now (one is restarting); see Retry-After"},
+}
 
 
 class ServeSettings(BaseModel):
@@ -69,7 +94,11 @@ class ServeSettings(BaseModel):
 
     model_dir: Path
     database: str | None = None  # SQLAlchemy URL or SQLite path; None: feedback.db beside the model
-    api_key: SecretStr | None = None  # None: write and admin endpoints refuse every request
+    api_key: SecretStr | None = None  # a key with every scope (read, write, admin)
+    keys: tuple[ApiKey, ...] = ()  # keys with the scopes each lists
+    # True: read endpoints answer without a key (demos); write and admin still need one.
+    public_read: bool = False
+    body_timeout_s: float = Field(30.0, gt=0, le=3600)  # a body not received by then gets 408
     quantize: Literal["int8"] | None = None
     max_k: int = Field(100, ge=1, le=1000)
     max_events: int = Field(1000, ge=1, le=HARD_MAX_LIST)  # per /feedback request
@@ -81,6 +110,9 @@ class ServeSettings(BaseModel):
     # 0: a batch takes what queued while the model was busy, and waits for nothing more.
     batch_wait_ms: float = Field(0.0, ge=0)
     model_processes: int = Field(1, ge=1, le=64)  # copies of the model, each in a process of its own
+    # A process with torch and the model code imported, waiting to replace a model process that
+    # exits: a restart then takes a model load, not the imports too.
+    spare_process: bool = True
     threads: int | None = Field(None, ge=1)  # torch threads per model process; None: torch's default
     cache_size: int = Field(10_000, ge=0)
     model_name: str = Field("promptrec", min_length=1, max_length=256)  # the model id of the OpenAI endpoints
@@ -88,10 +120,15 @@ class ServeSettings(BaseModel):
     def database_url(self) -> str:
         return self.database or str(self.model_dir.resolve().parent / "feedback.db")
 
+    def key_ring(self) -> KeyRing:
+        every = (ApiKey(secret=self.api_key, scopes=frozenset(("read", "write", "admin"))),) if self.api_key else ()
+        return KeyRing(every + self.keys)
+
 
 # -- request and response bodies ---------------------------------------------------------------
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: JSON types as declared (true is not the integer 1, "5" is not 5).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class RecommendRequest(Strict):
@@ -190,13 +227,21 @@ class Server:
         )
         self.cache_hits = Counter("promptrec_cache_hits", "answers served from the cache", registry=self.registry)
         self.reloads = Counter("promptrec_model_reloads", "model swaps", registry=self.registry)
+        self.restarts = Counter(
+            "promptrec_model_restarts", "model processes replaced after they exited", registry=self.registry
+        )
         self._reload_lock = asyncio.Lock()
 
     def _answer(self, jobs: Sequence[Job]) -> list[Answer]:
         engine = self.engine  # one model for the whole batch, even if a swap happens meanwhile
         assert engine is not None
         self.batch_sizes.observe(len(jobs))
-        return engine.answer(jobs)
+        try:
+            return engine.answer(jobs)
+        except ModelUnavailable:
+            if self.engine is engine:
+                raise
+            return self.engine.answer(jobs)  # the batch reached a model being swapped out: ask the new one
 
     async def rank(
         self,
@@ -241,9 +286,10 @@ class Server:
             old = self.engine
             directory = Path(model_dir) if model_dir else (old.model_dir if old else self.settings.model_dir)
             s = self.settings
+            spawned = old.take_spare() if old is not None else None
             new = await run_in_threadpool(
-                partial(ModelPool, directory, s.model_processes, quantize=s.quantize,
-                        like_threshold=s.like_threshold, threads=s.threads)
+                partial(ModelPool, directory, s.model_processes, on_restart=self.restarts.inc, spare=s.spare_process,
+                        spawned=spawned, quantize=s.quantize, like_threshold=s.like_threshold, threads=s.threads)
             )
             self.engine = new  # one reference assignment: the swap is atomic
             if old is not None:
@@ -263,57 +309,6 @@ def _is_model_dir(directory: str) -> bool:
         return (Path(directory) / "promptrec_config.json").is_file()
     except (OSError, ValueError):  # a name too long for the file system, a NUL byte, ...
         return False
-
-
-def _check_key(settings: ServeSettings, given: str | None) -> None:
-    expected = settings.api_key.get_secret_value() if settings.api_key else None
-    # compare_digest takes time independent of where the strings differ.
-    if expected is None or given is None or not hmac.compare_digest(given.encode(), expected.encode()):
-        raise HTTPException(
-            401, "missing or wrong API key: send it in the X-API-Key header", headers={"WWW-Authenticate": "ApiKey"}
-        )
-
-
-class _TooLarge(Exception):
-    pass
-
-
-class BodyLimit:
-    """Reject request bodies over ``max_bytes`` with 413, declared or streamed."""
-
-    def __init__(self, app: Any, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            return await self._reject(send, declared)
-        received = 0
-
-        async def limited() -> dict:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                raise _TooLarge
-            return message
-
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await self._reject(send, None)
-
-    async def _reject(self, send: Any, declared: bytes | None) -> None:
-        bad = declared is not None and not declared.isdigit()
-        status = 400 if bad else 413
-        detail = "invalid Content-Length" if bad else f"request body over {self.max_bytes} bytes"
-        body = JSONResponse({"detail": detail}, status_code=status).body
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
 
 
 class Metrics:
@@ -352,9 +347,7 @@ class Metrics:
 
 def create_app(settings: ServeSettings) -> FastAPI:
     server = Server(settings)
-
-    def require_key(key: Annotated[str | None, Depends(API_KEY)]) -> None:
-        _check_key(settings, key)
+    keys = settings.key_ring()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -384,11 +377,38 @@ def create_app(settings: ServeSettings) -> FastAPI:
         description="Recommendations from a saved promptrec model, adjusted by each user's feedback as it arrives.",
         lifespan=lifespan,
     )
+    app.router.route_class = StrictJSONRoute  # before any route is added
     app.state.server = server
+
+    def error(request: Request, status: int, message: str, code: str, headers: dict[str, str]) -> JSONResponse:
+        if request.url.path.startswith(OPENAI_PREFIX):  # what OpenAI clients parse
+            kind = "server_error" if status >= 500 else "invalid_request_error"
+            response = OpenAIError(status, message, kind, code=code).response()
+            response.headers.update(headers)
+            return response
+        return JSONResponse({"detail": message}, status_code=status, headers=headers)
+
+    def denied(request: Request, status: int, message: str) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+        return error(request, status, message, "invalid_api_key" if status == 401 else "insufficient_scope", headers)
 
     app.add_middleware(Metrics, server=server)
     add_openai_routes(app, server, settings)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
+    # Outermost (the last added): a refused request costs no body read. Metrics, innermost, counts
+    # the requests that reached a route.
+    public = frozenset({"read"}) if settings.public_read else frozenset()
+    app.add_middleware(AccessControl, keys=keys, required=REQUIRED, public=public, deny=denied)
+
+    @app.exception_handler(ModelUnavailable)
+    async def unavailable(request: Request, err: ModelUnavailable) -> JSONResponse:
+        return error(request, 503, f"{err}; retry in {err.retry_after} s", "model_restarting",
+                     {"Retry-After": str(err.retry_after)})
+
+    if not keys and not settings.public_read:
+        log.warning("no API keys: every endpoint but /health, /ready, /metrics and the docs answers 401")
+    if settings.public_read:
+        log.warning("public-read mode: /recommend, /score, /rate and chat answer without a key")
 
     def engine() -> ModelPool:
         if server.engine is None:
@@ -402,7 +422,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
             raise HTTPException(422, f"unknown {what}: {shown}")
 
     # -- endpoints -------------------------------------------------------------------------------
-    @app.post("/recommend", response_model=RecommendResponse)
+    @app.post("/recommend", response_model=RecommendResponse, responses={**ACCESS_ERRORS, **MODEL_ERRORS})
     async def recommend(body: RecommendRequest) -> RecommendResponse:
         eng = engine()
         if body.k > settings.max_k:
@@ -437,7 +457,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         unknown_items(eng, [i for _, i in pairs], "items")
         return eng, pairs
 
-    @app.post("/score", response_model=PairsResponse)
+    @app.post("/score", response_model=PairsResponse, responses={**ACCESS_ERRORS, **MODEL_ERRORS})
     async def score(body: PairsRequest) -> PairsResponse:
         """P(yes) of the yes/no family for each (user, item) pair, with the user's feedback."""
         eng, pairs = await pairs_for(body, "score")
@@ -452,7 +472,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
             model_version=eng.version,
         )
 
-    @app.post("/rate", response_model=PairsResponse)
+    @app.post("/rate", response_model=PairsResponse, responses={**ACCESS_ERRORS, **MODEL_ERRORS})
     async def rate(body: PairsRequest) -> PairsResponse:
         """Expected star rating (1-5) of each (user, item) pair, from the rating family."""
         eng, pairs = await pairs_for(body, "rate")
@@ -462,7 +482,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
             model_version=eng.version,
         )
 
-    @app.post("/feedback", response_model=FeedbackResponse, dependencies=[Depends(require_key)])
+    @app.post("/feedback", response_model=FeedbackResponse, responses=ACCESS_ERRORS)
     async def feedback(body: FeedbackRequest) -> FeedbackResponse:
         """Store events; the answer comes only after they are committed to the store. Items the
         model does not know are stored too (a later update may learn them)."""
@@ -471,7 +491,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         result = await run_in_threadpool(server.store.add, body.events)
         return FeedbackResponse(stored=result.stored, duplicates=result.duplicates, event_ids=result.event_ids)
 
-    @app.post("/admin/reload", response_model=ReloadResponse, dependencies=[Depends(require_key)])
+    @app.post("/admin/reload", response_model=ReloadResponse, responses=ACCESS_ERRORS)
     async def reload(body: ReloadRequest | None = None) -> ReloadResponse:
         directory = body.model_dir if body else None
         if directory is not None and not _is_model_dir(directory):
@@ -487,13 +507,19 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     @app.get("/ready")
     async def ready() -> JSONResponse:
+        """200 when every model process serves and the store answers; 503 (with Retry-After while
+        a model process restarts) otherwise."""
         ok_store = server.store is not None and await run_in_threadpool(server.store.ping)
-        ok_model = server.engine is not None and server.engine.alive()
+        processes = server.engine.processes() if server.engine is not None else []
+        restarting = [p["retry_after"] for p in processes if p["state"] == "restarting"]
+        ok_model = bool(processes) and not restarting
         ok = ok_model and ok_store
-        body = {"status": "ready" if ok else "not ready", "model": ok_model, "store": ok_store}
-        return JSONResponse(body, status_code=200 if ok else 503)
+        body = {"status": "ready" if ok else "not ready", "model": ok_model, "store": ok_store,
+                "model_processes_restarting": len(restarting)}
+        headers = {"Retry-After": str(min(restarting))} if restarting else None
+        return JSONResponse(body, status_code=200 if ok else 503, headers=headers)
 
-    @app.get("/info")
+    @app.get("/info", responses=ACCESS_ERRORS)
     async def info() -> dict[str, Any]:
         eng = engine()
         return {
@@ -502,8 +528,11 @@ def create_app(settings: ServeSettings) -> FastAPI:
             "items": len(eng.catalogue),
             "capabilities": sorted(eng.capabilities),
             "quantize": eng.quantize,
-            "model_pids": eng.pids,
-            "store": server.store.url if server.store else None,
+            "model_pids": eng.pids,  # the processes serving now
+            "model_processes": eng.processes(),  # per copy: serving (pid) or restarting (retry_after)
+            "model_restarts": eng.restarts,
+            "public_read": settings.public_read,
+            "store": server.store.url if server.store else None,  # passwords masked
             "batches": server.batcher.batches,
             "batched_requests": server.batcher.items,
             "cache_entries": len(server.cache),
@@ -513,6 +542,22 @@ def create_app(settings: ServeSettings) -> FastAPI:
     @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus() -> PlainTextResponse:
         return PlainTextResponse(generate_latest(server.registry), media_type=CONTENT_TYPE_LATEST)
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema, with the keys that AccessControl checks declared on each operation."""
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)
+            schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+            for path, scope in REQUIRED.items():
+                for operation in schema["paths"].get(path, {}).values():
+                    operation["security"] = [{"APIKeyHeader": []}, {"HTTPBearer": []}]
+                    public = scope == "read" and settings.public_read
+                    operation["description"] = (operation.get("description", "") + "\n\nNeeds an API key with the "
+                                                f"`{scope}` scope" + (" (not on this server: public read)" if public else "") + ".")
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     return app
 

@@ -15,9 +15,10 @@ session state, strategy). A stream sends them in its last chunk, before ``data: 
 
 The bodies mirror ``openai.types.chat.ChatCompletion`` and ``ChatCompletionChunk`` and are
 checked against them in the tests; the server itself does not need the ``openai`` package.
-Errors are OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``. The endpoints
-only read, like ``/recommend``, so they take no key: an OpenAI client's ``Authorization:
-Bearer`` header is accepted and not checked.
+Errors are OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``. A conversation
+can name any user and answer from their history, so ``/v1/chat/completions`` needs a key with the
+``read`` scope, like ``/recommend``, sent as OpenAI clients send theirs (``Authorization: Bearer``;
+``api_key=`` in the ``openai`` package); ``/v1/models`` says nothing about users and is open.
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+
+from .security import printable, validation_errors
 
 if TYPE_CHECKING:
     from .app import Server, ServeSettings
@@ -58,7 +60,7 @@ class OpenAIError(Exception):
 
 # -- request -----------------------------------------------------------------------------------
 class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     type: str = Field(max_length=64)
     text: str | None = Field(None, max_length=100_000)
@@ -66,7 +68,7 @@ class ContentPart(BaseModel):
 
 class ChatMessage(BaseModel):
     # Clients send back assistant messages as they got them (refusal, tool_calls, ...): ignored.
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = Field(None, max_length=100_000)
@@ -82,7 +84,7 @@ class ChatRequest(BaseModel):
     """OpenAI's chat completion request; parameters about sampling text have no effect here.
     Unknown keys are an error (a misspelled ``k`` should not silently give 10 items)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # strict: true is not k = 1
 
     model: str = Field(max_length=256, description="the name in GET /v1/models")
     messages: list[ChatMessage] = Field(max_length=1000)
@@ -205,19 +207,19 @@ class ModelList(BaseModel):
 ERRORS = {
     400: {"description": "invalid request (OpenAI error shape)"},
     404: {"description": "unknown model (OpenAI error shape)"},
-    503: {"description": "no model loaded yet (OpenAI error shape)"},
+    503: {"description": "no model loaded yet, or its process is restarting (OpenAI error shape)"},
 }
 
 
 def _validation_message(err: RequestValidationError) -> tuple[str, str | None]:
-    first = err.errors()[0] if err.errors() else {}
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-    param = ".".join(loc) or None
-    if first.get("type") == "json_invalid":
-        return "the request body is not valid JSON", None
-    if first.get("type") == "extra_forbidden":
+    errors = validation_errors(err.errors(), limit=1)  # without the input, always encodable
+    first = errors[0] if errors else {"loc": [], "msg": "invalid value", "type": ""}
+    param = ".".join(str(p) for p in first["loc"] if p != "body") or None
+    if first["type"] == "json_invalid":
+        return first["msg"], None
+    if first["type"] == "extra_forbidden":
         return f"unsupported parameter: {param}", param
-    return f"{param or 'body'}: {first.get('msg', 'invalid value')}", param
+    return f"{param or 'body'}: {first['msg']}", param
 
 
 def add_openai_routes(app: FastAPI, server: Server, settings: ServeSettings) -> None:
@@ -231,7 +233,7 @@ def add_openai_routes(app: FastAPI, server: Server, settings: ServeSettings) -> 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
         if not request.url.path.startswith(PREFIX):
-            return await request_validation_exception_handler(request, err)
+            return JSONResponse({"detail": validation_errors(err.errors())}, status_code=422)
         message, param = _validation_message(err)
         return OpenAIError(400, message, param=param).response()
 
@@ -254,7 +256,7 @@ def add_openai_routes(app: FastAPI, server: Server, settings: ServeSettings) -> 
     @app.get("/v1/models/{model_id}", response_model=ModelCard, responses=ERRORS)
     async def model(model_id: str) -> ModelCard:
         if model_id != settings.model_name:
-            raise OpenAIError(404, f"the model {model_id!r} does not exist; this server serves {settings.model_name!r}",
+            raise OpenAIError(404, f"the model {printable(model_id, 100)!r} does not exist; this server serves {settings.model_name!r}",
                               param="model", code="model_not_found")
         return ModelCard(id=settings.model_name, created=created(engine()))
 
@@ -312,6 +314,8 @@ def add_openai_routes(app: FastAPI, server: Server, settings: ServeSettings) -> 
 
     @app.post("/v1/chat/completions", response_model=ChatCompletion, responses={
         **ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "a completion, or with stream: SSE chunks"},
+        401: {"description": "no API key, or an unknown one (OpenAI error shape)"},
+        403: {"description": "the key lacks the read scope (OpenAI error shape)"},
     })
     async def chat_completions(body: ChatRequest) -> Any:
         """Recommendations from a conversation; ``"stream": true`` answers with server-sent

@@ -26,11 +26,12 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
+from urllib.parse import quote
 
 import pandas as pd
 import pydantic
@@ -64,7 +65,12 @@ feedback_events = sa.Table(
 )
 
 Id = Annotated[str, pydantic.StringConstraints(min_length=1, max_length=256)]
-Finite = Annotated[float, pydantic.Field(allow_inf_nan=False)]
+# The documented ranges: wide enough for any rating scale (1-5, 0.5-5, 1-10, 0-100) and any
+# real event time, narrow enough that a value is never an overflow waiting to happen.
+RATING_RANGE = (0.0, 100.0)
+TIMESTAMP_RANGE = (0.0, 4_102_444_800.0)  # unix seconds, 1970-01-01 to 2100-01-01 UTC
+Rating = Annotated[float, pydantic.Field(ge=RATING_RANGE[0], le=RATING_RANGE[1], allow_inf_nan=False)]
+Timestamp = Annotated[float, pydantic.Field(ge=TIMESTAMP_RANGE[0], le=TIMESTAMP_RANGE[1], allow_inf_nan=False)]
 
 
 class FeedbackStoreError(RuntimeError):
@@ -72,16 +78,16 @@ class FeedbackStoreError(RuntimeError):
 
 
 class FeedbackEvent(pydantic.BaseModel):
-    """One piece of feedback as a client posts it."""
+    """One piece of feedback as a client posts it. Strict types: ``true`` is not a number."""
 
-    model_config = pydantic.ConfigDict(extra="forbid")
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True)
 
     event_id: Annotated[str, pydantic.StringConstraints(min_length=1, max_length=128)] | None = None
     user_id: Id
     item_id: Id
     type: Literal["click", "purchase", "rating", "skip"]
-    value: Finite | None = None
-    timestamp: Finite | None = None  # unix seconds; None: when the server received it
+    value: Rating | None = None  # the rating (type "rating"); ignored for the other types
+    timestamp: Timestamp | None = None  # unix seconds; None: when the server received it
 
     @pydantic.model_validator(mode="after")
     def _rating_has_value(self) -> FeedbackEvent:
@@ -127,8 +133,32 @@ class StoredEvent:
     seq: int  # insertion order, a tie-breaker for equal timestamps (not a gap-free commit order)
 
 
-def _mask(url: str) -> str:
-    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+# scheme://user:PASSWORD@host  and  ?password=...&token=... (also libpq's "password=... " form)
+_USERINFO = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^/?#@\s:]*:)[^/?#\s]*@")
+_SECRET_NAME = r"[\w.-]*(?:pass|pwd|secret|token|key|auth|cred)[\w.-]*"
+_SECRET_PARAM = re.compile(rf"(?P<head>(?:^|[?&;\s]){_SECRET_NAME}=)(?P<value>[^&;#\s]*)", re.IGNORECASE)
+MASK = "***"
+
+
+def mask_secrets(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with every URL password (user info and secret-looking query parameters such as
+    ``password``, ``sslpassword``, ``token``, ``api_key``) replaced by ``***``; ``secrets``: literal
+    values to hide wherever they occur (a driver's error message may quote them)."""
+    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    text = _USERINFO.sub(lambda m: f"{m['head']}{MASK}@", text)
+    return _SECRET_PARAM.sub(lambda m: m["head"] + (MASK if m["value"] else ""), text)
+
+
+def url_secrets(url: sa.URL) -> list[str]:
+    """The literal secrets of a URL: its password and the values of secret-looking query
+    parameters, so that a driver's error message that quotes one can be masked too."""
+    values = [url.password] if url.password else []
+    for name, value in url.query.items():
+        if re.fullmatch(_SECRET_NAME, name, re.IGNORECASE):
+            values += [value] if isinstance(value, str) else list(value)
+    # As given and as written in a URL (percent-encoded): messages may quote either form.
+    return [form for v in values if v for form in {str(v), quote(str(v), safe="")}]
 
 
 def _parse_url(url: str | os.PathLike | None) -> sa.URL:
@@ -137,15 +167,16 @@ def _parse_url(url: str | os.PathLike | None) -> sa.URL:
     else:
         try:
             parsed = sa.make_url(url)
-        except Exception as exc:
-            raise FeedbackStoreError(f"invalid feedback store URL {_mask(url)}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001  (re-raised below, masked, without the chain)
+            # from None: the parser's own exception quotes the URL, password and all.
+            raise FeedbackStoreError(f"invalid feedback store URL {mask_secrets(url)}: {mask_secrets(str(exc), [url])}") from None
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")  # the driver installed with us, not psycopg2
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         try:
             Path(parsed.database).expanduser().absolute().parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise FeedbackStoreError(f"cannot create the folder for feedback store {parsed}: {exc}") from exc
+            raise FeedbackStoreError(f"cannot create the folder for feedback store {parsed.database}: {exc}") from exc
     return parsed
 
 
@@ -175,6 +206,7 @@ class FeedbackStore:
 
     def __init__(self, url: str | os.PathLike | None = None) -> None:
         self._url = _parse_url(url)
+        self._secrets = url_secrets(self._url)
         backend = self._url.get_backend_name()
         if backend not in ("sqlite", "postgresql"):
             raise FeedbackStoreError(f"unsupported feedback store database {self.url}: use sqlite or postgresql")
@@ -185,8 +217,8 @@ class FeedbackStore:
             # A database server can drop pooled connections; an SQLite file cannot, and a ping
             # per read would only add a round trip to every request.
             self._engine = sa.create_engine(self._url, pool_pre_ping=backend == "postgresql", connect_args=connect_args)
-        except Exception as exc:
-            raise FeedbackStoreError(f"cannot use feedback store URL {self.url}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001  (re-raised below, masked, without the chain)
+            raise FeedbackStoreError(f"cannot use feedback store URL {self.url}: {self._masked(exc)}") from None
         if backend == "sqlite":
             sa.event.listen(self._engine, "connect", _on_sqlite_connect)
             sa.event.listen(self._engine, "begin", _on_sqlite_begin)
@@ -203,11 +235,17 @@ class FeedbackStore:
             self._migrate()
         except (sa.exc.SQLAlchemyError, CommandError) as exc:
             self._engine.dispose()
-            raise FeedbackStoreError(f"cannot open feedback store {self.url}: {exc}") from exc
+            raise FeedbackStoreError(f"cannot open feedback store {self.url}: {self._masked(exc)}") from None
 
     @property
     def url(self) -> str:
-        return self._url.render_as_string(hide_password=True)
+        """The URL with its password and secret query parameters (``?password=``, ``token``, ...)
+        shown as ``***``: what logs, errors and ``/info`` show."""
+        return mask_secrets(self._url.render_as_string(hide_password=True), self._secrets)
+
+    def _masked(self, exc: BaseException) -> str:
+        # Without the chained exception (raised from None), whose text may hold the password.
+        return mask_secrets(str(exc), self._secrets)
 
     @contextmanager
     def _write(self) -> Iterator[sa.Connection]:
