@@ -84,6 +84,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--llm", default="gemma-3-270m", help="packaged model name, directory or .gguf file")
     ap.add_argument("--rows", nargs="+", default=["llmrank0", "llmrank1", "rerank1"])
+    ap.add_argument("--max-tokens", type=int, default=24, help="reply length bound (10 letters, one per line)")
+    ap.add_argument("--max-history", type=int, default=10, help="most recent history titles in a prompt")
     ap.add_argument("--runs", default=str(ROOT / "runs" / "llm_gemma"))
     ap.add_argument("--port", type=int, default=8432, help="loopback port (part of the cache key)")
     ap.add_argument("--results", default=str(ROOT / "bench" / "results" / "llm_gemma_ml100k.jsonl"))
@@ -107,7 +109,7 @@ def main() -> None:
     proc, url = serve_chat_model(chat, args.port, runs / "transformers_serve.log")
     start_s = round(time.perf_counter() - t, 1)
     common = dict(base_url=url, model=str(chat), mode="rerank", candidates=20, cache_dir=str(runs / "cache"),
-                  timeout=600, concurrency=1, max_tokens=40)
+                  timeout=600, concurrency=1, max_tokens=args.max_tokens, max_history=args.max_history)
     try:
         for name in args.rows:
             shots = int(name[-1])
