@@ -55,6 +55,7 @@ class Training:
     train_seconds: list[float]  # per epoch, validation excluded
     stopped_by: str = "epochs"  # "epochs", "patience" or "time_limit"
     processes: int = 1  # data-parallel processes that trained it
+    loss: float | None = None  # the last epoch's mean training loss
 
     def fit_info(self) -> dict[str, Any]:
         return {
@@ -63,6 +64,7 @@ class Training:
             f"best_valid_{self.metric}": self.best,
             "stopped_by": self.stopped_by,
             "processes": self.processes,
+            "train_loss": self.loss,
         }
 
 
@@ -283,7 +285,7 @@ class TorchRecommender(ScoringRecommender):
         net.eval()
         del self._order_rng  # a run's own: not part of the fitted model
         kept = best if best_state is not None else None
-        return Training(metric, epoch, best_epoch, kept, train_seconds, stopped_by, distributed.world_size())
+        return Training(metric, epoch, best_epoch, kept, train_seconds, stopped_by, distributed.world_size(), loss)
 
     def _valid_ndcg(self, split: Split, users: list[str]) -> float:
         """NDCG@10 of the ``"valid"`` stage on ``users``."""

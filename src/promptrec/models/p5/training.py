@@ -217,6 +217,7 @@ def train(
         val_users = list(np.random.default_rng(cfg.seed).choice(val_users, cfg.val_users, replace=False))
     mlog = _MetricsLog(out if accelerator.is_main_process else None)
     stopped_early = False
+    epoch_loss, epoch_steps = 0.0, 0
     for epoch in range(state["epoch"] + 1, cfg.epochs):
         rng = np.random.default_rng([cfg.seed, epoch])
         plan = mixture_plan(families, weights, per_epoch, rng)
@@ -233,6 +234,7 @@ def train(
         model.train()
         epoch_start = time.time()
         running = 0.0
+        epoch_loss, epoch_steps = 0.0, 0  # the epoch's mean of whole-batch losses, for fit_info
         # Redirected output (logs, CI) gets an update every 30 s instead of a flood of bars.
         bar = tqdm(
             loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (progress and main), leave=False,
@@ -269,6 +271,7 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             state["step"] += 1
             running = 0.98 * running + 0.02 * value if state["step"] > 1 else value
+            epoch_loss, epoch_steps = epoch_loss + value, epoch_steps + 1
             bar.set_postfix(loss=f"{running:.3f}", refresh=False)
             if state["step"] % 50 == 0:
                 mlog.write(state["step"], loss=value, lr=scheduler.get_last_lr()[0])
@@ -311,6 +314,7 @@ def train(
         "best_epoch": state["best_epoch"] + 1,
         "best_valid_NDCG@10": state["best"],
         "steps": state["step"],
+        "train_loss": epoch_loss / max(epoch_steps, 1),
         "stopped_by_time_limit": stopped_early,
         "wall_seconds": round(time.time() - t0, 2),
         "device": str(accelerator.device),
