@@ -9,6 +9,8 @@ over the models.
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
@@ -20,8 +22,31 @@ T = TypeVar("T")
 
 
 def state() -> PartialState:
-    """The process's place in the launch (a singleton: the process group is opened once)."""
+    """The process's place in the launch (a singleton: the process group is opened once).
+
+    accelerate starts N processes on CPUs only through MPI (``--cpu --mpirun_hostfile``); its
+    torchrun path (``--multi_gpu``, or torchrun itself) starts them anywhere, but on a machine
+    without a GPU accelerate then sees N unrelated processes unless told they are CPU ones: so
+    it is told here, and their group is gloo.
+    """
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if PartialState._shared_state == {}:
+        if _alone_under_cpu_launch():
+            warnings.warn(
+                "accelerate launch --cpu starts several processes only through MPI (--mpirun_hostfile); "
+                "this is one process: launch with --multi_gpu --num_processes N (torchrun; gloo on CPUs)",
+                stacklevel=2,
+            )
+        return PartialState(cpu=launched and not torch.cuda.is_available())
     return PartialState()
+
+
+def _alone_under_cpu_launch() -> bool:
+    """``accelerate launch --cpu --num_processes N`` without MPI: it sets the rendezvous address
+    for N processes but starts one, with no rank of any launcher."""
+    cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    ranks = ("WORLD_SIZE", "LOCAL_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+    return cpu and "MASTER_ADDR" in os.environ and not any(k in os.environ for k in ranks)
 
 
 def world_size() -> int:

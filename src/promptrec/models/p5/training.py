@@ -146,6 +146,7 @@ def train(
         unwrap(model).activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     # split_batches: each batch is the global one, split between the processes, so the prepared
     # scheduler advances once per step whatever their number.
+    distributed.state()  # the launch, as promptrec reads it, before accelerate reads it its own way
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision, dataloader_config=DataLoaderConfiguration(split_batches=True)
     )
