@@ -19,9 +19,14 @@ split = leave_one_out(load_dataset("tabular", events))
 report = {"processes": distributed.world_size()}
 for name, directory in (("model", run / "model"), ("sasrec", run / "compare" / "sasrec")):
     rec = load_recommender(directory)
+    asked = []  # the users this process was asked to rank
+    recommend = rec.recommend
+    rec.recommend = lambda users, **kw: asked.extend(users) or recommend(users, **kw)
     # Batches of 7 users: several per process, and a last one shorter than the rest.
     sharded, sharded_users = evaluate_rankings(rec, split, k=20, batch_size=7)
+    mine = len(asked)
     alone, alone_users = evaluate_rankings(rec, split, k=20, batch_size=7, shard=False)
+    rec.recommend = recommend
     metrics = [m for m in alone if m.startswith(("HR@", "NDCG@", "MRR"))]
     report[name] = {
         "sharded": {m: sharded[m] for m in metrics},
@@ -31,6 +36,7 @@ for name, directory in (("model", run / "model"), ("sasrec", run / "compare" / "
             and sharded_users["recommended"].tolist() == alone_users["recommended"].tolist()
         ),
         "eval_users": sharded["eval_users"],
+        "asked": distributed.gather(mine),
         "recommendation": rec.recommend([split.test["user_id"].iloc[0]], k=3)["item_id"].tolist(),
     }
 if distributed.is_main():

@@ -47,7 +47,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(args: list[str], processes: int) -> None:
+def _run(args: list[str], processes: int) -> subprocess.CompletedProcess:
     """``args`` run by python, or by ``accelerate launch`` as ``processes`` processes. accelerate
     starts N CPU processes under ``--cpu`` only through MPI; ``--multi_gpu`` starts them through
     torchrun on any machine, and promptrec opens a gloo group between them when there is no GPU."""
@@ -62,6 +62,7 @@ def _run(args: list[str], processes: int) -> None:
         ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    return done
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +99,8 @@ def test_saved_models_load_and_shard_evaluation_exactly(runs):
     for name in ("model", "sasrec"):
         result = report[name]
         assert result["eval_users"] == 33
+        # Each process asked for its own block of whole batches of 7: 14 users, then 19.
+        assert result["asked"] == [14, 19]
         assert result["sharded"] == result["alone"]  # to the last digit
         assert result["per_user_equal"]
         assert len(result["recommendation"]) == 3
@@ -107,9 +110,10 @@ def test_two_processes_resume_from_their_checkpoint(runs):
     tmp, events = runs
     run = tmp / "p2"
     first = json.loads((run / "metrics.json").read_text())["model"]
-    _run(["-m", "promptrec.cli", "train", "-c", str(run / "config.yaml"), "--resume",
-          "--set", "train.epochs=3", "-o", str(run)], 2)
+    done = _run(["-m", "promptrec.cli", "train", "-c", str(run / "config.yaml"), "--resume",
+                 "--set", "train.epochs=3", "-o", str(run)], 2)
     resumed = json.loads((run / "metrics.json").read_text())["model"]
     # One more epoch after the two the checkpoint holds: its steps are added, none repeated.
+    assert "epoch 3/3" in done.stdout and "epoch 1/3" not in done.stdout
     assert resumed["epochs_run"] == 3
     assert resumed["steps"] == first["steps"] * 3 // 2
