@@ -191,9 +191,10 @@ def train(
         state = json.loads((ckpt / "trainer_state.json").read_text())
         if main:
             log.info("resuming after epoch %d (best validation NDCG@10 %.4f)", state["epoch"], state["best"])
-    if processes > 1:
+    if processes > 1 and not resuming:
         # The LM was built and initialised alike everywhere (and the engine started every process
-        # from rank 0's weights); from here each process draws its own dropout.
+        # from rank 0's weights); from here each process draws its own dropout. (A resumed run
+        # has each process's generators back from the checkpoint.)
         set_seed(cfg.seed, device_specific=True)
     best_state = None
     if resuming and (ckpt / "best.safetensors").exists():
@@ -229,7 +230,7 @@ def train(
         # than N) takes the batch's first example at weight 0, as every process must take part
         # in each step's gradient exchange.
         slices = [[b[i] for i in distributed.shard(len(b))] or b[:1] for b in batches]
-        weighted = [len(distributed.shard(len(b))) > 0 for b in batches]
+        has_examples = [len(distributed.shard(len(b))) > 0 for b in batches]
         # On a GPU, rendering and tokenising prompts in the training process can be the bottleneck.
         loader = DataLoader(examples, batch_sampler=slices, collate_fn=collate, num_workers=cfg.num_workers)
         model.train()
@@ -241,17 +242,17 @@ def train(
             loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (progress and main), leave=False,
             mininterval=0.1 if sys.stderr.isatty() else 30.0,
         )
-        for counts, batch in zip(weighted, bar):
+        for mine, batch in zip(has_examples, bar):
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             targets = batch.pop("targets")
             with accelerator.autocast():
                 summed = kind.loss(model, batch, targets, loss_fn, vocabulary)
-            if not counts:
+            if not mine:
                 summed = summed * 0.0
             # One exchange per step: the batch's target tokens, its summed loss, and whether rank
             # 0 is out of time (clocks differ: its decides for all).
             out_of_time = main and bool(cfg.time_limit) and state["train_seconds"] + time.time() - epoch_start > cfg.time_limit
-            tokens = float((targets != -100).sum()) if counts else 0.0
+            tokens = float((targets != -100).sum()) if mine else 0.0
             totals = distributed.all_sum(torch.tensor([tokens, summed.item(), float(out_of_time)], dtype=torch.float64))
             loss = summed * (processes / max(totals[0].item(), 1.0))
             value = totals[1].item() / max(totals[0].item(), 1.0)  # the whole batch's mean token loss
