@@ -117,3 +117,18 @@ def test_two_processes_resume_from_their_checkpoint(runs):
     assert "epoch 3/3" in done.stdout and "epoch 1/3" not in done.stdout
     assert resumed["epochs_run"] == 3
     assert resumed["steps"] == first["steps"] * 3 // 2
+
+
+@pytest.mark.parametrize("n, unit, processes", [(33, 7, 2), (33, 7, 3), (5, 7, 2), (0, 4, 2), (10, 1, 4), (3, 1, 4)])
+def test_shards_tile_the_range_in_whole_blocks_and_rank_order(monkeypatch, n, unit, processes):
+    from promptrec.core import distributed
+
+    monkeypatch.setattr(distributed, "world_size", lambda: processes)
+    parts = []
+    for r in range(processes):
+        monkeypatch.setattr(distributed, "rank", lambda r=r: r)
+        parts.append(distributed.shard(n, unit))
+    assert [i for part in parts for i in part] == list(range(n))  # all, once, in order
+    assert all(part.start % unit == 0 for part in parts if len(part))  # blocks stay whole
+    blocks = [-(-len(part) // unit) for part in parts]
+    assert max(blocks) - min(blocks) <= 1  # as even as whole blocks allow
