@@ -12,9 +12,10 @@ same loop trains data-parallel: every process holds the whole network and the wh
 set, walks the same permutation, and computes each global batch of ``batch_size`` examples on
 its own slice of it; the gradients are summed across processes and divided by the batch's
 number of examples (or targets), which is the gradient of the one-process batch. ``batch_size``
-is thus the global batch and the learning rate means the same for any N. Validation is sharded
-like any evaluation, rank 0's score decides early stopping for all, and only rank 0 shows
-progress and logs.
+is thus the global batch and the learning rate means the same for any N. Validation by ranking
+is sharded like any evaluation (biased MF's RMSE is computed by every process alike), rank 0's
+score decides early stopping for all, and only rank 0 shows progress and logs. The baselines
+keep no checkpoints: ``--resume`` fits them again.
 """
 
 from __future__ import annotations
