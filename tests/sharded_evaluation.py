@@ -19,9 +19,14 @@ split = leave_one_out(load_dataset("tabular", events))
 report = {"processes": distributed.world_size()}
 for name, directory in (("model", run / "model"), ("sasrec", run / "compare" / "sasrec")):
     rec = load_recommender(directory)
-    asked = []  # the users this process was asked to rank
+    asked: list[str] = []  # the users this process was asked to rank
     recommend = rec.recommend
-    rec.recommend = lambda users, **kw: asked.extend(users) or recommend(users, **kw)
+
+    def counted(users, recommend=recommend, asked=asked, **kw):
+        asked.extend(users)
+        return recommend(users, **kw)
+
+    rec.recommend = counted
     # Batches of 7 users: several per process, and a last one shorter than the rest.
     sharded, sharded_users = evaluate_rankings(rec, split, k=20, batch_size=7)
     mine = len(asked)

@@ -118,7 +118,9 @@ def train(
         # would train other codes than its peers, silently.
         codes = hashlib.sha256(json.dumps(sorted(rec.indexer.codes.items())).encode()).hexdigest()
         if distributed.broadcast(codes) != codes:
-            raise RuntimeError(f"process {distributed.rank()} built another item index than process 0: the index fit is not deterministic")
+            raise RuntimeError(
+                f"process {distributed.rank()} built another item index than process 0: the index fit is not deterministic"
+            )
 
     if cfg.item_anchor > 0:
         if resuming:
@@ -251,7 +253,8 @@ def train(
                 summed = summed * 0.0
             # One exchange per step: the batch's target tokens, its summed loss, and whether rank
             # 0 is out of time (clocks differ: its decides for all).
-            out_of_time = main and bool(cfg.time_limit) and state["train_seconds"] + time.time() - epoch_start > cfg.time_limit
+            elapsed = state["train_seconds"] + time.time() - epoch_start
+            out_of_time = main and bool(cfg.time_limit) and elapsed > cfg.time_limit
             tokens = float((targets != -100).sum()) if mine else 0.0
             totals = distributed.all_sum(torch.tensor([tokens, summed.item(), float(out_of_time)], dtype=torch.float64))
             loss = summed * (processes / max(totals[0].item(), 1.0))
