@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import torch
 from accelerate import PartialState
@@ -29,7 +29,7 @@ def state() -> PartialState:
     without a GPU accelerate then sees N unrelated processes unless told they are CPU ones: so
     it is told here, and their group is gloo.
     """
-    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if PartialState._shared_state == {}:
         if _alone_under_cpu_launch():
             warnings.warn(
@@ -37,7 +37,7 @@ def state() -> PartialState:
                 "this is one process: launch with --multi_gpu --num_processes N (torchrun; gloo on CPUs)",
                 stacklevel=2,
             )
-        return PartialState(cpu=launched and not torch.cuda.is_available())
+        return PartialState(cpu=several and not torch.cuda.is_available())
     return PartialState()
 
 
@@ -45,21 +45,31 @@ def _alone_under_cpu_launch() -> bool:
     """``accelerate launch --cpu --num_processes N`` without MPI: it sets the rendezvous address
     for N processes but starts one, with no rank of any launcher."""
     cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
-    ranks = ("WORLD_SIZE", "LOCAL_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
-    return cpu and "MASTER_ADDR" in os.environ and not any(k in os.environ for k in ranks)
+    return cpu and "MASTER_ADDR" in os.environ and not any(k in os.environ for k in _RANK_VARIABLES)
+
+
+# What the launchers accelerate knows set in each process they start.
+_RANK_VARIABLES = ("WORLD_SIZE", "LOCAL_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+
+
+def launched() -> bool:
+    """Whether a launcher started this process (torchrun, accelerate, MPI), even as one of one."""
+    return PartialState._shared_state != {} or any(k in os.environ for k in (*_RANK_VARIABLES, "MASTER_ADDR"))
 
 
 def world_size() -> int:
-    return state().num_processes
+    # A plain run never touches accelerate's state, which a later Accelerator(cpu=True) could
+    # then not change.
+    return state().num_processes if launched() else 1
 
 
 def rank() -> int:
-    return state().process_index
+    return state().process_index if launched() else 0
 
 
 def is_main() -> bool:
     """Whether this process writes files and logs (rank 0; the only process of a plain run)."""
-    return state().is_main_process
+    return rank() == 0
 
 
 def gather(value: T) -> list[T]:
@@ -122,10 +132,4 @@ def shard(n: int, unit: int = 1) -> range:
     return range(min(first * unit, n), min(last * unit, n))
 
 
-def describe() -> dict[str, Any]:
-    """The launch, for a model's fit info."""
-    s = state()
-    return {"processes": s.num_processes, "distributed": str(s.distributed_type)}
-
-
-__all__ = ["all_sum", "broadcast", "describe", "gather", "is_main", "rank", "shard", "state", "sum_gradients", "world_size"]
+__all__ = ["all_sum", "broadcast", "gather", "is_main", "launched", "rank", "shard", "state", "sum_gradients", "world_size"]
