@@ -17,6 +17,7 @@ import pandas as pd
 
 from pydantic import Field, model_validator
 
+from .core import distributed
 from .core.recommender import Recommender, build_recommender, load_recommender
 from .data import InteractionData, Split, leave_one_out, load_dataset
 from .evaluation.beyond import beyond_summary, default_user_groups, train_item_counts
@@ -55,8 +56,12 @@ def write_run(
     from :func:`~promptrec.evaluation.ranking.evaluate_rankings`. Writes ``per_user_{name}.parquet``
     (metrics per user), ``recommendations_{name}.parquet`` (the lists, long form ``user_id,
     item_id, rank``, when ``per_user`` has its ``recommended`` column), ``item_popularity.parquet`` (training interactions per catalogue item) and
-    ``metrics.json``: ``{name: summary, ..., **info}``, which it returns.
+    ``metrics.json``: ``{name: summary, ..., **info}``, which it returns. Launched as several
+    processes, only rank 0 writes; every process returns the metrics.
     """
+    metrics = {**{name: summary for name, (summary, _) in results.items()}, **info}
+    if not distributed.is_main():
+        return metrics
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     for name, (_, per_user) in results.items():
@@ -64,7 +69,6 @@ def write_run(
         if "recommended" in per_user:
             recommended_items(per_user).to_parquet(out / f"recommendations_{name}.parquet", index=False)
     train_item_counts(split).reset_index().to_parquet(out / "item_popularity.parquet", index=False)
-    metrics = {**{name: summary for name, (summary, _) in results.items()}, **info}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     return metrics
 
@@ -153,7 +157,12 @@ def run_job(
 ) -> dict[str, Any]:
     """Train ``job.recommender`` on a leave-one-out split of ``job.data``, save it to
     ``output/model``, train the ``compare`` models (saved under ``output/compare/``), evaluate all
-    of them on the same test users, and write the run directory (:func:`write_run`)."""
+    of them on the same test users, and write the run directory (:func:`write_run`).
+
+    Under ``accelerate launch -m promptrec.cli train ...`` every process runs the job: the models
+    that train data-parallel (the prompt LMs, SASRec, BPR, biased MF) share their training, the
+    others are fitted by each process alike, the evaluation is sharded, and only rank 0 writes
+    the run directory and prints."""
     # Every model is built (its parameters checked) before the data is loaded.
     out = Path(output)
     entries = [
@@ -164,12 +173,16 @@ def run_job(
     keys = [key for key, *_ in entries]
     if len(set(keys)) < len(keys):
         raise ValueError(f"two entries share a name in {keys}: give compare entries a label")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(_yaml(job.to_dict()))
+    main = distributed.is_main()
+    progress = progress and main
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(_yaml(job.to_dict()))
     started = time.perf_counter()
     data = load_data(job.data)
     split = leave_one_out(data)
-    log.info("data: %s", data.summary())
+    if main:
+        log.info("data: %s", data.summary())
     if progress:
         s = data.summary()
         print(f"data: {s['name']}: {s['users']} users, {s['items']} items, {s['interactions']} interactions", flush=True)
@@ -182,7 +195,8 @@ def run_job(
         t0 = time.perf_counter()
         rec.fit_with_checkpoints(split, checkpoints, resume=resume)
         rec.fit_info_ = {**rec.fit_info_, "fit_wall_seconds": round(time.perf_counter() - t0, 2), "data": job.data.model_dump(mode="json")}
-        rec.save_pretrained(directory)
+        if main:
+            rec.save_pretrained(directory)
         models[key] = rec
     return evaluate_and_write(
         models, split, out, job.evaluation, command=command, progress=progress, started=started, config=job.to_dict()
@@ -202,6 +216,7 @@ def evaluate_and_write(
     """Test-split evaluation of every model on the same users (accuracy, beyond-accuracy and
     each model's own extra metrics), written as a run directory (:func:`write_run`) and printed."""
     evaluation = evaluation or EvaluationConfig()
+    progress = progress and distributed.is_main()
     t0 = started if started is not None else time.perf_counter()
     users = sample_users(split, "test", evaluation.users, evaluation.seed)
     groups = default_user_groups(split.data.users)

@@ -43,6 +43,17 @@ def _setup_logging(verbose: bool) -> None:
     logging.getLogger("promptrec").setLevel(logging.INFO)
 
 
+def _one_voice() -> bool:
+    """Whether this process speaks: under ``accelerate launch`` every process runs the command
+    and only rank 0 logs and prints (the others keep warnings and errors)."""
+    from ..core import distributed
+
+    if distributed.is_main():
+        return True
+    logging.getLogger("promptrec").setLevel(logging.WARNING)
+    return False
+
+
 def _overrides(values: list[str]) -> dict:
     from ..core.config import parse_overrides
 
@@ -72,6 +83,7 @@ def train(
     from ..pipeline import JobConfig, run_job
 
     _setup_logging(verbose)
+    _one_voice()
     job = JobConfig.load(config) if config else JobConfig()
     overrides = _overrides(set_ or [])
     if model:
@@ -96,6 +108,7 @@ def quickstart(
     from ..pipeline import quickstart_job, run_job
 
     _setup_logging(verbose)
+    _one_voice()
     run_job(quickstart_job().update(_overrides(set_ or [])), output)
 
 
@@ -125,7 +138,10 @@ def evaluate(
         if not loader:
             raise typer.BadParameter("--data needs --loader")
         dcfg = DataConfig(loader=loader, path=data)
-    results = evaluate_saved(model, dcfg, stage=stage, users=users, seed=seed, compare=compare or ["popularity"])
+    speaks = _one_voice()
+    results = evaluate_saved(model, dcfg, stage=stage, users=users, seed=seed, compare=compare or ["popularity"], progress=speaks)
+    if not speaks:
+        return
     summaries = {name: _clean(summary) for name, (summary, _) in results.items()}
     print(format_table(summaries, SUMMARY_KEYS))
     print(f"{summaries['model']['eval_users']} {stage} users for every row, all items ranked, history excluded")

@@ -30,6 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from ..core import distributed
 from ..core.recommender import RECOMMENDATION_COLUMNS, Recommender, check_k
 from ..data.split import Split
 from .beyond import beyond_summary, default_user_groups
@@ -49,6 +50,7 @@ def evaluate_rankings(
     beyond: bool = False,
     progress: bool = False,
     histories: dict[str, list[str]] | None = None,
+    shard: bool = True,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """All-item leave-one-out ranking evaluation of ``recommender`` on ``split``.
 
@@ -77,6 +79,13 @@ def evaluate_rankings(
     With ``beyond`` the summary also holds the beyond-accuracy metrics of
     :func:`promptrec.evaluation.beyond.beyond_summary` (coverage, ILD, novelty, popularity, Gini, fairness
     between user groups) at every cutoff of ``metrics``, with groups from ``split.data.users``.
+
+    Launched as several processes (``accelerate launch``), with ``shard`` the users are split
+    between them in blocks of whole batches and their lists gathered, so every process returns the
+    same summary and table as one process would, to the last digit (``eval_seconds`` is then the
+    slowest process's). Each process holds the scores of one batch at a time, plus the gathered
+    top-``k`` lists. Every process must then make the call; ``shard=False`` evaluates all users
+    in this process alone.
     """
     k = check_k(k)
     parsed = [parse_metric(m) for m in metrics]
@@ -100,21 +109,31 @@ def evaluate_rankings(
     user_ids = targets["user_id"].tolist()
     n_users = len(user_ids)
 
+    # Under `accelerate launch` each process ranks its own block of whole batches, so every user
+    # is scored in the very batch a one-process run puts it in (a model's scores may depend on
+    # the batch's shape in the last bits) and the gathered lists are those of one process.
+    mine = distributed.shard(n_users, batch_size) if shard else range(n_users)
     elapsed = 0.0
     returned: list[pd.DataFrame] = []
-    starts = range(0, n_users, batch_size)
-    if progress:
+    starts = range(mine.start, mine.stop, batch_size)
+    if progress and (not shard or distributed.is_main()):
         from tqdm.auto import tqdm
 
         starts = tqdm(starts, desc=f"evaluate ({stage})", unit="batch", mininterval=0.1 if sys.stderr.isatty() else 30.0)
     for i in starts:
-        batch = user_ids[i : i + batch_size]
+        batch = user_ids[i : min(i + batch_size, mine.stop)]
         start = time.perf_counter()
         given = {} if histories is None else {"histories": {u: histories[u] for u in batch if u in histories}}
         recs = recommender.recommend(batch, k=k, exclude_seen=True, stage=stage, **given)
         elapsed += time.perf_counter() - start
         _check_output(recs, batch, k)
         returned.append(recs[list(RECOMMENDATION_COLUMNS)])
+    if shard and distributed.world_size() > 1:
+        # Only the top-k lists travel (users x k rows), never scores over the catalogue; the
+        # wall time is that of the slowest process.
+        parts = distributed.gather((returned, elapsed))
+        returned = [r for part, _ in parts for r in part]
+        elapsed = max(seconds for _, seconds in parts)
     recs = pd.concat(returned, ignore_index=True) if returned else _empty_recommendations()
 
     # Integer codes for every returned row: its user's position in user_ids and its item's position
@@ -189,11 +208,14 @@ def evaluate_recommender(
     batch_size: int = 256,
     *,
     progress: bool = False,
+    shard: bool = True,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """:func:`evaluate_rankings` plus the model's own :meth:`~Recommender.extra_metrics` on the
-    same users: what ``promptrec evaluate`` reports for any saved model."""
+    same users: what ``promptrec evaluate`` reports for any saved model. With several processes
+    the ranking is sharded (``shard``); the extra metrics are not: each process computes them on
+    all the users, with the same result."""
     summary, per_user = evaluate_rankings(
-        recommender, split, stage=stage, k=k, users=users, batch_size=batch_size, progress=progress
+        recommender, split, stage=stage, k=k, users=users, batch_size=batch_size, progress=progress, shard=shard
     )
     summary.update(recommender.extra_metrics(split, stage, per_user["user_id"].tolist()))
     return summary, per_user

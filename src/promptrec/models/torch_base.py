@@ -6,6 +6,16 @@ leaves the caller's random state alone, the epoch loop with early stopping on a 
 (best weights kept), NDCG@10 on validation users, and saving to / restoring from a directory
 (JSON + safetensors: no pickle to execute on load). The network, its loss, the sampling and
 ``_scores`` stay in each model's module.
+
+Launched as N processes (``accelerate launch``, see :mod:`promptrec.core.distributed`), the
+same loop trains data-parallel: every process holds the whole network and the whole training
+set, walks the same permutation, and computes each global batch of ``batch_size`` examples on
+its own slice of it; the gradients are summed across processes and divided by the batch's
+number of examples (or targets), which is the gradient of the one-process batch. ``batch_size``
+is thus the global batch and the learning rate means the same for any N. Validation by ranking
+is sharded like any evaluation (biased MF's RMSE is computed by every process alike), rank 0's
+score decides early stopping for all, and only rank 0 shows progress and logs. The baselines
+keep no checkpoints: ``--resume`` fits them again.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..core import distributed
 from ..core.recommender import STAGES, ScoringRecommender
 from ..data.split import Split
 from ..evaluation.ranking import evaluate_rankings
@@ -44,6 +55,8 @@ class Training:
     best: float | None  # its validation score; None when no epoch was validated
     train_seconds: list[float]  # per epoch, validation excluded
     stopped_by: str = "epochs"  # "epochs", "patience" or "time_limit"
+    processes: int = 1  # data-parallel processes that trained it
+    loss: float | None = None  # the last epoch's mean training loss
 
     def fit_info(self) -> dict[str, Any]:
         return {
@@ -51,6 +64,8 @@ class Training:
             "best_epoch": self.best_epoch,
             f"best_valid_{self.metric}": self.best,
             "stopped_by": self.stopped_by,
+            "processes": self.processes,
+            "train_loss": self.loss,
         }
 
 
@@ -142,6 +157,52 @@ class TorchRecommender(ScoringRecommender):
             )
 
     # -- training ------------------------------------------------------------------------------
+    def _minibatch_epoch(
+        self,
+        n_examples: int,
+        batch_loss: Callable[[torch.Tensor], tuple[torch.Tensor, int]],
+        optimiser: torch.optim.Optimizer,
+        order: torch.Tensor | np.ndarray | None = None,
+    ) -> float:
+        """One pass over ``n_examples`` in global batches of ``batch_size``; returns the mean loss.
+
+        ``batch_loss(indices)`` gives the mean loss of those examples and the number of terms the
+        mean is over (examples, or target positions). ``order`` is the pass's permutation; it
+        must be the same on every process (drawn from a generator seeded alike everywhere).
+        Without it one is drawn from a generator of its own, which dropout and negative sampling
+        do not advance, so the processes never drift apart. With several processes each takes a
+        contiguous slice of every global batch (module doc).
+        """
+        net = self.net_
+        if order is None:
+            order = torch.randperm(n_examples, generator=self._order_rng)
+        order = torch.as_tensor(order)
+        processes = distributed.world_size()
+        total, terms = 0.0, 0
+        for batch in order.split(self.batch_size):
+            optimiser.zero_grad(set_to_none=True)
+            if processes == 1:
+                loss, n = batch_loss(batch)
+                loss.backward()
+                total, terms = total + loss.item() * n, terms + n
+            else:
+                mine = batch[distributed.shard(len(batch))]
+                # A process whose slice is empty (a last batch smaller than N) adds nothing.
+                loss, n = batch_loss(mine) if len(mine) else (None, 0)
+                if loss is not None:
+                    # Summed over this slice's terms here, divided by the whole batch's below.
+                    (loss * n).backward()
+                local = 0.0 if loss is None else loss.item() * n
+                sums = distributed.all_sum(torch.tensor([float(n), local], dtype=torch.float64))
+                distributed.sum_gradients(net.parameters())
+                batch_terms = max(sums[0].item(), 1.0)
+                for p in net.parameters():
+                    if p.grad is not None:
+                        p.grad.div_(batch_terms)
+                total, terms = total + sums[1].item(), terms + int(sums[0].item())
+            optimiser.step()
+        return total / max(terms, 1)
+
     def _train_epochs(
         self,
         train_epoch: Callable[[], float],
@@ -165,27 +226,39 @@ class TorchRecommender(ScoringRecommender):
         and says so in ``stopped_by``.
         """
         net = self.net_
+        main = distributed.is_main()
+        self._order_rng = torch.Generator().manual_seed(self.seed)
+        if distributed.world_size() > 1:
+            # One starting point for all (the seeded initialisation is the same everywhere, but
+            # this does not rest on it), then each process its own dropout and negative draws.
+            for tensor in net.state_dict().values():
+                torch.distributed.broadcast(tensor, src=0)
+            torch.manual_seed(int(np.random.SeedSequence([self.seed, distributed.rank()]).generate_state(1)[0]))
         best = np.inf if lower_is_better else -np.inf
         best_epoch, best_state, bad = 0, None, 0
         train_seconds: list[float] = []
         postfix = metric.lower().replace("@", "")  # "rmse", "ndcg10"
         stopped_by = "epochs"
         epochs = range(1, self.epochs + 1)
-        bar = tqdm(epochs, desc=self.name, unit="epoch", disable=not self.progress)
+        bar = tqdm(epochs, desc=self.name, unit="epoch", disable=not (self.progress and main))
         start = time.perf_counter()
         for epoch in bar:
             epoch_start = time.perf_counter()
             net.train()
             loss = train_epoch()
             train_seconds.append(time.perf_counter() - epoch_start)
-            out_of_time = time_limit is not None and time.perf_counter() - start >= time_limit
+            # Clocks differ between processes: rank 0's decides for all.
+            out_of_time = distributed.broadcast(time_limit is not None and time.perf_counter() - start >= time_limit)
             if validate is None or (epoch % eval_every and epoch != self.epochs and not out_of_time):
-                log.info(
-                    "%s epoch %d/%d: loss %.4f (%.1fs)",
-                    self.name, epoch, self.epochs, loss, train_seconds[-1],
-                )
+                if main:
+                    log.info(
+                        "%s epoch %d/%d: loss %.4f (%.1fs)",
+                        self.name, epoch, self.epochs, loss, train_seconds[-1],
+                    )
             else:
-                score = validate()
+                # Every process validates (sharded) and gets the same score; rank 0's is used all
+                # the same, so that early stopping is one decision whatever the validation does.
+                score = distributed.broadcast(validate())
                 improved = score < best if lower_is_better else score > best
                 if improved:
                     best, best_epoch, bad = score, epoch, 0
@@ -193,11 +266,12 @@ class TorchRecommender(ScoringRecommender):
                 else:
                     bad += 1
                 bar.set_postfix({"loss": f"{loss:.4f}", postfix: f"{score:.4f}"}, refresh=False)
-                log.info(
-                    "%s epoch %d/%d: loss %.4f, valid %s %.4f%s (train %.1fs, total %.1fs)",
-                    self.name, epoch, self.epochs, loss, metric, score, " *" if improved else "",
-                    train_seconds[-1], time.perf_counter() - epoch_start,
-                )
+                if main:
+                    log.info(
+                        "%s epoch %d/%d: loss %.4f, valid %s %.4f%s (train %.1fs, total %.1fs)",
+                        self.name, epoch, self.epochs, loss, metric, score, " *" if improved else "",
+                        train_seconds[-1], time.perf_counter() - epoch_start,
+                    )
                 if bad >= self.patience:
                     stopped_by = "patience"
                     break
@@ -210,13 +284,16 @@ class TorchRecommender(ScoringRecommender):
         else:
             best_epoch = epoch
         net.eval()
+        del self._order_rng  # a run's own: not part of the fitted model
         kept = best if best_state is not None else None
-        return Training(metric, epoch, best_epoch, kept, train_seconds, stopped_by)
+        return Training(metric, epoch, best_epoch, kept, train_seconds, stopped_by, distributed.world_size(), loss)
 
     def _valid_ndcg(self, split: Split, users: list[str]) -> float:
         """NDCG@10 of the ``"valid"`` stage on ``users``."""
+        # Batches of 256 users: enough of them on a small validation set for N processes to
+        # share (the batch is the unit of sharding), large enough for the network.
         summary, _ = evaluate_rankings(
-            self, split, stage="valid", k=10, users=users, metrics=("NDCG@10",)
+            self, split, stage="valid", k=10, users=users, metrics=("NDCG@10",), batch_size=256
         )
         return float(summary["NDCG@10"])
 

@@ -176,22 +176,18 @@ class BiasedMF(TorchRecommender):
         optimiser = torch.optim.Adam(net.parameters(), lr=self.lr)
         valid_truth = valid["rating"].to_numpy(dtype=float)
 
+        def batch_loss(batch: torch.Tensor) -> tuple[torch.Tensor, int]:
+            u, i, r = (t[batch].to(device) for t in (users, items, ratings))
+            error = net(u, i) - r  # (B,)
+            l2 = (
+                net.user_bias[u].pow(2) + net.item_bias[i].pow(2)
+                + net.user_factors[u].pow(2).sum(-1) + net.item_factors[i].pow(2).sum(-1)
+            )  # (B,)
+            return (error.pow(2) + self.reg * l2).mean(), len(batch)
+
         def train_epoch() -> float:
-            order = torch.from_numpy(rng.permutation(len(ratings)))
-            total = 0.0
-            for batch in order.split(self.batch_size):
-                u, i, r = (t[batch].to(device) for t in (users, items, ratings))
-                error = net(u, i) - r  # (B,)
-                l2 = (
-                    net.user_bias[u].pow(2) + net.item_bias[i].pow(2)
-                    + net.user_factors[u].pow(2).sum(-1) + net.item_factors[i].pow(2).sum(-1)
-                )  # (B,)
-                loss = (error.pow(2) + self.reg * l2).mean()
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-                total += loss.item() * len(batch)
-            return total / len(ratings)
+            # The numpy generator is seeded alike in every process: one order for all.
+            return self._minibatch_epoch(len(ratings), batch_loss, optimiser, rng.permutation(len(ratings)))
 
         def valid_rmse() -> float:
             pred = self.predict_rating(valid["user_id"], valid["item_id"])

@@ -149,21 +149,22 @@ class BPR(TorchRecommender):
         optimiser = torch.optim.Adam(net.parameters(), lr=self.lr)
         users_t, items_t = torch.from_numpy(users), torch.from_numpy(items)
 
+        negatives = torch.zeros(0, dtype=torch.long)  # this epoch's, one per training pair
+
+        def batch_loss(batch: torch.Tensor) -> tuple[torch.Tensor, int]:
+            u, i, j = (t[batch].to(device) for t in (users_t, items_t, negatives))
+            pu, qi, qj = net.users(u), net.items(i), net.items(j)  # (B, f) each
+            margin = (pu * (qi - qj)).sum(-1)  # (B,) x_ui - x_uj
+            l2 = pu.pow(2).sum(-1) + qi.pow(2).sum(-1) + qj.pow(2).sum(-1)  # (B,)
+            return -F.logsigmoid(margin).mean() + self.reg * l2.mean(), len(batch)
+
         def train_epoch() -> float:
-            order = torch.from_numpy(rng.permutation(len(users)))
+            nonlocal negatives
+            # From the numpy generator every process seeds alike: the same order and negatives
+            # everywhere, so the processes split one epoch between them.
+            order = rng.permutation(len(users))
             negatives = torch.from_numpy(_sample_negatives(users, positives, n_items, rng))
-            total = 0.0
-            for batch in order.split(self.batch_size):
-                u, i, j = (t[batch].to(device) for t in (users_t, items_t, negatives))
-                pu, qi, qj = net.users(u), net.items(i), net.items(j)  # (B, f) each
-                margin = (pu * (qi - qj)).sum(-1)  # (B,) x_ui - x_uj
-                l2 = pu.pow(2).sum(-1) + qi.pow(2).sum(-1) + qj.pow(2).sum(-1)  # (B,)
-                loss = -F.logsigmoid(margin).mean() + self.reg * l2.mean()
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-                total += loss.item() * len(batch)
-            return total / max(len(users), 1)
+            return self._minibatch_epoch(len(users), batch_loss, optimiser, order)
 
         validate = (lambda: self._valid_ndcg(split, sample)) if sample else None
         training = self._train_epochs(train_epoch, validate, "NDCG@10", eval_every=self.eval_every)

@@ -49,7 +49,8 @@ class LMKind(ABC):
         self, model: Any, batch: dict[str, torch.Tensor], targets: torch.Tensor, loss_fn: Callable,
         vocabulary: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Mean cross-entropy of the targets (-100 = none) aligned with the last logits positions.
+        """``loss_fn`` (a cross-entropy; its reduction is the caller's) of the targets (-100 =
+        none) aligned with the last logits positions.
 
         vocabulary: sorted token ids the softmax covers (default: the whole vocabulary); every
         target must be one of them.

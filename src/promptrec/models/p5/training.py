@@ -1,10 +1,21 @@
 """Training loop for the P5 recommender: multitask prompt mixture, AdamW, warm-up + decay,
 gradient clipping, early stopping on validation NDCG@10,
 checkpoint/resume, through accelerate.
+
+Under ``accelerate launch`` with N processes the loop is data-parallel and trains the same
+recipe as one process: ``train.batch_size`` is the global batch. Every process draws the same
+epoch plan and batches (seeded alike) and renders only its contiguous slice of each batch; its
+loss is its slice's summed token loss over the whole batch's target tokens (times N, since the
+engine, DDP, FSDP or DeepSpeed, averages gradients over processes), so the step is the
+one-process step over the whole batch. The schedule counts global steps. Validation is sharded
+(:func:`~promptrec.evaluation.ranking.evaluate_rankings`) and rank 0's result decides early
+stopping for all; only rank 0 writes the model, metrics and checkpoint files, while every
+process saves its part of accelerate's state (its random generators, an engine's shards).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -17,13 +28,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DataLoaderConfiguration, set_seed
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from ...backbones.tuning import unwrap
+from ...core import distributed
 from ...data.split import group_sequences
 from ...prompts.tasks import TASKS, length_batches, mixture_plan
 from .lm import lm_kind
@@ -101,6 +113,14 @@ def train(
         rec.valid_item = dict(zip(split.valid["user_id"], split.valid["item_id"]))
     else:
         rec.build(split, progress=progress)
+    if distributed.world_size() > 1:
+        # Every process built (or read) the index itself; one whose fit were not deterministic
+        # would train other codes than its peers, silently.
+        codes = hashlib.sha256(json.dumps(sorted(rec.indexer.codes.items())).encode()).hexdigest()
+        if distributed.broadcast(codes) != codes:
+            raise RuntimeError(
+                f"process {distributed.rank()} built another item index than process 0: the index fit is not deterministic"
+            )
 
     if cfg.item_anchor > 0:
         if resuming:
@@ -126,7 +146,13 @@ def train(
 
     if cfg.gradient_checkpointing:
         unwrap(model).activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    # split_batches: each batch is the global one, split between the processes, so the prepared
+    # scheduler advances once per step whatever their number.
+    distributed.state()  # the launch, as promptrec reads it, before accelerate reads it its own way
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision, dataloader_config=DataLoaderConfiguration(split_batches=True)
+    )
+    main, processes = accelerator.is_main_process, accelerator.num_processes
     # Only what the tuning method leaves trainable (everything, for full fine-tuning).
     trainable = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in trainable if p.ndim >= 2]
@@ -144,7 +170,9 @@ def train(
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     raw = accelerator.unwrap_model(model)  # the module itself, for weights and evaluation
     kind = lm_kind(raw)  # the loss of an encoder-decoder or a decoder-only LM
-    rec.model = model
+    # The recommender holds the module itself (batches, validation, saving); only the loss runs
+    # through the engine's wrapper, whose forward exchanges gradients.
+    rec.model = raw
     anchor = None  # (embedding weight, item rows, their start): resolved once here, not on every step
     if cfg.item_anchor > 0:
         weight = raw.get_input_embeddings().weight
@@ -155,14 +183,21 @@ def train(
             )
         rows, start = rec.item_start
         anchor = (weight, rows.to(weight.device), start.to(weight))
-    loss_fn = torch.nn.CrossEntropyLoss(ignore_index=-100, label_smoothing=cfg.label_smoothing)
+    # Summed, not averaged: a step divides by the target tokens of the whole global batch.
+    loss_fn = torch.nn.CrossEntropyLoss(ignore_index=-100, label_smoothing=cfg.label_smoothing, reduction="sum")
     vocabulary = rec.item_vocabulary().to(accelerator.device) if cfg.softmax == "items" else None
 
     state = {"epoch": -1, "step": 0, "best": -1.0, "best_epoch": -1, "bad_epochs": 0, "train_seconds": 0.0}
     if resuming:
         accelerator.load_state(str(ckpt / "accelerate"))
         state = json.loads((ckpt / "trainer_state.json").read_text())
-        log.info("resuming after epoch %d (best validation NDCG@10 %.4f)", state["epoch"], state["best"])
+        if main:
+            log.info("resuming after epoch %d (best validation NDCG@10 %.4f)", state["epoch"], state["best"])
+    if processes > 1 and not resuming:
+        # The LM was built and initialised alike everywhere (and the engine started every process
+        # from rank 0's weights); from here each process draws its own dropout. (A resumed run
+        # has each process's generators back from the checkpoint.)
+        set_seed(cfg.seed, device_specific=True)
     best_state = None
     if resuming and (ckpt / "best.safetensors").exists():
         best_state = load_file(str(ckpt / "best.safetensors"))
@@ -186,28 +221,44 @@ def train(
         val_users = list(np.random.default_rng(cfg.seed).choice(val_users, cfg.val_users, replace=False))
     mlog = _MetricsLog(out if accelerator.is_main_process else None)
     stopped_early = False
+    epoch_loss, epoch_steps = 0.0, 0
     for epoch in range(state["epoch"] + 1, cfg.epochs):
         rng = np.random.default_rng([cfg.seed, epoch])
         plan = mixture_plan(families, weights, per_epoch, rng)
         seeds = rng.integers(0, 2**63 - 1, size=len(plan))
         examples = [(int(s), f, i) for s, (f, i) in zip(seeds, plan)]
         batches = length_batches(plan, families, cfg.batch_size, rng, window=cfg.length_window)
+        # This process's slice of every global batch; a slice left empty (a last batch smaller
+        # than N) takes the batch's first example at weight 0, as every process must take part
+        # in each step's gradient exchange.
+        slices = [[b[i] for i in distributed.shard(len(b))] or b[:1] for b in batches]
+        has_examples = [len(distributed.shard(len(b))) > 0 for b in batches]
         # On a GPU, rendering and tokenising prompts in the training process can be the bottleneck.
-        loader = DataLoader(examples, batch_sampler=batches, collate_fn=collate, num_workers=cfg.num_workers)
+        loader = DataLoader(examples, batch_sampler=slices, collate_fn=collate, num_workers=cfg.num_workers)
         model.train()
         epoch_start = time.time()
         running = 0.0
+        epoch_loss, epoch_steps = 0.0, 0  # the epoch's mean of whole-batch losses, for fit_info
         # Redirected output (logs, CI) gets an update every 30 s instead of a flood of bars.
         bar = tqdm(
-            loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False,
+            loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (progress and main), leave=False,
             mininterval=0.1 if sys.stderr.isatty() else 30.0,
         )
-        for batch in bar:
+        for mine, batch in zip(has_examples, bar):
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             targets = batch.pop("targets")
             with accelerator.autocast():
-                loss = kind.loss(model, batch, targets, loss_fn, vocabulary)
-            value = loss.item()
+                summed = kind.loss(model, batch, targets, loss_fn, vocabulary)
+            if not mine:
+                summed = summed * 0.0
+            # One exchange per step: the batch's target tokens, its summed loss, and whether rank
+            # 0 is out of time (clocks differ: its decides for all).
+            elapsed = state["train_seconds"] + time.time() - epoch_start
+            out_of_time = main and bool(cfg.time_limit) and elapsed > cfg.time_limit
+            tokens = float((targets != -100).sum()) if mine else 0.0
+            totals = distributed.all_sum(torch.tensor([tokens, summed.item(), float(out_of_time)], dtype=torch.float64))
+            loss = summed * (processes / max(totals[0].item(), 1.0))
+            value = totals[1].item() / max(totals[0].item(), 1.0)  # the whole batch's mean token loss
             if not math.isfinite(value):
                 # Left alone, the weights turn to NaN and every later ranking comes back empty.
                 raise FloatingPointError(
@@ -225,16 +276,16 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             state["step"] += 1
             running = 0.98 * running + 0.02 * value if state["step"] > 1 else value
+            epoch_loss, epoch_steps = epoch_loss + value, epoch_steps + 1
             bar.set_postfix(loss=f"{running:.3f}", refresh=False)
             if state["step"] % 50 == 0:
                 mlog.write(state["step"], loss=value, lr=scheduler.get_last_lr()[0])
-            if cfg.time_limit and state["train_seconds"] + time.time() - epoch_start > cfg.time_limit:
+            if totals[2].item() > 0:
                 stopped_early = True
                 break
         state["train_seconds"] += time.time() - epoch_start
-        rec.model = raw
-        val = rec.evaluate_users(split, val_users, stage="valid") if val_users else {"NDCG@10": 0.0}
-        rec.model = model
+        val = rec.evaluate_users(split, val_users, stage="valid") if val_users else {"NDCG@10": 0.0, "HR@10": 0.0}
+        val = distributed.broadcast(val)  # the same on every process; rank 0's decides for all
         state["epoch"] = epoch
         improved = val["NDCG@10"] > state["best"]
         if improved:
@@ -243,22 +294,22 @@ def train(
         else:
             state["bad_epochs"] += 1
         mlog.write(state["step"], epoch=epoch, val_NDCG10=val["NDCG@10"], val_HR10=val["HR@10"], train_seconds=state["train_seconds"])
-        log.info(
-            "epoch %d: loss %.4f, validation HR@10 %.4f NDCG@10 %.4f%s (%.0fs)",
-            epoch + 1, running, val["HR@10"], val["NDCG@10"], " *" if improved else "", time.time() - epoch_start,
-        )
-        if progress:
+        if main:
+            log.info(
+                "epoch %d: loss %.4f, validation HR@10 %.4f NDCG@10 %.4f%s (%.0fs)",
+                epoch + 1, running, val["HR@10"], val["NDCG@10"], " *" if improved else "", time.time() - epoch_start,
+            )
+        if progress and main:
             print(
                 f"epoch {epoch + 1}/{cfg.epochs}  loss {running:.4f}  val HR@10 {val['HR@10']:.4f}  "
                 f"NDCG@10 {val['NDCG@10']:.4f}{'  *' if improved else ''}  ({state['train_seconds']:.0f}s)",
                 flush=True,
             )
-        if ckpt is not None and accelerator.is_main_process:
+        if ckpt is not None:
             _save_checkpoint(rec, accelerator, ckpt, state, best_state if improved else None)
         if stopped_early or state["bad_epochs"] >= cfg.patience:
             break
 
-    rec.model = raw
     if best_state is not None:
         rec.model.load_state_dict(best_state)
     rec.model.eval()
@@ -268,9 +319,11 @@ def train(
         "best_epoch": state["best_epoch"] + 1,
         "best_valid_NDCG@10": state["best"],
         "steps": state["step"],
+        "train_loss": epoch_loss / max(epoch_steps, 1),
         "stopped_by_time_limit": stopped_early,
         "wall_seconds": round(time.time() - t0, 2),
         "device": str(accelerator.device),
+        "processes": processes,
         **rec.parameter_counts(),
     }
     return rec
@@ -284,12 +337,13 @@ def _pull_items(weight: torch.Tensor, rows: torch.Tensor, start: torch.Tensor, r
 
 
 def _save_checkpoint(rec, accelerator: Accelerator, ckpt: Path, state: dict, best_state: dict | None) -> None:
-    ckpt.mkdir(parents=True, exist_ok=True)
-    if not (ckpt / "model").exists():
-        model = rec.model
-        rec.model = accelerator.unwrap_model(model)
+    """Called by every process: each saves its part of accelerate's state, rank 0 the rest."""
+    main = accelerator.is_main_process
+    if main:
+        ckpt.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    if main and not (ckpt / "model").exists():
         rec.save_pretrained(ckpt / "model")
-        rec.model = model
         if rec.item_start is not None and rec.config.train.item_anchor > 0:  # a resumed run pulls toward the same start
             save_file({"rows": rec.item_start[0], "start": rec.item_start[1].contiguous()}, str(ckpt / "item_start.safetensors"))
     # accelerate warns that tied embeddings are stored once; that is expected for T5.
@@ -300,6 +354,9 @@ def _save_checkpoint(rec, accelerator: Accelerator, ckpt: Path, state: dict, bes
         accelerator.save_state(str(ckpt / "accelerate"))
     finally:
         acc_log.setLevel(level)
+    if not main:
+        accelerator.wait_for_everyone()
+        return
     if best_state is not None:
         tmp = ckpt / "best.safetensors.tmp"
         save_file({k: v.contiguous() for k, v in best_state.items()}, str(tmp))
@@ -307,3 +364,6 @@ def _save_checkpoint(rec, accelerator: Accelerator, ckpt: Path, state: dict, bes
     tmp = ckpt / "trainer_state.json.tmp"
     tmp.write_text(json.dumps(state))
     tmp.replace(ckpt / "trainer_state.json")
+    # No process goes on (or ends) before the checkpoint is whole: trainer_state.json, written
+    # last, is what a resume looks for.
+    accelerator.wait_for_everyone()

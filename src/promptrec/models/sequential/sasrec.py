@@ -271,17 +271,12 @@ class SASRec(TorchRecommender):
         device = net.item_emb.weight.device
         optimiser = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
-        def train_epoch() -> float:
-            total, positions = 0.0, 0
-            for batch in torch.randperm(len(inputs)).split(self.batch_size):
-                x, y = inputs[batch].to(device), targets[batch].to(device)  # (B, L) each
-                loss = sequence_loss(net, x, y, self.loss, self.num_negatives)
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-                n = int((y > 0).sum())
-                total, positions = total + loss.item() * n, positions + n
-            return total / max(positions, 1)
+        def batch_loss(batch: torch.Tensor) -> tuple[torch.Tensor, int]:
+            x, y = inputs[batch].to(device), targets[batch].to(device)  # (B, L) each
+            return sequence_loss(net, x, y, self.loss, self.num_negatives), int((y > 0).sum())
+
+        def train_epoch() -> float:  # a mean over target positions
+            return self._minibatch_epoch(len(inputs), batch_loss, optimiser)
 
         validate = (lambda: self._valid_ndcg(split, sample)) if sample else None
         training = self._train_epochs(

@@ -1,0 +1,133 @@
+"""Training and evaluation as 2 CPU processes under ``accelerate launch`` (gloo), against one
+process: the same recipe (the configured batch is the global batch), files written once, the
+saved models usable, and sharded evaluation equal to one process's to the last digit."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import cyclic_data
+
+HERE = Path(__file__).parent
+
+# Dropout off, so that 1 and 2 processes compute the same function: with it on, each process
+# draws its own masks and the runs agree only in distribution.
+JOB = {
+    "recommender": "p5",
+    "params": {
+        "model": {"preset": "tiny", "backbone": "gpt2", "dropout": 0.0},
+        "index": {"method": "random", "params": {"levels": 1}},
+        "tasks": {"weights": {"sequential": 1.0}},
+        "train": {"epochs": 2, "batch_size": 8, "val_users": 10, "patience": 5},
+        "eval": {"unconstrained_users": 0},
+    },
+    # 33 users in batches of 16: the last batch has one example, so one process's slice is empty.
+    "compare": [
+        {"recommender": "sasrec", "params": {
+            "hidden": 16, "blocks": 1, "max_len": 8, "dropout": 0.0, "batch_size": 16, "epochs": 3,
+            "lr": 0.01, "seed": 3,
+        }},
+    ],
+}
+# Same recipe, different reduction order (a sum of two slices' gradients against one sum, the
+# slices padded to their own lengths): a few Adam steps keep the losses this close (measured
+# differences are near 1e-7 relative).
+LOSS_TOLERANCE = 1e-4
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(args: list[str], processes: int) -> subprocess.CompletedProcess:
+    """``args`` run by python, or by ``accelerate launch`` as ``processes`` processes. accelerate
+    starts N CPU processes under ``--cpu`` only through MPI; ``--multi_gpu`` starts them through
+    torchrun on any machine, and promptrec opens a gloo group between them when there is no GPU."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if processes == 1:
+        command = [sys.executable, *args]
+    else:
+        command = [
+            sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(_free_port()), *args,
+        ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("launch")
+    events = tmp / "events.csv"
+    cyclic_data(n_users=33, n_items=20).interactions.to_csv(events, index=False)
+    job = tmp / "job.yaml"
+    job.write_text(yaml.safe_dump(JOB))
+    train = ["-m", "promptrec.cli", "train", "-c", str(job), "--loader", "tabular", "--data", str(events)]
+    for processes in (1, 2):
+        _run([*train, "-o", str(tmp / f"p{processes}")], processes)
+    return tmp, events
+
+
+@pytest.mark.parametrize("name", ["model", "sasrec"])
+def test_two_processes_train_the_one_process_recipe(runs, name):
+    tmp, _ = runs
+    one, two = (json.loads((tmp / f"p{n}" / "metrics.json").read_text())[name] for n in (1, 2))
+    assert (one["processes"], two["processes"]) == (1, 2)
+    steps = "steps" if name == "model" else "epochs_run"
+    assert one[steps] == two[steps] > 1
+    assert two["train_loss"] == pytest.approx(one["train_loss"], rel=LOSS_TOLERANCE)
+    # Same weights, so the same rankings: the test metrics of the two runs agree.
+    assert two["NDCG@10"] == pytest.approx(one["NDCG@10"], abs=1e-6)
+
+
+def test_saved_models_load_and_shard_evaluation_exactly(runs):
+    tmp, events = runs
+    out = tmp / "sharded.json"
+    _run([str(HERE / "sharded_evaluation.py"), str(tmp / "p2"), str(events), str(out)], 2)
+    report = json.loads(out.read_text())
+    assert report["processes"] == 2
+    for name in ("model", "sasrec"):
+        result = report[name]
+        assert result["eval_users"] == 33
+        # Each process asked for its own block of whole batches of 7: 14 users, then 19.
+        assert result["asked"] == [14, 19]
+        assert result["sharded"] == result["alone"]  # to the last digit
+        assert result["per_user_equal"]
+        assert len(result["recommendation"]) == 3
+
+
+def test_two_processes_resume_from_their_checkpoint(runs):
+    tmp, _ = runs
+    run = tmp / "p2"
+    first = json.loads((run / "metrics.json").read_text())["model"]
+    done = _run(["-m", "promptrec.cli", "train", "-c", str(run / "config.yaml"), "--resume",
+                 "--set", "train.epochs=3", "-o", str(run)], 2)
+    resumed = json.loads((run / "metrics.json").read_text())["model"]
+    # One more epoch after the two the checkpoint holds: its steps are added, none repeated.
+    assert "epoch 3/3" in done.stdout and "epoch 1/3" not in done.stdout
+    assert resumed["epochs_run"] == 3
+    assert resumed["steps"] == first["steps"] * 3 // 2
+
+
+@pytest.mark.parametrize("n, unit, processes", [(33, 7, 2), (33, 7, 3), (5, 7, 2), (0, 4, 2), (10, 1, 4), (3, 1, 4)])
+def test_shards_tile_the_range_in_whole_blocks_and_rank_order(monkeypatch, n, unit, processes):
+    from promptrec.core import distributed
+
+    monkeypatch.setattr(distributed, "world_size", lambda: processes)
+    parts = []
+    for r in range(processes):
+        monkeypatch.setattr(distributed, "rank", lambda r=r: r)
+        parts.append(distributed.shard(n, unit))
+    assert [i for part in parts for i in part] == list(range(n))  # all, once, in order
+    assert all(part.start % unit == 0 for part in parts if len(part))  # blocks stay whole
+    blocks = [-(-len(part) // unit) for part in parts]
+    assert max(blocks) - min(blocks) <= 1  # as even as whole blocks allow
