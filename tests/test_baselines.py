@@ -211,13 +211,13 @@ def test_sasrec_ce_feeds_only_real_positions_to_the_softmax(cyclic_split, monkey
     from promptrec.models.sequential import sasrec
 
     rows: list[tuple[int, ...]] = []
-    original = F.cross_entropy
+    original = sasrec.SoftmaxCrossEntropy.__call__
 
-    def spy(logits: torch.Tensor, target: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        rows.append(tuple(logits.shape))
-        return original(logits, target, *args, **kwargs)
+    def spy(self, hidden: torch.Tensor, table: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        rows.append((hidden.shape[0], table.shape[0]))
+        return original(self, hidden, table, target)
 
-    monkeypatch.setattr(sasrec.F, "cross_entropy", spy)
+    monkeypatch.setattr(sasrec.SoftmaxCrossEntropy, "__call__", spy)
 
     # A hand-made batch: 3 + 6 + 1 real target positions out of 3 x 6.
     net = sasrec.SASRecNet(n_items=30, hidden=16, blocks=1, heads=1, dropout=0.0, max_len=6)
@@ -226,8 +226,8 @@ def test_sasrec_ce_feeds_only_real_positions_to_the_softmax(cyclic_split, monkey
     loss = sasrec.sequence_loss(net, inputs, targets, loss="ce")
     assert rows == [(10, 30)]
     hidden = net(inputs)[targets > 0]  # (10, d)
-    expected = original(hidden @ net.item_emb.weight[1:].T, targets[targets > 0] - 1)
-    assert loss.item() == pytest.approx(expected.item())
+    expected = F.cross_entropy(hidden @ net.item_emb.weight[1:].T, targets[targets > 0] - 1)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
     # Through fit: 40 users with 6 training items and max_len 3 -> 3 positions each, one batch.
     rows.clear()
@@ -235,6 +235,48 @@ def test_sasrec_ce_feeds_only_real_positions_to_the_softmax(cyclic_split, monkey
         cyclic_split
     )
     assert rows == [(40 * 3, 30)]
+
+
+def test_softmax_cross_entropy_matches_torch_in_value_and_gradients() -> None:
+    from promptrec.models.sequential.sasrec import SoftmaxCrossEntropy
+
+    torch.manual_seed(0)
+    hidden = (3 * torch.randn(7, 5)).requires_grad_()
+    table = torch.randn(11, 5, requires_grad=True)
+    target = torch.tensor([0, 10, 3, 3, 7, 1, 9])
+    fused = SoftmaxCrossEntropy()
+    for rows in (7, 4):  # the second call reuses the (larger) buffer of the first
+        loss = fused(hidden[:rows], table, target[:rows])
+        grads = torch.autograd.grad(2 * loss, (hidden, table))
+        reference = F.cross_entropy(hidden[:rows] @ table.T, target[:rows])
+        expected = torch.autograd.grad(2 * reference, (hidden, table))
+        assert loss.item() == pytest.approx(reference.item(), rel=1e-6)
+        for got, want in zip(grads, expected):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    # uniform logits: the loss is log(classes)
+    zero = fused(torch.zeros(2, 5), table, torch.tensor([1, 2]))
+    assert zero.item() == pytest.approx(np.log(11), rel=1e-6)
+
+
+def test_pack_lays_sequences_side_by_side_and_changes_no_output() -> None:
+    from promptrec.models.sequential.sasrec import SASRecNet, pack
+
+    inputs = torch.tensor([[0, 0, 0, 4, 5, 6], [1, 2, 3, 4, 5, 6], [0, 0, 0, 0, 0, 9], [0, 0, 0, 0, 7, 8]])
+    targets = torch.where(inputs > 0, inputs + 10, 0)
+    items, packed_targets, positions, segments = pack(inputs, targets)
+    # longest first, first fit: [seq 1] then [seq 0 | seq 3 | seq 2] in a row of 6
+    assert items.tolist() == [[1, 2, 3, 4, 5, 6], [4, 5, 6, 7, 8, 9]]
+    assert segments.tolist() == [[1] * 6, [0, 0, 0, 3, 3, 2]]
+    assert positions.tolist() == [[0, 1, 2, 3, 4, 5], [3, 4, 5, 4, 5, 5]]
+    assert torch.equal(packed_targets, torch.where(items > 0, items + 10, 0))
+
+    torch.manual_seed(0)
+    net = SASRecNet(n_items=30, hidden=16, blocks=2, heads=2, dropout=0.0, max_len=6).eval()
+    with torch.no_grad():
+        padded, packed = net(inputs), net(items, positions, segments)
+    for row, col in zip(*torch.nonzero(items, as_tuple=True)):
+        seq, pos = segments[row, col], positions[row, col]
+        torch.testing.assert_close(packed[row, col], padded[seq, pos], rtol=1e-5, atol=1e-5)
 
 
 def test_sasrec_encoder_is_causal_and_ignores_padding() -> None:

@@ -62,8 +62,39 @@ LOSSES = ("ce", "bce", "sampled")
 _NO_ITEMS = np.zeros(0, dtype=np.int64)
 
 
+class SASRecBlock(nn.Module):
+    """One block of the authors' code: LayerNorm on the attention *query* only (keys and values
+    are the raw block input, which is also the residual), then LayerNorm before a ReLU
+    feed-forward of width ``hidden`` whose residual is the *normalised* input.
+
+    Dropout acts on the attention weights and after each feed-forward layer, not on the attention
+    output. ``mask`` (B * heads, L, L) is True where a query may not attend.
+    """
+
+    def __init__(self, hidden: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.attn_norm = nn.LayerNorm(hidden, eps=1e-8)
+        self.attn = nn.MultiheadAttention(hidden, heads, dropout=dropout, batch_first=True)
+        self.ffn_norm = nn.LayerNorm(hidden, eps=1e-8)
+        self.ffn = nn.Sequential(
+            nn.Linear(hidden, hidden), nn.Dropout(dropout), nn.ReLU(),
+            nn.Linear(hidden, hidden), nn.Dropout(dropout),
+        )
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        query = self.attn_norm(x)  # (B, L, d)
+        x = x + self.attn(query, x, x, attn_mask=mask, need_weights=False)[0]
+        x = self.ffn_norm(x)
+        return x + self.ffn(x)  # (B, L, d)
+
+
 class SASRecNet(nn.Module):
-    """Item + position embeddings, pre-LN causal transformer blocks, final LayerNorm."""
+    """Item + position embeddings, ``blocks`` :class:`SASRecBlock` s, final LayerNorm.
+
+    ``forward`` takes left-padded rows, or *packed* rows (several users' sequences side by side,
+    see :func:`pack`) with each token's position and sequence id: attention never crosses
+    sequences and every other step is per token, so packing changes no output.
+    """
 
     def __init__(
         self, n_items: int, hidden: int, blocks: int, heads: int, dropout: float, max_len: int
@@ -73,18 +104,15 @@ class SASRecNet(nn.Module):
         self.item_emb = nn.Embedding(n_items + 1, hidden, padding_idx=0)
         self.pos_emb = nn.Embedding(max_len, hidden)
         self.dropout = nn.Dropout(dropout)
-        layer = nn.TransformerEncoderLayer(
-            hidden, heads, dim_feedforward=hidden, dropout=dropout, batch_first=True,
-            norm_first=True,
-        )
-        self.encoder = nn.TransformerEncoder(
-            layer, blocks, norm=nn.LayerNorm(hidden), enable_nested_tensor=False
-        )
-        # Xavier-initialised embeddings as in the authors' code (normal form, as in its common
-        # PyTorch port); with the sqrt(hidden) input scale the item part starts at a size
-        # comparable to the position part.
-        nn.init.xavier_normal_(self.item_emb.weight)
-        nn.init.xavier_normal_(self.pos_emb.weight)
+        self.blocks = nn.ModuleList(SASRecBlock(hidden, heads, dropout) for _ in range(blocks))
+        self.final_norm = nn.LayerNorm(hidden, eps=1e-8)
+        # Xavier normal for embeddings and linear weights, zero biases, as in the reference
+        # PyTorch code; the attention's input projection keeps torch's Xavier-uniform default.
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.xavier_normal_(module.weight)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
 
@@ -92,20 +120,114 @@ class SASRecNet(nn.Module):
         """Output embeddings of items 1..n_items (the input table without padding): (n_items, d)."""
         return self.item_emb.weight[1:]
 
-    def forward(self, seqs: torch.Tensor) -> torch.Tensor:
-        """Hidden states (B, L, d) of left-padded item sequences ``seqs`` (B, L), 0 = padding."""
+    def forward(
+        self,
+        seqs: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        segments: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Hidden states (B, L, d) of item rows ``seqs`` (B, L), 0 = padding.
+
+        Without ``positions`` and ``segments`` a row is one left-padded sequence (its last item
+        at position L - 1). Packed rows give each token's position (B, L) and the id of its
+        sequence (B, L; -1 on empty slots).
+        """
         length = seqs.shape[1]
-        pad = seqs == 0  # (B, L)
-        positions = torch.arange(length, device=seqs.device)
+        pad = (seqs == 0)[..., None]  # (B, L, 1)
+        if positions is None or segments is None:
+            positions = torch.arange(length, device=seqs.device).expand_as(seqs)
+            segments = torch.where(seqs > 0, 0, -1)
         x = self.item_emb(seqs) * self.item_emb.embedding_dim**0.5 + self.pos_emb(positions)
-        x = self.dropout(x.masked_fill(pad[..., None], 0.0))  # (B, L, d)
-        # True = may not attend: future keys and padding keys. Every query may see itself, so no
-        # row is fully masked (that would give NaN at padding queries, whose outputs are unused).
-        eye = torch.eye(length, dtype=torch.bool, device=seqs.device)
-        future = torch.ones(length, length, dtype=torch.bool, device=seqs.device).triu(1)
-        blocked = (future | pad[:, None, :]) & ~eye  # (B, L, L)
+        x = self.dropout(x).masked_fill(pad, 0.0)  # (B, L, d)
+        # True = may not attend: later tokens and other sequences (padding is a sequence of its
+        # own). Every token may see itself, so no row is fully masked.
+        later = torch.ones(length, length, dtype=torch.bool, device=seqs.device).triu(1)
+        blocked = later | (segments[:, :, None] != segments[:, None, :])  # (B, L, L)
         mask = blocked.repeat_interleave(self.heads, dim=0)  # (B * heads, L, L)
-        return self.encoder(x, mask=mask)  # (B, L, d)
+        for block in self.blocks:
+            x = block(x, mask).masked_fill(pad, 0.0)
+        return self.final_norm(x)  # (B, L, d)
+
+
+class _SoftmaxCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of ``hidden @ table.T`` with one pass of ``exp`` (the softmax of the
+    forward pass is kept for the backward pass instead of being recomputed from log-probs), the
+    (N, V) logits written into ``workspace`` (a flat buffer reused from batch to batch: a fresh
+    allocation of that size costs as much as the matmul, in page faults)."""
+
+    @staticmethod
+    def forward(
+        ctx, hidden: torch.Tensor, table: torch.Tensor, target: torch.Tensor, workspace: torch.Tensor
+    ) -> torch.Tensor:
+        logits = workspace[: hidden.shape[0] * table.shape[0]].view(hidden.shape[0], -1)  # (N, V)
+        torch.mm(hidden, table.T, out=logits)
+        top = logits.max(dim=1, keepdim=True).values  # (N, 1)
+        picked = logits.gather(1, target[:, None])  # (N, 1)
+        expd = logits.sub_(top).exp_()  # (N, V), in place: the logits are not needed again
+        total = expd.sum(dim=1, keepdim=True)  # (N, 1)
+        ctx.save_for_backward(hidden, table, target, expd, total)
+        return (total.log() + top - picked).mean()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, None]:
+        hidden, table, target, expd, total = ctx.saved_tensors
+        probs = expd.div_(total)  # (N, V) softmax, in place (backward runs once)
+        probs[torch.arange(len(target), device=target.device), target] -= 1.0
+        probs.mul_(grad / len(target))  # d loss / d logits
+        return probs @ table, probs.T @ hidden, None, None
+
+
+class SoftmaxCrossEntropy:
+    """``F.cross_entropy(hidden @ table.T, target)`` (mean over the N rows), faster on a CPU.
+
+    Call with ``hidden`` (N, d), ``table`` (V, d), ``target`` (N,) class indices in 0..V-1. The
+    object keeps the logits' buffer between calls (one per training loop; not thread-safe).
+    """
+
+    def __init__(self) -> None:
+        self.workspace = torch.empty(0)
+
+    def __call__(self, hidden: torch.Tensor, table: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        size = hidden.shape[0] * table.shape[0]
+        if self.workspace.numel() < size or self.workspace.device != hidden.device:
+            self.workspace = torch.empty(size, dtype=hidden.dtype, device=hidden.device)
+        return _SoftmaxCrossEntropy.apply(hidden, table, target, self.workspace)
+
+
+def pack(
+    inputs: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-padded (B, L) inputs and targets -> packed (R, L) rows, R <= B.
+
+    Short sequences are mostly padding (Amazon users have ~9 items for L = 50), so the sequences
+    are laid side by side (first-fit, longest first) and the encoder runs on R rows instead of B.
+    Returns items, targets, positions (each token's column in its left-padded row) and segments
+    (the sequence's row in ``inputs``; -1 on empty slots); empty slots hold item and target 0.
+    """
+    batch, length = inputs.shape
+    lengths = (inputs > 0).sum(dim=1).numpy()  # (B,)
+    rows = np.zeros(batch, dtype=np.int64)
+    offsets = np.zeros(batch, dtype=np.int64)
+    free = np.full(batch + 1, length)  # room left in each row; row `used` is still empty
+    used = 0
+    for seq in np.argsort(-lengths, kind="stable"):
+        row = int(np.argmax(free[: used + 1] >= lengths[seq]))
+        rows[seq], offsets[seq] = row, length - free[row]
+        free[row] -= lengths[seq]
+        used += row == used
+    n_rows = max(used, 1)
+    seq = np.repeat(np.arange(batch), lengths)  # (N,) sequence of each real token
+    step = np.arange(len(seq)) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # (N,)
+    source = torch.from_numpy(length - lengths[seq] + step)  # column in the left-padded row
+    row, col = torch.from_numpy(rows[seq]), torch.from_numpy(offsets[seq] + step)
+    seq_t = torch.from_numpy(seq)
+    packed = []
+    for values, fill in ((inputs[seq_t, source], 0), (targets[seq_t, source], 0), (source, 0), (seq_t, -1)):
+        out = torch.full((n_rows, length), fill, dtype=torch.int64)
+        out[row, col] = values
+        packed.append(out)
+    items, packed_targets, positions, segments = packed
+    return items, packed_targets, positions, segments
 
 
 def sequence_loss(
@@ -114,20 +236,24 @@ def sequence_loss(
     targets: torch.Tensor,
     loss: str = "ce",
     num_negatives: int = 100,
+    positions: torch.Tensor | None = None,
+    segments: torch.Tensor | None = None,
+    cross_entropy: SoftmaxCrossEntropy | None = None,
 ) -> torch.Tensor:
     """Mean next-item loss over the real positions of a batch.
 
-    ``inputs`` and ``targets`` are (B, L) item numbers, 0 where there is no example (padding).
+    ``inputs`` and ``targets`` are (B, L) item numbers, 0 where there is no example (padding);
+    ``positions`` and ``segments`` describe packed rows (:func:`pack`), as in ``net.forward``.
     Only real positions reach the output layer: their hidden states are gathered first.
+    ``cross_entropy`` (for ``"ce"``) may carry its buffer over from the previous batch.
     """
-    hidden = net(inputs)  # (B, L, d)
+    hidden = net(inputs, positions, segments)  # (B, L, d)
     real = targets > 0  # (B, L)
     h = hidden[real]  # (N, d), N = number of real positions
     positive = targets[real]  # (N,) item numbers 1..n_items
     table = net.item_table()  # (n_items, d)
     if loss == "ce":
-        logits = h @ table.T  # (N, n_items)
-        return F.cross_entropy(logits, positive - 1)
+        return (cross_entropy or SoftmaxCrossEntropy())(h, table, positive - 1)
     n_items = table.shape[0]
     pos_logit = (h * net.item_emb(positive)).sum(-1)  # (N,)
     if loss == "bce":
@@ -246,14 +372,9 @@ class SASRec(TorchRecommender):
         cols = self._position.get_indexer(split.train["item_id"])
         self.counts_: np.ndarray = np.bincount(cols, minlength=len(self.items_)).astype(np.float32)
 
-        # Item numbers are positions + 1 (0 = padding). The window holds the last max_len + 1
-        # items; a target counts only where its input is a real item.
+        # Item numbers are positions + 1 (0 = padding).
         sequences = [self._position.get_indexer(s) + 1 for s in split.train_sequences().values()]
-        window = _left_pad(sequences, self.max_len + 1)  # (U, L + 1)
-        inputs = window[:, :-1]  # (U, L)
-        targets = np.where(inputs > 0, window[:, 1:], 0)  # (U, L)
-        useful = (targets > 0).any(axis=1)  # one-item users teach nothing
-        inputs, targets = inputs[useful], targets[useful]
+        inputs, targets = self._examples(sequences)
 
         sample = valid_sample(split, self.valid_users, rng)
 
@@ -264,18 +385,40 @@ class SASRec(TorchRecommender):
         self.fit_info_["fit_seconds"] = round(time.perf_counter() - start, 2)
         return self
 
+    def _examples(self, sequences: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Training rows: inputs and targets (U, L), 0 where there is no example.
+
+        The window holds each user's last max_len + 1 items; a target counts only where its
+        input is a real item.
+        """
+        window = _left_pad(sequences, self.max_len + 1)  # (U, L + 1)
+        inputs = window[:, :-1]  # (U, L)
+        targets = np.where(inputs > 0, window[:, 1:], 0)  # (U, L)
+        useful = (targets > 0).any(axis=1)  # one-item users teach nothing
+        return inputs[useful], targets[useful]
+
+    def _batch_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean loss of one batch of training rows (on the CPU): packed, then on the device."""
+        device = self.net_.item_emb.weight.device
+        packed = [t.to(device) for t in pack(inputs, targets)]
+        items, packed_targets, positions, segments = packed
+        return sequence_loss(
+            self.net_, items, packed_targets, self.loss, self.num_negatives, positions, segments,
+            self._cross_entropy,
+        )
+
     def _train(
         self, split: Split, inputs: torch.Tensor, targets: torch.Tensor, sample: list[str]
     ) -> None:
         net = self.net_
-        device = net.item_emb.weight.device
+        self._cross_entropy = SoftmaxCrossEntropy()
         optimiser = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
         def train_epoch() -> float:
             total, positions = 0.0, 0
             for batch in torch.randperm(len(inputs)).split(self.batch_size):
-                x, y = inputs[batch].to(device), targets[batch].to(device)  # (B, L) each
-                loss = sequence_loss(net, x, y, self.loss, self.num_negatives)
+                y = targets[batch]  # (B, L)
+                loss = self._batch_loss(inputs[batch], y)
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()
@@ -287,6 +430,7 @@ class SASRec(TorchRecommender):
         training = self._train_epochs(
             train_epoch, validate, "NDCG@10", eval_every=self.eval_every, time_limit=self.time_limit
         )
+        del self._cross_entropy  # its buffer holds (batch positions x items) floats
         self.fit_info_ = {
             **training.fit_info(),
             "train_seconds_per_epoch": round(float(np.mean(training.train_seconds)), 3),
@@ -329,4 +473,4 @@ def _left_pad(sequences: list[np.ndarray], length: int) -> np.ndarray:
     return out
 
 
-__all__ = ["LOSSES", "SASRec", "SASRecNet", "sequence_loss"]
+__all__ = ["LOSSES", "SASRec", "SASRecBlock", "SASRecNet", "pack", "SoftmaxCrossEntropy", "sequence_loss"]
