@@ -33,6 +33,7 @@ TINY = {
     "itemknn": {"neighbours": 10},
     "bpr": {"factors": 8, "epochs": 3, "batch_size": 64, "progress": False},
     "sasrec": {"hidden": 16, "max_len": 5, "epochs": 3, "batch_size": 16, "progress": False},
+    "bsarec": {"hidden": 16, "max_len": 5, "epochs": 3, "batch_size": 16, "progress": False},
     "biased_mf": {"factors": 8, "epochs": 3, "batch_size": 64, "progress": False},
 }
 # Explicit-feedback models: their contract case runs on the cyclic data with ratings added.
@@ -43,7 +44,7 @@ CASES = [
     ("sasrec", {**TINY["sasrec"], "loss": "sampled", "num_negatives": 8}),
 ]
 CASE_IDS = [
-    "popularity", "itemknn", "bpr", "sasrec-ce", "biased_mf", "sasrec-bce", "sasrec-sampled",
+    "popularity", "itemknn", "bpr", "sasrec-ce", "bsarec", "biased_mf", "sasrec-bce", "sasrec-sampled",
 ]
 
 
@@ -96,6 +97,9 @@ def test_unfitted_and_bad_params(name: str) -> None:
         ("sasrec", {"hidden": 10, "heads": 3}),
         ("sasrec", {"dropout": 1.0}),
         ("sasrec", {"time_limit": 0}),
+        ("bsarec", {"alpha": 1.5}),
+        ("bsarec", {"c": -1}),
+        ("bsarec", {"hidden": 10, "heads": 3}),
     ],
 )
 def test_invalid_values_are_rejected(name: str, params: dict) -> None:
@@ -154,8 +158,9 @@ def test_itemknn_scores_are_the_hand_computed_cosine_sums() -> None:
     [
         ("bpr", {"factors": 16, "lr": 0.02, "epochs": 100, "batch_size": 64}),
         ("sasrec", {"hidden": 16, "dropout": 0.1, "lr": 5e-3, "epochs": 40, "batch_size": 64}),
+        ("bsarec", {"hidden": 16, "dropout": 0.1, "lr": 5e-3, "epochs": 20, "batch_size": 64, "max_len": 8}),
     ],
-    ids=["bpr", "sasrec-ce"],
+    ids=["bpr", "sasrec-ce", "bsarec"],
 )
 def test_learners_beat_popularity_on_the_cycle(name: str, params: dict, cyclic_split) -> None:
     def hr5(model) -> float:
@@ -168,7 +173,7 @@ def test_learners_beat_popularity_on_the_cycle(name: str, params: dict, cyclic_s
     assert model.fit_info_["best_valid_NDCG@10"] > 0.5
 
 
-@pytest.mark.parametrize("name", ["bpr", "sasrec"])
+@pytest.mark.parametrize("name", ["bpr", "sasrec", "bsarec"])
 def test_training_is_seeded_and_leaves_the_global_rng_alone(name: str, cyclic_split) -> None:
     def run(seed: int) -> pd.DataFrame:
         model = build_recommender(name, seed=seed, **{**TINY[name], "epochs": 2})
@@ -292,3 +297,54 @@ def test_sasrec_encoder_is_causal_and_ignores_padding() -> None:
     assert torch.isfinite(out).all()  # padding queries see themselves: no NaN rows
     assert torch.equal(out[0, :4], out_changed[0, :4])  # earlier positions never see later items
     assert not torch.allclose(out[0, 4:], out_changed[0, 4:])
+
+
+# -- BSARec --------------------------------------------------------------------------------------
+def test_frequency_mix_known_answers() -> None:
+    from promptrec.models.sequential.bsarec import frequency_mix
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 8, 4)  # (B, L, d); L = 8 has 5 real-FFT frequencies
+    beta = torch.randn(1, 1, 4)
+    # every frequency kept: the low-pass part is x itself, the high-pass part is 0
+    torch.testing.assert_close(frequency_mix(x, 5, beta), x, rtol=1e-5, atol=1e-5)
+    # beta = 1: low + (x - low) for any cut-off
+    torch.testing.assert_close(frequency_mix(x, 1, torch.ones(1)), x, rtol=1e-5, atol=1e-5)
+    # beta = 0, only the mean kept: every position becomes the sequence mean
+    mean = x.mean(dim=1, keepdim=True).expand_as(x)
+    torch.testing.assert_close(frequency_mix(x, 1, torch.zeros(1)), mean, rtol=1e-5, atol=1e-5)
+    # an alternating sequence is the highest frequency: a low-pass filter removes it, beta scales it
+    alternating = torch.tensor([1.0, -1.0] * 4)[None, :, None].expand(1, 8, 4)
+    half = torch.full((1, 1, 4), 0.5)
+    torch.testing.assert_close(frequency_mix(alternating, 4, half), 0.25 * alternating)
+
+
+def test_bsarec_filter_layer_with_every_frequency_is_the_residual_norm_of_2x() -> None:
+    from promptrec.models.sequential.bsarec import FrequencyFilter
+
+    torch.manual_seed(0)
+    layer = FrequencyFilter(hidden=4, c=8, dropout=0.0)  # c // 2 + 1 = 5 >= 8 // 2 + 1
+    x = torch.randn(2, 8, 4)
+    torch.testing.assert_close(layer(x), layer.norm(2 * x))
+
+
+def test_bsarec_prefix_examples_and_causal_state() -> None:
+    from promptrec.models.sequential.bsarec import BSARecNet
+
+    model = build_recommender("bsarec", max_len=3)
+    inputs, targets = model._examples([np.array([5, 6, 7, 8, 9]), np.array([1]), np.array([2, 3])])
+    assert inputs.tolist() == [[0, 0, 5], [0, 5, 6], [5, 6, 7], [6, 7, 8], [0, 0, 2]]
+    assert targets[:, 0].tolist() == [6, 7, 8, 9, 3]
+
+    # the state after the last item ignores nothing before it, and padding-only changes
+    # (a different item in front of the window) do change it only through the window
+    torch.manual_seed(0)
+    net = BSARecNet(n_items=30, hidden=16, blocks=2, heads=2, dropout=0.0, max_len=6, alpha=0.7, c=3).eval()
+    seqs = torch.tensor([[0, 0, 3, 4, 5, 6], [0, 0, 0, 0, 0, 7]])
+    changed = seqs.clone()
+    changed[0, 2] = 9
+    with torch.no_grad():
+        out, out_changed = net(seqs), net(changed)
+    assert torch.isfinite(out).all()
+    assert not torch.allclose(out[0, -1], out_changed[0, -1])
+    torch.testing.assert_close(out[1], out_changed[1])

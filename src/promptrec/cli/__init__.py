@@ -20,7 +20,7 @@ data_app = typer.Typer(help="Obtain and inspect datasets.", no_args_is_help=True
 app.add_typer(data_app, name="data")
 
 RECOMMENDER_HELP = (
-    "registered recommender: p5 (prompt LMs), sasrec, bpr, itemknn, popularity, biased_mf, "
+    "registered recommender: p5 (prompt LMs), sasrec, bsarec, bpr, itemknn, popularity, biased_mf, "
     "cross_encoder, llm, cold_prefix"
 )
 _debug = False
