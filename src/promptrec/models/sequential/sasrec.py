@@ -9,21 +9,27 @@ Into Gold Loss: is BERT4Rec really better than SASRec?", RecSys 2023).
 Architecture. Items are numbered 1..n_items by a seeded permutation of the catalogue (0 is
 padding), so no id carries the order of the source file, which may leak the test split.
 A sequence is left-padded to ``max_len``; its input is ``sqrt(hidden) * item embedding + learned
-position embedding`` (padding positions zeroed), then dropout, then ``blocks`` *pre-LN*
-transformer blocks (LayerNorm before self-attention and before the ReLU feed-forward of width
-``hidden``) and a final LayerNorm. Pre-LN follows the authors' released code, which normalises
-before each sub-layer; ``nn.TransformerEncoderLayer(norm_first=True)`` is the standard pre-LN
-form, which differs in details only (their residuals add the *normalised* sub-layer input, and
-their attention keys are not normalised). Attention is causal and never looks at padding keys. The item embedding table is
-shared between input and output: an item's score is the dot product of the hidden state with its
-embedding.
+position embedding``, then dropout, padding positions zeroed. Then ``blocks`` blocks as in the
+authors' code (and the reference PyTorch port behind the published full-CE numbers): LayerNorm on
+the attention *query* only, keys and values the raw block input, which is also the residual;
+then LayerNorm before a ReLU feed-forward of width ``hidden`` whose residual is the *normalised*
+input; padding positions zeroed after each block; a final LayerNorm (all LayerNorms eps 1e-8).
+Dropout acts on the embeddings, the attention weights and after each feed-forward layer, not on
+the attention output. Attention is causal and never looks at padding keys (as in the authors'
+TensorFlow code; the PyTorch port lets queries attend to padding keys). Embeddings and linear
+weights are Xavier-normal, biases zero. The item embedding table is shared between input and
+output: an item's score is the dot product of the hidden state with its embedding.
 
 Training. Per user, the last ``max_len + 1`` items of the *training* sequence (``split.train``
 only): inputs are all but the last, targets the same shifted by one, and every position with a
-real input is a training example. ``loss``:
+real input is a training example. Most positions of a short sequence are padding, so each batch
+is *packed* (:func:`pack`: several users' sequences side by side in one row, attention kept
+within each sequence, each token at its left-padded position), which changes no output and
+runs the encoder on a fraction of the rows. ``loss``:
 
 - ``"ce"``: full softmax cross-entropy over all items. Hidden states of the real positions are
-  gathered first, so the (positions x n_items) logits are computed only where there is a target.
+  gathered first, so the (positions x n_items) logits are computed only where there is a target,
+  by :class:`SoftmaxCrossEntropy` (one ``exp`` pass, the logits buffer reused across batches).
 - ``"bce"``: the paper's loss, binary cross-entropy on the target and one uniformly drawn
   negative per position (a draw equal to the target is not counted; the paper instead redraws
   any item of the user's sequence).
