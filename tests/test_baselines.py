@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from conftest import assert_recommender_contract
 
 from promptrec.core.recommender import (
@@ -348,3 +349,26 @@ def test_bsarec_prefix_examples_and_causal_state() -> None:
     assert torch.isfinite(out).all()
     assert not torch.allclose(out[0, -1], out_changed[0, -1])
     torch.testing.assert_close(out[1], out_changed[1])
+
+
+def test_sasrec_padding_keys_are_one_key_weighted_by_their_count() -> None:
+    # The reference port attends over the whole left-padded row: each padding position (zero
+    # input) is the key bias with the value bias. PaddedAttention must give the same outputs.
+    from promptrec.models.sequential.sasrec import PaddedAttention
+
+    torch.manual_seed(0)
+    attn = PaddedAttention(hidden=8, heads=2, dropout=0.0).eval()
+    for layer in (attn.key, attn.value):
+        nn.init.normal_(layer.bias)
+    lengths = torch.tensor([3, 6, 1])
+    x = torch.randn(3, 6, 8) * (torch.arange(6) >= 6 - lengths[:, None])[..., None]  # zero padding
+    later = torch.ones(6, 6, dtype=torch.bool).triu(1)
+    real = torch.arange(6) >= 6 - lengths[:, None]  # (B, L)
+    blocked = later | (real[:, :, None] != real[:, None, :])
+    padding = (6 - lengths)[:, None].expand(3, 6)
+    with torch.no_grad():
+        got = attn(x, x, blocked, padding)
+        q, k, v = (f(x).view(3, 6, 2, 4).transpose(1, 2) for f in (attn.query, attn.key, attn.value))
+        weights = (q @ k.transpose(-1, -2) / 2).masked_fill(later, -torch.inf).softmax(-1)
+        want = attn.out((weights @ v).transpose(1, 2).reshape(3, 6, 8))
+    torch.testing.assert_close(got[real], want[real], rtol=1e-5, atol=1e-5)

@@ -68,28 +68,73 @@ LOSSES = ("ce", "bce", "sampled")
 _NO_ITEMS = np.zeros(0, dtype=np.int64)
 
 
+class PaddedAttention(nn.Module):
+    """Multi-head attention whose queries also see the sequence's padding keys, as in the
+    reference PyTorch port behind the published full-CE numbers.
+
+    There, a left-padded row of length ``max_len`` holding ``n`` items has ``max_len - n`` padding
+    positions whose block input is zero, so each is the same key (the key projection's bias) with
+    the same value (the value projection's bias), visible to every real query. Here they are one
+    extra key whose logit is raised by ``log(max_len - n)``: the same softmax, whatever row
+    layout (left-padded or packed) the real tokens come in. Dropout drops that key's weight as a
+    whole where the port drops each padding key's share on its own (the same mean).
+    """
+
+    def __init__(self, hidden: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.query = nn.Linear(hidden, hidden)
+        self.key = nn.Linear(hidden, hidden)
+        self.value = nn.Linear(hidden, hidden)
+        self.out = nn.Linear(hidden, hidden)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self, query: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, padding: torch.Tensor
+    ) -> torch.Tensor:
+        """``query`` and ``x`` (B, L, d); ``mask`` (B, L, L) True where a query may not attend;
+        ``padding`` (B, L): padding keys each query's sequence shows (0 = none)."""
+        batch, length, hidden = x.shape
+        size = hidden // self.heads
+
+        def split(t: torch.Tensor) -> torch.Tensor:
+            return t.view(batch, length, self.heads, size).transpose(1, 2)  # (B, h, L, s)
+
+        q, k, v = split(self.query(query)), split(self.key(x)), split(self.value(x))
+        q = q / size**0.5
+        scores = (q @ k.transpose(-1, -2)).masked_fill(mask[:, None], -torch.inf)  # (B, h, L, L)
+        pad_key = self.key.bias.view(1, self.heads, 1, size)  # key of a zero input
+        pad_value = self.value.bias.view(1, self.heads, 1, size)
+        sink = (q * pad_key).sum(-1, keepdim=True)  # (B, h, L, 1)
+        sink = sink + padding.float().log()[:, None, :, None]  # -inf where there is no padding
+        weights = torch.cat([scores, sink], dim=-1).softmax(dim=-1)
+        weights = self.dropout(weights)  # (B, h, L, L + 1)
+        out = weights[..., :length] @ v + weights[..., length:] * pad_value  # (B, h, L, s)
+        return self.out(out.transpose(1, 2).reshape(batch, length, hidden))
+
+
 class SASRecBlock(nn.Module):
     """One block of the authors' code: LayerNorm on the attention *query* only (keys and values
     are the raw block input, which is also the residual), then LayerNorm before a ReLU
     feed-forward of width ``hidden`` whose residual is the *normalised* input.
 
     Dropout acts on the attention weights and after each feed-forward layer, not on the attention
-    output. ``mask`` (B * heads, L, L) is True where a query may not attend.
+    output.
     """
 
     def __init__(self, hidden: int, heads: int, dropout: float) -> None:
         super().__init__()
         self.attn_norm = nn.LayerNorm(hidden, eps=1e-8)
-        self.attn = nn.MultiheadAttention(hidden, heads, dropout=dropout, batch_first=True)
+        self.attn = PaddedAttention(hidden, heads, dropout)
         self.ffn_norm = nn.LayerNorm(hidden, eps=1e-8)
         self.ffn = nn.Sequential(
             nn.Linear(hidden, hidden), nn.Dropout(dropout), nn.ReLU(),
             nn.Linear(hidden, hidden), nn.Dropout(dropout),
         )
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        query = self.attn_norm(x)  # (B, L, d)
-        x = x + self.attn(query, x, x, attn_mask=mask, need_weights=False)[0]
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        """``x`` (B, L, d); ``mask`` and ``padding`` as in :class:`PaddedAttention`."""
+        x = x + self.attn(self.attn_norm(x), x, mask, padding)
         x = self.ffn_norm(x)
         return x + self.ffn(x)  # (B, L, d)
 
@@ -112,13 +157,18 @@ class SASRecNet(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(SASRecBlock(hidden, heads, dropout) for _ in range(blocks))
         self.final_norm = nn.LayerNorm(hidden, eps=1e-8)
-        # Xavier normal for embeddings and linear weights, zero biases, as in the reference
-        # PyTorch code; the attention's input projection keeps torch's Xavier-uniform default.
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.xavier_normal_(module.weight)
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                nn.init.zeros_(module.bias)
+        # As in the reference PyTorch code: Xavier-normal embeddings and attention output,
+        # query/key/value Xavier-uniform as one (3d, d) matrix with zero biases (torch's
+        # MultiheadAttention), the feed-forward layers torch's default (there: 1x1 convolutions).
+        nn.init.xavier_normal_(self.item_emb.weight)
+        nn.init.xavier_normal_(self.pos_emb.weight)
+        for block in self.blocks:
+            bound = (6 / (4 * hidden)) ** 0.5  # Xavier-uniform of a (3 * hidden, hidden) matrix
+            for layer in (block.attn.query, block.attn.key, block.attn.value):
+                nn.init.uniform_(layer.weight, -bound, bound)
+                nn.init.zeros_(layer.bias)
+            nn.init.xavier_normal_(block.attn.out.weight)
+            nn.init.zeros_(block.attn.out.bias)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
 
@@ -148,10 +198,12 @@ class SASRecNet(nn.Module):
         # True = may not attend: later tokens and other sequences (padding is a sequence of its
         # own). Every token may see itself, so no row is fully masked.
         later = torch.ones(length, length, dtype=torch.bool, device=seqs.device).triu(1)
-        blocked = later | (segments[:, :, None] != segments[:, None, :])  # (B, L, L)
-        mask = blocked.repeat_interleave(self.heads, dim=0)  # (B * heads, L, L)
+        same = segments[:, :, None] == segments[:, None, :]  # (B, L, L)
+        blocked = later | ~same
+        # padding keys of each token's left-padded row: max_len - its sequence's length
+        padding = self.pos_emb.num_embeddings - same.sum(dim=-1)  # (B, L)
         for block in self.blocks:
-            x = block(x, mask).masked_fill(pad, 0.0)
+            x = block(x, blocked, padding).masked_fill(pad, 0.0)
         return self.final_norm(x)  # (B, L, d)
 
 
