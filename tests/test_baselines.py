@@ -337,8 +337,8 @@ def test_bsarec_prefix_examples_and_causal_state() -> None:
     assert inputs.tolist() == [[0, 0, 5], [0, 5, 6], [5, 6, 7], [6, 7, 8], [0, 0, 2]]
     assert targets[:, 0].tolist() == [6, 7, 8, 9, 3]
 
-    # the state after the last item ignores nothing before it, and padding-only changes
-    # (a different item in front of the window) do change it only through the window
+    # an earlier item changes the state after the last one (the filter and attention see it);
+    # rows stay independent; the last-position shortcut gives the full pass's last state
     torch.manual_seed(0)
     net = BSARecNet(n_items=30, hidden=16, blocks=2, heads=2, dropout=0.0, max_len=6, alpha=0.7, c=3).eval()
     seqs = torch.tensor([[0, 0, 3, 4, 5, 6], [0, 0, 0, 0, 0, 7]])
@@ -349,6 +349,10 @@ def test_bsarec_prefix_examples_and_causal_state() -> None:
     assert torch.isfinite(out).all()
     assert not torch.allclose(out[0, -1], out_changed[0, -1])
     torch.testing.assert_close(out[1], out_changed[1])
+    with torch.no_grad():
+        last = net(seqs, last_only=True)
+    assert last.shape == (2, 1, 16)
+    torch.testing.assert_close(last[:, 0], out[:, -1], rtol=1e-5, atol=1e-5)
 
 
 def test_sasrec_padding_keys_are_one_key_weighted_by_their_count() -> None:

@@ -61,8 +61,12 @@ class FrequencyFilter(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(hidden, eps=1e-12)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x + self.dropout(frequency_mix(x, self.keep, self.sqrt_beta)))
+    def forward(self, x: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """(B, L, d) -> (B, L, d), or (B, 1, d) for the last position only."""
+        mixed = frequency_mix(x, self.keep, self.sqrt_beta)  # every position is needed here
+        if last_only:
+            x, mixed = x[:, -1:], mixed[:, -1:]
+        return self.norm(x + self.dropout(mixed))
 
 
 class BSARecBlock(nn.Module):
@@ -80,11 +84,19 @@ class BSARecBlock(nn.Module):
         )
         self.ffn_norm = nn.LayerNorm(hidden, eps=1e-12)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        attended = self.attn(x, x, x, attn_mask=mask, need_weights=False)[0]  # (B, L, d)
-        attended = self.attn_norm(x + self.attn_dropout(attended))
-        h = self.alpha * self.filter(x) + (1 - self.alpha) * attended
-        return self.ffn_norm(h + self.ffn(h))  # (B, L, d)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """``x`` (B, L, d), ``mask`` (B * heads, L, L) added to the attention logits.
+
+        Returns (B, L, d), or with ``last_only`` the last position's state (B, 1, d), which
+        needs every position's keys and spectrum but only one query and one feed-forward row.
+        """
+        query, residual = (x[:, -1:], x[:, -1:]) if last_only else (x, x)
+        if last_only:
+            mask = mask[:, -1:]  # (B * heads, 1, L)
+        attended = self.attn(query, x, x, attn_mask=mask, need_weights=False)[0]
+        attended = self.attn_norm(residual + self.attn_dropout(attended))
+        h = self.alpha * self.filter(x, last_only) + (1 - self.alpha) * attended
+        return self.ffn_norm(h + self.ffn(h))  # (B, L or 1, d)
 
 
 class BSARecNet(nn.Module):
@@ -129,16 +141,18 @@ class BSARecNet(nn.Module):
         """Output embeddings of items 1..n_items: (n_items, d)."""
         return self.item_emb.weight[1:]
 
-    def forward(self, seqs: torch.Tensor) -> torch.Tensor:
-        """Hidden states (B, L, d) of left-padded item sequences ``seqs`` (B, L), 0 = padding."""
+    def forward(self, seqs: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """Hidden states (B, L, d) of left-padded item sequences ``seqs`` (B, L), 0 = padding;
+        with ``last_only``, (B, 1, d): the state after the last item, the last block computed
+        for that position alone (about half the work)."""
         length = seqs.shape[1]
         positions = torch.arange(length, device=seqs.device)
         x = self.dropout(self.norm(self.item_emb(seqs) + self.pos_emb(positions)))  # (B, L, d)
         later = torch.ones(length, length, dtype=torch.bool, device=seqs.device).triu(1)
         blocked = later | (seqs == 0)[:, None, :]  # (B, L, L) future or padding keys
         mask = (blocked.float() * -1e4).repeat_interleave(self.heads, dim=0)  # (B * heads, L, L)
-        for block in self.blocks:
-            x = block(x, mask)
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, last_only and i == len(self.blocks) - 1)
         return x
 
 
@@ -217,7 +231,7 @@ class BSARec(SASRec):
 
     def _batch_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         device = self.net_.item_emb.weight.device
-        last = self.net_(inputs.to(device))[:, -1]  # (B, d) state after each prefix
+        last = self.net_(inputs.to(device), last_only=True)[:, -1]  # (B, d) state after each prefix
         return self._cross_entropy(last, self.net_.item_table(), targets[:, 0].to(device) - 1)
 
 
