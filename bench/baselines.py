@@ -1,5 +1,5 @@
-"""Non-LM baselines (popularity, item-kNN, BPR-MF, SASRec) on Amazon Beauty, Amazon Sports and
-MovieLens-100K (Sports only when asked for: its SASRec run takes hours on a CPU).
+"""Non-LM baselines (popularity, item-kNN, BPR-MF, SASRec; BSARec when asked for) on Amazon Beauty,
+Amazon Sports and MovieLens-100K (Sports only when asked for: its SASRec run takes hours on a CPU).
 
 Leave-one-out per user (last item = test, the one before = validation, the rest = training),
 **all** catalogue items ranked, the user's history excluded, through the same harness as the LM
@@ -16,13 +16,17 @@ For each (dataset, model) it writes
 
 Model defaults are the classes' own; SASRec's are the reference recipe of the shared data README
 (d 64, 2 blocks, 1 head, dropout 0.6, Adam 5e-4, batch 512, length 50, full-softmax CE, up to 200
-epochs, best epoch by validation NDCG@10). Override any constructor parameter per model:
+epochs, best epoch by validation NDCG@10), BSARec's the RecBoard run (d 64, 2 blocks, 1 head,
+dropout 0.5, alpha 0.7, c 5, Adam 1e-4, weight decay 1e-4, batch 256, every prefix a CE example;
+about six times SASRec's encoder work per epoch: a GPU job at full size). Any registered
+recommender is accepted by ``--models``. Override any constructor parameter per model:
 
     OMP_NUM_THREADS=1 python bench/baselines.py                        # all four, both datasets
     python bench/baselines.py --datasets ml-100k --models popularity itemknn
     python bench/baselines.py --datasets beauty --models sasrec --param sasrec.epochs=5   # quick
     python bench/baselines.py --datasets sports --models sasrec --param sasrec.time_limit=7800   # capped
     python bench/baselines.py --models bpr sasrec --param bpr.device=cuda --param sasrec.device=cuda
+    python bench/baselines.py --datasets beauty --models bsarec --param bsarec.device=cuda
 """
 
 from __future__ import annotations

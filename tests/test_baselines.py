@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from conftest import assert_recommender_contract
 
 from promptrec.core.recommender import (
@@ -33,6 +34,7 @@ TINY = {
     "itemknn": {"neighbours": 10},
     "bpr": {"factors": 8, "epochs": 3, "batch_size": 64, "progress": False},
     "sasrec": {"hidden": 16, "max_len": 5, "epochs": 3, "batch_size": 16, "progress": False},
+    "bsarec": {"hidden": 16, "max_len": 5, "epochs": 3, "batch_size": 16, "progress": False},
     "biased_mf": {"factors": 8, "epochs": 3, "batch_size": 64, "progress": False},
 }
 # Explicit-feedback models: their contract case runs on the cyclic data with ratings added.
@@ -43,7 +45,7 @@ CASES = [
     ("sasrec", {**TINY["sasrec"], "loss": "sampled", "num_negatives": 8}),
 ]
 CASE_IDS = [
-    "popularity", "itemknn", "bpr", "sasrec-ce", "biased_mf", "sasrec-bce", "sasrec-sampled",
+    "popularity", "itemknn", "bpr", "sasrec-ce", "bsarec", "biased_mf", "sasrec-bce", "sasrec-sampled",
 ]
 
 
@@ -96,6 +98,9 @@ def test_unfitted_and_bad_params(name: str) -> None:
         ("sasrec", {"hidden": 10, "heads": 3}),
         ("sasrec", {"dropout": 1.0}),
         ("sasrec", {"time_limit": 0}),
+        ("bsarec", {"alpha": 1.5}),
+        ("bsarec", {"c": -1}),
+        ("bsarec", {"hidden": 10, "heads": 3}),
     ],
 )
 def test_invalid_values_are_rejected(name: str, params: dict) -> None:
@@ -154,8 +159,9 @@ def test_itemknn_scores_are_the_hand_computed_cosine_sums() -> None:
     [
         ("bpr", {"factors": 16, "lr": 0.02, "epochs": 100, "batch_size": 64}),
         ("sasrec", {"hidden": 16, "dropout": 0.1, "lr": 5e-3, "epochs": 40, "batch_size": 64}),
+        ("bsarec", {"hidden": 16, "dropout": 0.1, "lr": 5e-3, "epochs": 20, "batch_size": 64, "max_len": 8}),
     ],
-    ids=["bpr", "sasrec-ce"],
+    ids=["bpr", "sasrec-ce", "bsarec"],
 )
 def test_learners_beat_popularity_on_the_cycle(name: str, params: dict, cyclic_split) -> None:
     def hr5(model) -> float:
@@ -168,7 +174,7 @@ def test_learners_beat_popularity_on_the_cycle(name: str, params: dict, cyclic_s
     assert model.fit_info_["best_valid_NDCG@10"] > 0.5
 
 
-@pytest.mark.parametrize("name", ["bpr", "sasrec"])
+@pytest.mark.parametrize("name", ["bpr", "sasrec", "bsarec"])
 def test_training_is_seeded_and_leaves_the_global_rng_alone(name: str, cyclic_split) -> None:
     def run(seed: int) -> pd.DataFrame:
         model = build_recommender(name, seed=seed, **{**TINY[name], "epochs": 2})
@@ -211,13 +217,13 @@ def test_sasrec_ce_feeds_only_real_positions_to_the_softmax(cyclic_split, monkey
     from promptrec.models.sequential import sasrec
 
     rows: list[tuple[int, ...]] = []
-    original = F.cross_entropy
+    original = sasrec.SoftmaxCrossEntropy.__call__
 
-    def spy(logits: torch.Tensor, target: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        rows.append(tuple(logits.shape))
-        return original(logits, target, *args, **kwargs)
+    def spy(self, hidden: torch.Tensor, table: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        rows.append((hidden.shape[0], table.shape[0]))
+        return original(self, hidden, table, target)
 
-    monkeypatch.setattr(sasrec.F, "cross_entropy", spy)
+    monkeypatch.setattr(sasrec.SoftmaxCrossEntropy, "__call__", spy)
 
     # A hand-made batch: 3 + 6 + 1 real target positions out of 3 x 6.
     net = sasrec.SASRecNet(n_items=30, hidden=16, blocks=1, heads=1, dropout=0.0, max_len=6)
@@ -226,8 +232,8 @@ def test_sasrec_ce_feeds_only_real_positions_to_the_softmax(cyclic_split, monkey
     loss = sasrec.sequence_loss(net, inputs, targets, loss="ce")
     assert rows == [(10, 30)]
     hidden = net(inputs)[targets > 0]  # (10, d)
-    expected = original(hidden @ net.item_emb.weight[1:].T, targets[targets > 0] - 1)
-    assert loss.item() == pytest.approx(expected.item())
+    expected = F.cross_entropy(hidden @ net.item_emb.weight[1:].T, targets[targets > 0] - 1)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
     # Through fit: 40 users with 6 training items and max_len 3 -> 3 positions each, one batch.
     rows.clear()
@@ -235,6 +241,48 @@ def test_sasrec_ce_feeds_only_real_positions_to_the_softmax(cyclic_split, monkey
         cyclic_split
     )
     assert rows == [(40 * 3, 30)]
+
+
+def test_softmax_cross_entropy_matches_torch_in_value_and_gradients() -> None:
+    from promptrec.models.sequential.sasrec import SoftmaxCrossEntropy
+
+    torch.manual_seed(0)
+    hidden = (3 * torch.randn(7, 5)).requires_grad_()
+    table = torch.randn(11, 5, requires_grad=True)
+    target = torch.tensor([0, 10, 3, 3, 7, 1, 9])
+    fused = SoftmaxCrossEntropy()
+    for rows in (7, 4):  # the second call reuses the (larger) buffer of the first
+        loss = fused(hidden[:rows], table, target[:rows])
+        grads = torch.autograd.grad(2 * loss, (hidden, table))
+        reference = F.cross_entropy(hidden[:rows] @ table.T, target[:rows])
+        expected = torch.autograd.grad(2 * reference, (hidden, table))
+        assert loss.item() == pytest.approx(reference.item(), rel=1e-6)
+        for got, want in zip(grads, expected):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    # uniform logits: the loss is log(classes)
+    zero = fused(torch.zeros(2, 5), table, torch.tensor([1, 2]))
+    assert zero.item() == pytest.approx(np.log(11), rel=1e-6)
+
+
+def test_pack_lays_sequences_side_by_side_and_changes_no_output() -> None:
+    from promptrec.models.sequential.sasrec import SASRecNet, pack
+
+    inputs = torch.tensor([[0, 0, 0, 4, 5, 6], [1, 2, 3, 4, 5, 6], [0, 0, 0, 0, 0, 9], [0, 0, 0, 0, 7, 8]])
+    targets = torch.where(inputs > 0, inputs + 10, 0)
+    items, packed_targets, positions, segments = pack(inputs, targets)
+    # longest first, first fit: [seq 1] then [seq 0 | seq 3 | seq 2] in a row of 6
+    assert items.tolist() == [[1, 2, 3, 4, 5, 6], [4, 5, 6, 7, 8, 9]]
+    assert segments.tolist() == [[1] * 6, [0, 0, 0, 3, 3, 2]]
+    assert positions.tolist() == [[0, 1, 2, 3, 4, 5], [3, 4, 5, 4, 5, 5]]
+    assert torch.equal(packed_targets, torch.where(items > 0, items + 10, 0))
+
+    torch.manual_seed(0)
+    net = SASRecNet(n_items=30, hidden=16, blocks=2, heads=2, dropout=0.0, max_len=6).eval()
+    with torch.no_grad():
+        padded, packed = net(inputs), net(items, positions, segments)
+    for row, col in zip(*torch.nonzero(items, as_tuple=True)):
+        seq, pos = segments[row, col], positions[row, col]
+        torch.testing.assert_close(packed[row, col], padded[seq, pos], rtol=1e-5, atol=1e-5)
 
 
 def test_sasrec_encoder_is_causal_and_ignores_padding() -> None:
@@ -250,3 +298,81 @@ def test_sasrec_encoder_is_causal_and_ignores_padding() -> None:
     assert torch.isfinite(out).all()  # padding queries see themselves: no NaN rows
     assert torch.equal(out[0, :4], out_changed[0, :4])  # earlier positions never see later items
     assert not torch.allclose(out[0, 4:], out_changed[0, 4:])
+
+
+# -- BSARec --------------------------------------------------------------------------------------
+def test_frequency_mix_known_answers() -> None:
+    from promptrec.models.sequential.bsarec import frequency_mix
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 8, 4)  # (B, L, d); L = 8 has 5 real-FFT frequencies
+    beta = torch.randn(1, 1, 4)
+    # every frequency kept: the low-pass part is x itself, the high-pass part is 0
+    torch.testing.assert_close(frequency_mix(x, 5, beta), x, rtol=1e-5, atol=1e-5)
+    # beta = 1: low + (x - low) for any cut-off
+    torch.testing.assert_close(frequency_mix(x, 1, torch.ones(1)), x, rtol=1e-5, atol=1e-5)
+    # beta = 0, only the mean kept: every position becomes the sequence mean
+    mean = x.mean(dim=1, keepdim=True).expand_as(x)
+    torch.testing.assert_close(frequency_mix(x, 1, torch.zeros(1)), mean, rtol=1e-5, atol=1e-5)
+    # an alternating sequence is the highest frequency: a low-pass filter removes it, beta scales it
+    alternating = torch.tensor([1.0, -1.0] * 4)[None, :, None].expand(1, 8, 4)
+    half = torch.full((1, 1, 4), 0.5)
+    torch.testing.assert_close(frequency_mix(alternating, 4, half), 0.25 * alternating)
+
+
+def test_bsarec_filter_layer_with_every_frequency_is_the_residual_norm_of_2x() -> None:
+    from promptrec.models.sequential.bsarec import FrequencyFilter
+
+    torch.manual_seed(0)
+    layer = FrequencyFilter(hidden=4, c=8, dropout=0.0)  # c // 2 + 1 = 5 >= 8 // 2 + 1
+    x = torch.randn(2, 8, 4)
+    torch.testing.assert_close(layer(x), layer.norm(2 * x))
+
+
+def test_bsarec_prefix_examples_and_causal_state() -> None:
+    from promptrec.models.sequential.bsarec import BSARecNet
+
+    model = build_recommender("bsarec", max_len=3)
+    inputs, targets = model._examples([np.array([5, 6, 7, 8, 9]), np.array([1]), np.array([2, 3])])
+    assert inputs.tolist() == [[0, 0, 5], [0, 5, 6], [5, 6, 7], [6, 7, 8], [0, 0, 2]]
+    assert targets[:, 0].tolist() == [6, 7, 8, 9, 3]
+
+    # an earlier item changes the state after the last one (the filter and attention see it);
+    # rows stay independent; the last-position shortcut gives the full pass's last state
+    torch.manual_seed(0)
+    net = BSARecNet(n_items=30, hidden=16, blocks=2, heads=2, dropout=0.0, max_len=6, alpha=0.7, c=3).eval()
+    seqs = torch.tensor([[0, 0, 3, 4, 5, 6], [0, 0, 0, 0, 0, 7]])
+    changed = seqs.clone()
+    changed[0, 2] = 9
+    with torch.no_grad():
+        out, out_changed = net(seqs), net(changed)
+    assert torch.isfinite(out).all()
+    assert not torch.allclose(out[0, -1], out_changed[0, -1])
+    torch.testing.assert_close(out[1], out_changed[1])
+    with torch.no_grad():
+        last = net(seqs, last_only=True)
+    assert last.shape == (2, 1, 16)
+    torch.testing.assert_close(last[:, 0], out[:, -1], rtol=1e-5, atol=1e-5)
+
+
+def test_sasrec_padding_keys_are_one_key_weighted_by_their_count() -> None:
+    # The reference port attends over the whole left-padded row: each padding position (zero
+    # input) is the key bias with the value bias. PaddedAttention must give the same outputs.
+    from promptrec.models.sequential.sasrec import PaddedAttention
+
+    torch.manual_seed(0)
+    attn = PaddedAttention(hidden=8, heads=2, dropout=0.0).eval()
+    for layer in (attn.key, attn.value):
+        nn.init.normal_(layer.bias)
+    lengths = torch.tensor([3, 6, 1])
+    x = torch.randn(3, 6, 8) * (torch.arange(6) >= 6 - lengths[:, None])[..., None]  # zero padding
+    later = torch.ones(6, 6, dtype=torch.bool).triu(1)
+    real = torch.arange(6) >= 6 - lengths[:, None]  # (B, L)
+    blocked = later | (real[:, :, None] != real[:, None, :])
+    padding = (6 - lengths)[:, None].expand(3, 6)
+    with torch.no_grad():
+        got = attn(x, x, blocked, padding)
+        q, k, v = (f(x).view(3, 6, 2, 4).transpose(1, 2) for f in (attn.query, attn.key, attn.value))
+        weights = (q @ k.transpose(-1, -2) / 2).masked_fill(later, -torch.inf).softmax(-1)
+        want = attn.out((weights @ v).transpose(1, 2).reshape(3, 6, 8))
+    torch.testing.assert_close(got[real], want[real], rtol=1e-5, atol=1e-5)

@@ -33,6 +33,7 @@ PARAMS = {
     "bpr": {"epochs": 2, "factors": 8},
     "biased_mf": {"epochs": 2, "factors": 8},
     "sasrec": {"epochs": 2, "hidden": 16, "max_len": 8},
+    "bsarec": {"epochs": 2, "hidden": 16, "max_len": 8},
     "p5": TINY_LM,
     "p5-gpt2": {**TINY_LM, "model": {**TINY_LM["model"], "backbone": "gpt2"}, "tasks": {"weights": {"sequence": 1.0}},
                 "train": {**TINY_LM["train"], "history_loss": True}},

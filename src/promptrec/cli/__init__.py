@@ -24,7 +24,7 @@ models_app = typer.Typer(
 app.add_typer(models_app, name="models")
 
 RECOMMENDER_HELP = (
-    "registered recommender: p5 (prompt LMs), sasrec, bpr, itemknn, popularity, biased_mf, "
+    "registered recommender: p5 (prompt LMs), sasrec, bsarec, bpr, itemknn, popularity, biased_mf, "
     "cross_encoder, llm, cold_prefix"
 )
 _debug = False

@@ -3,7 +3,7 @@
 package imports its own.
 
 - :mod:`.classic`: ``popularity``, ``itemknn``, ``bpr``, ``biased_mf``;
-- :mod:`.sequential`: ``sasrec``;
+- :mod:`.sequential`: ``sasrec``, ``bsarec``;
 - :mod:`.p5`: ``p5``, the language-model recommender (training, constrained generation, template search);
 - :mod:`.cross_encoder`: ``cross_encoder``, a pretrained text encoder scoring (user, item) pairs;
 - :mod:`.llm`: ``llm``, chat models over the OpenAI protocol;

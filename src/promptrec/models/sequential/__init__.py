@@ -1,3 +1,3 @@
-"""Sequential baselines: ``sasrec``. Importing this package registers them."""
+"""Sequential baselines: ``sasrec``, ``bsarec``. Importing this package registers them."""
 
-from . import sasrec  # noqa: F401  (registers its recommender)
+from . import bsarec, sasrec  # noqa: F401  (each registers its recommender)

@@ -9,21 +9,27 @@ Into Gold Loss: is BERT4Rec really better than SASRec?", RecSys 2023).
 Architecture. Items are numbered 1..n_items by a seeded permutation of the catalogue (0 is
 padding), so no id carries the order of the source file, which may leak the test split.
 A sequence is left-padded to ``max_len``; its input is ``sqrt(hidden) * item embedding + learned
-position embedding`` (padding positions zeroed), then dropout, then ``blocks`` *pre-LN*
-transformer blocks (LayerNorm before self-attention and before the ReLU feed-forward of width
-``hidden``) and a final LayerNorm. Pre-LN follows the authors' released code, which normalises
-before each sub-layer; ``nn.TransformerEncoderLayer(norm_first=True)`` is the standard pre-LN
-form, which differs in details only (their residuals add the *normalised* sub-layer input, and
-their attention keys are not normalised). Attention is causal and never looks at padding keys. The item embedding table is
-shared between input and output: an item's score is the dot product of the hidden state with its
-embedding.
+position embedding``, then dropout, padding positions zeroed. Then ``blocks`` blocks as in the
+authors' code (and the reference PyTorch port behind the published full-CE numbers): LayerNorm on
+the attention *query* only, keys and values the raw block input, which is also the residual;
+then LayerNorm before a ReLU feed-forward of width ``hidden`` whose residual is the *normalised*
+input; padding positions zeroed after each block; a final LayerNorm (all LayerNorms eps 1e-8).
+Dropout acts on the embeddings, the attention weights and after each feed-forward layer, not on
+the attention output. Attention is causal and never looks at padding keys (as in the authors'
+TensorFlow code; the PyTorch port lets queries attend to padding keys). Embeddings and linear
+weights are Xavier-normal, biases zero. The item embedding table is shared between input and
+output: an item's score is the dot product of the hidden state with its embedding.
 
 Training. Per user, the last ``max_len + 1`` items of the *training* sequence (``split.train``
 only): inputs are all but the last, targets the same shifted by one, and every position with a
-real input is a training example. ``loss``:
+real input is a training example. Most positions of a short sequence are padding, so each batch
+is *packed* (:func:`pack`: several users' sequences side by side in one row, attention kept
+within each sequence, each token at its left-padded position), which changes no output and
+runs the encoder on a fraction of the rows. ``loss``:
 
 - ``"ce"``: full softmax cross-entropy over all items. Hidden states of the real positions are
-  gathered first, so the (positions x n_items) logits are computed only where there is a target.
+  gathered first, so the (positions x n_items) logits are computed only where there is a target,
+  by :class:`SoftmaxCrossEntropy` (one ``exp`` pass, the logits buffer reused across batches).
 - ``"bce"``: the paper's loss, binary cross-entropy on the target and one uniformly drawn
   negative per position (a draw equal to the target is not counted; the paper instead redraws
   any item of the user's sequence).
@@ -62,8 +68,84 @@ LOSSES = ("ce", "bce", "sampled")
 _NO_ITEMS = np.zeros(0, dtype=np.int64)
 
 
+class PaddedAttention(nn.Module):
+    """Multi-head attention whose queries also see the sequence's padding keys, as in the
+    reference PyTorch port behind the published full-CE numbers.
+
+    There, a left-padded row of length ``max_len`` holding ``n`` items has ``max_len - n`` padding
+    positions whose block input is zero, so each is the same key (the key projection's bias) with
+    the same value (the value projection's bias), visible to every real query. Here they are one
+    extra key whose logit is raised by ``log(max_len - n)``: the same softmax, whatever row
+    layout (left-padded or packed) the real tokens come in. Dropout drops that key's weight as a
+    whole where the port drops each padding key's share on its own (the same mean).
+    """
+
+    def __init__(self, hidden: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.query = nn.Linear(hidden, hidden)
+        self.key = nn.Linear(hidden, hidden)
+        self.value = nn.Linear(hidden, hidden)
+        self.out = nn.Linear(hidden, hidden)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self, query: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, padding: torch.Tensor
+    ) -> torch.Tensor:
+        """``query`` and ``x`` (B, L, d); ``mask`` (B, L, L) True where a query may not attend;
+        ``padding`` (B, L): padding keys each query's sequence shows (0 = none)."""
+        batch, length, hidden = x.shape
+        size = hidden // self.heads
+
+        def split(t: torch.Tensor) -> torch.Tensor:
+            return t.view(batch, length, self.heads, size).transpose(1, 2)  # (B, h, L, s)
+
+        q, k, v = split(self.query(query)), split(self.key(x)), split(self.value(x))
+        q = q / size**0.5
+        scores = (q @ k.transpose(-1, -2)).masked_fill(mask[:, None], -torch.inf)  # (B, h, L, L)
+        pad_key = self.key.bias.view(1, self.heads, 1, size)  # key of a zero input
+        pad_value = self.value.bias.view(1, self.heads, 1, size)
+        sink = (q * pad_key).sum(-1, keepdim=True)  # (B, h, L, 1)
+        sink = sink + padding.float().log()[:, None, :, None]  # -inf where there is no padding
+        weights = torch.cat([scores, sink], dim=-1).softmax(dim=-1)
+        weights = self.dropout(weights)  # (B, h, L, L + 1)
+        out = weights[..., :length] @ v + weights[..., length:] * pad_value  # (B, h, L, s)
+        return self.out(out.transpose(1, 2).reshape(batch, length, hidden))
+
+
+class SASRecBlock(nn.Module):
+    """One block of the authors' code: LayerNorm on the attention *query* only (keys and values
+    are the raw block input, which is also the residual), then LayerNorm before a ReLU
+    feed-forward of width ``hidden`` whose residual is the *normalised* input.
+
+    Dropout acts on the attention weights and after each feed-forward layer, not on the attention
+    output.
+    """
+
+    def __init__(self, hidden: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.attn_norm = nn.LayerNorm(hidden, eps=1e-8)
+        self.attn = PaddedAttention(hidden, heads, dropout)
+        self.ffn_norm = nn.LayerNorm(hidden, eps=1e-8)
+        self.ffn = nn.Sequential(
+            nn.Linear(hidden, hidden), nn.Dropout(dropout), nn.ReLU(),
+            nn.Linear(hidden, hidden), nn.Dropout(dropout),
+        )
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        """``x`` (B, L, d); ``mask`` and ``padding`` as in :class:`PaddedAttention`."""
+        x = x + self.attn(self.attn_norm(x), x, mask, padding)
+        x = self.ffn_norm(x)
+        return x + self.ffn(x)  # (B, L, d)
+
+
 class SASRecNet(nn.Module):
-    """Item + position embeddings, pre-LN causal transformer blocks, final LayerNorm."""
+    """Item + position embeddings, ``blocks`` :class:`SASRecBlock` s, final LayerNorm.
+
+    ``forward`` takes left-padded rows, or *packed* rows (several users' sequences side by side,
+    see :func:`pack`) with each token's position and sequence id: attention never crosses
+    sequences and every other step is per token, so packing changes no output.
+    """
 
     def __init__(
         self, n_items: int, hidden: int, blocks: int, heads: int, dropout: float, max_len: int
@@ -73,18 +155,20 @@ class SASRecNet(nn.Module):
         self.item_emb = nn.Embedding(n_items + 1, hidden, padding_idx=0)
         self.pos_emb = nn.Embedding(max_len, hidden)
         self.dropout = nn.Dropout(dropout)
-        layer = nn.TransformerEncoderLayer(
-            hidden, heads, dim_feedforward=hidden, dropout=dropout, batch_first=True,
-            norm_first=True,
-        )
-        self.encoder = nn.TransformerEncoder(
-            layer, blocks, norm=nn.LayerNorm(hidden), enable_nested_tensor=False
-        )
-        # Xavier-initialised embeddings as in the authors' code (normal form, as in its common
-        # PyTorch port); with the sqrt(hidden) input scale the item part starts at a size
-        # comparable to the position part.
+        self.blocks = nn.ModuleList(SASRecBlock(hidden, heads, dropout) for _ in range(blocks))
+        self.final_norm = nn.LayerNorm(hidden, eps=1e-8)
+        # As in the reference PyTorch code: Xavier-normal embeddings and attention output,
+        # query/key/value Xavier-uniform as one (3d, d) matrix with zero biases (torch's
+        # MultiheadAttention), the feed-forward layers torch's default (there: 1x1 convolutions).
         nn.init.xavier_normal_(self.item_emb.weight)
         nn.init.xavier_normal_(self.pos_emb.weight)
+        for block in self.blocks:
+            bound = (6 / (4 * hidden)) ** 0.5  # Xavier-uniform of a (3 * hidden, hidden) matrix
+            for layer in (block.attn.query, block.attn.key, block.attn.value):
+                nn.init.uniform_(layer.weight, -bound, bound)
+                nn.init.zeros_(layer.bias)
+            nn.init.xavier_normal_(block.attn.out.weight)
+            nn.init.zeros_(block.attn.out.bias)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
 
@@ -92,20 +176,116 @@ class SASRecNet(nn.Module):
         """Output embeddings of items 1..n_items (the input table without padding): (n_items, d)."""
         return self.item_emb.weight[1:]
 
-    def forward(self, seqs: torch.Tensor) -> torch.Tensor:
-        """Hidden states (B, L, d) of left-padded item sequences ``seqs`` (B, L), 0 = padding."""
+    def forward(
+        self,
+        seqs: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        segments: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Hidden states (B, L, d) of item rows ``seqs`` (B, L), 0 = padding.
+
+        Without ``positions`` and ``segments`` a row is one left-padded sequence (its last item
+        at position L - 1). Packed rows give each token's position (B, L) and the id of its
+        sequence (B, L; -1 on empty slots).
+        """
         length = seqs.shape[1]
-        pad = seqs == 0  # (B, L)
-        positions = torch.arange(length, device=seqs.device)
+        pad = (seqs == 0)[..., None]  # (B, L, 1)
+        if positions is None or segments is None:
+            positions = torch.arange(length, device=seqs.device).expand_as(seqs)
+            segments = torch.where(seqs > 0, 0, -1)
         x = self.item_emb(seqs) * self.item_emb.embedding_dim**0.5 + self.pos_emb(positions)
-        x = self.dropout(x.masked_fill(pad[..., None], 0.0))  # (B, L, d)
-        # True = may not attend: future keys and padding keys. Every query may see itself, so no
-        # row is fully masked (that would give NaN at padding queries, whose outputs are unused).
-        eye = torch.eye(length, dtype=torch.bool, device=seqs.device)
-        future = torch.ones(length, length, dtype=torch.bool, device=seqs.device).triu(1)
-        blocked = (future | pad[:, None, :]) & ~eye  # (B, L, L)
-        mask = blocked.repeat_interleave(self.heads, dim=0)  # (B * heads, L, L)
-        return self.encoder(x, mask=mask)  # (B, L, d)
+        x = self.dropout(x).masked_fill(pad, 0.0)  # (B, L, d)
+        # True = may not attend: later tokens and other sequences (padding is a sequence of its
+        # own). Every token may see itself, so no row is fully masked.
+        later = torch.ones(length, length, dtype=torch.bool, device=seqs.device).triu(1)
+        same = segments[:, :, None] == segments[:, None, :]  # (B, L, L)
+        blocked = later | ~same
+        # padding keys of each token's left-padded row: max_len - its sequence's length
+        padding = self.pos_emb.num_embeddings - same.sum(dim=-1)  # (B, L)
+        for block in self.blocks:
+            x = block(x, blocked, padding).masked_fill(pad, 0.0)
+        return self.final_norm(x)  # (B, L, d)
+
+
+class _SoftmaxCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of ``hidden @ table.T`` with one pass of ``exp`` (the softmax of the
+    forward pass is kept for the backward pass instead of being recomputed from log-probs), the
+    (N, V) logits written into ``workspace`` (a flat buffer reused from batch to batch: a fresh
+    allocation of that size costs as much as the matmul, in page faults)."""
+
+    @staticmethod
+    def forward(
+        ctx, hidden: torch.Tensor, table: torch.Tensor, target: torch.Tensor, workspace: torch.Tensor
+    ) -> torch.Tensor:
+        logits = workspace[: hidden.shape[0] * table.shape[0]].view(hidden.shape[0], -1)  # (N, V)
+        torch.mm(hidden, table.T, out=logits)
+        top = logits.max(dim=1, keepdim=True).values  # (N, 1)
+        picked = logits.gather(1, target[:, None])  # (N, 1)
+        expd = logits.sub_(top).exp_()  # (N, V), in place: the logits are not needed again
+        total = expd.sum(dim=1, keepdim=True)  # (N, 1)
+        ctx.save_for_backward(hidden, table, target, expd, total)
+        return (total.log() + top - picked).mean()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, None]:
+        hidden, table, target, expd, total = ctx.saved_tensors
+        probs = expd.div_(total)  # (N, V) softmax, in place (backward runs once)
+        probs[torch.arange(len(target), device=target.device), target] -= 1.0
+        probs.mul_(grad / len(target))  # d loss / d logits
+        return probs @ table, probs.T @ hidden, None, None
+
+
+class SoftmaxCrossEntropy:
+    """``F.cross_entropy(hidden @ table.T, target)`` (mean over the N rows), faster on a CPU.
+
+    Call with ``hidden`` (N, d), ``table`` (V, d), ``target`` (N,) class indices in 0..V-1. The
+    object keeps the logits' buffer between calls (one per training loop; not thread-safe).
+    """
+
+    def __init__(self) -> None:
+        self.workspace = torch.empty(0)
+
+    def __call__(self, hidden: torch.Tensor, table: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        size = hidden.shape[0] * table.shape[0]
+        if self.workspace.numel() < size or self.workspace.device != hidden.device:
+            self.workspace = torch.empty(size, dtype=hidden.dtype, device=hidden.device)
+        return _SoftmaxCrossEntropy.apply(hidden, table, target, self.workspace)
+
+
+def pack(
+    inputs: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-padded (B, L) inputs and targets -> packed (R, L) rows, R <= B.
+
+    Short sequences are mostly padding (Amazon users have ~9 items for L = 50), so the sequences
+    are laid side by side (first-fit, longest first) and the encoder runs on R rows instead of B.
+    Returns items, targets, positions (each token's column in its left-padded row) and segments
+    (the sequence's row in ``inputs``; -1 on empty slots); empty slots hold item and target 0.
+    """
+    batch, length = inputs.shape
+    lengths = (inputs > 0).sum(dim=1).numpy()  # (B,)
+    rows = np.zeros(batch, dtype=np.int64)
+    offsets = np.zeros(batch, dtype=np.int64)
+    free = np.full(batch + 1, length)  # room left in each row; row `used` is still empty
+    used = 0
+    for seq in np.argsort(-lengths, kind="stable"):
+        row = int(np.argmax(free[: used + 1] >= lengths[seq]))
+        rows[seq], offsets[seq] = row, length - free[row]
+        free[row] -= lengths[seq]
+        used += row == used
+    n_rows = max(used, 1)
+    seq = np.repeat(np.arange(batch), lengths)  # (N,) sequence of each real token
+    step = np.arange(len(seq)) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # (N,)
+    source = torch.from_numpy(length - lengths[seq] + step)  # column in the left-padded row
+    row, col = torch.from_numpy(rows[seq]), torch.from_numpy(offsets[seq] + step)
+    seq_t = torch.from_numpy(seq)
+    packed = []
+    for values, fill in ((inputs[seq_t, source], 0), (targets[seq_t, source], 0), (source, 0), (seq_t, -1)):
+        out = torch.full((n_rows, length), fill, dtype=torch.int64)
+        out[row, col] = values
+        packed.append(out)
+    items, packed_targets, positions, segments = packed
+    return items, packed_targets, positions, segments
 
 
 def sequence_loss(
@@ -114,20 +294,24 @@ def sequence_loss(
     targets: torch.Tensor,
     loss: str = "ce",
     num_negatives: int = 100,
+    positions: torch.Tensor | None = None,
+    segments: torch.Tensor | None = None,
+    cross_entropy: SoftmaxCrossEntropy | None = None,
 ) -> torch.Tensor:
     """Mean next-item loss over the real positions of a batch.
 
-    ``inputs`` and ``targets`` are (B, L) item numbers, 0 where there is no example (padding).
+    ``inputs`` and ``targets`` are (B, L) item numbers, 0 where there is no example (padding);
+    ``positions`` and ``segments`` describe packed rows (:func:`pack`), as in ``net.forward``.
     Only real positions reach the output layer: their hidden states are gathered first.
+    ``cross_entropy`` (for ``"ce"``) may carry its buffer over from the previous batch.
     """
-    hidden = net(inputs)  # (B, L, d)
+    hidden = net(inputs, positions, segments)  # (B, L, d)
     real = targets > 0  # (B, L)
     h = hidden[real]  # (N, d), N = number of real positions
     positive = targets[real]  # (N,) item numbers 1..n_items
     table = net.item_table()  # (n_items, d)
     if loss == "ce":
-        logits = h @ table.T  # (N, n_items)
-        return F.cross_entropy(logits, positive - 1)
+        return (cross_entropy or SoftmaxCrossEntropy())(h, table, positive - 1)
     n_items = table.shape[0]
     pos_logit = (h * net.item_emb(positive)).sum(-1)  # (N,)
     if loss == "bce":
@@ -246,14 +430,9 @@ class SASRec(TorchRecommender):
         cols = self._position.get_indexer(split.train["item_id"])
         self.counts_: np.ndarray = np.bincount(cols, minlength=len(self.items_)).astype(np.float32)
 
-        # Item numbers are positions + 1 (0 = padding). The window holds the last max_len + 1
-        # items; a target counts only where its input is a real item.
+        # Item numbers are positions + 1 (0 = padding).
         sequences = [self._position.get_indexer(s) + 1 for s in split.train_sequences().values()]
-        window = _left_pad(sequences, self.max_len + 1)  # (U, L + 1)
-        inputs = window[:, :-1]  # (U, L)
-        targets = np.where(inputs > 0, window[:, 1:], 0)  # (U, L)
-        useful = (targets > 0).any(axis=1)  # one-item users teach nothing
-        inputs, targets = inputs[useful], targets[useful]
+        inputs, targets = self._examples(sequences)
 
         sample = valid_sample(split, self.valid_users, rng)
 
@@ -264,16 +443,38 @@ class SASRec(TorchRecommender):
         self.fit_info_["fit_seconds"] = round(time.perf_counter() - start, 2)
         return self
 
+    def _examples(self, sequences: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Training rows: inputs and targets (U, L), 0 where there is no example.
+
+        The window holds each user's last max_len + 1 items; a target counts only where its
+        input is a real item.
+        """
+        window = _left_pad(sequences, self.max_len + 1)  # (U, L + 1)
+        inputs = window[:, :-1]  # (U, L)
+        targets = np.where(inputs > 0, window[:, 1:], 0)  # (U, L)
+        useful = (targets > 0).any(axis=1)  # one-item users teach nothing
+        return inputs[useful], targets[useful]
+
+    def _batch_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean loss of one batch of training rows (on the CPU): packed, then on the device."""
+        device = self.net_.item_emb.weight.device
+        packed = [t.to(device) for t in pack(inputs, targets)]
+        items, packed_targets, positions, segments = packed
+        return sequence_loss(
+            self.net_, items, packed_targets, self.loss, self.num_negatives, positions, segments,
+            self._cross_entropy,
+        )
+
     def _train(
         self, split: Split, inputs: torch.Tensor, targets: torch.Tensor, sample: list[str]
     ) -> None:
         net = self.net_
-        device = net.item_emb.weight.device
+        self._cross_entropy = SoftmaxCrossEntropy()
         optimiser = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
         def batch_loss(batch: torch.Tensor) -> tuple[torch.Tensor, int]:
-            x, y = inputs[batch].to(device), targets[batch].to(device)  # (B, L) each
-            return sequence_loss(net, x, y, self.loss, self.num_negatives), int((y > 0).sum())
+            y = targets[batch]  # (B, L)
+            return self._batch_loss(inputs[batch], y), int((y > 0).sum())
 
         def train_epoch() -> float:  # a mean over target positions
             return self._minibatch_epoch(len(inputs), batch_loss, optimiser)
@@ -282,6 +483,7 @@ class SASRec(TorchRecommender):
         training = self._train_epochs(
             train_epoch, validate, "NDCG@10", eval_every=self.eval_every, time_limit=self.time_limit
         )
+        del self._cross_entropy  # its buffer holds (batch positions x items) floats
         self.fit_info_ = {
             **training.fit_info(),
             "train_seconds_per_epoch": round(float(np.mean(training.train_seconds)), 3),
@@ -324,4 +526,4 @@ def _left_pad(sequences: list[np.ndarray], length: int) -> np.ndarray:
     return out
 
 
-__all__ = ["LOSSES", "SASRec", "SASRecNet", "sequence_loss"]
+__all__ = ["LOSSES", "SASRec", "SASRecBlock", "SASRecNet", "pack", "SoftmaxCrossEntropy", "sequence_loss"]
