@@ -140,15 +140,14 @@ class P5Recommender(Recommender):
         backbones) with their text vectors, scaled to the spread of the init they replace."""
         from ...indexing.semantic import resolve_encoder, text_item_vectors
 
-        codes = self.indexer.codes
-        self._one_token_codes("model.item_init=text")
+        codes = self._one_token_codes("model.item_init=text")
         encoder = resolve_encoder(self.config.model.item_encoder, "model.item_init=text", "model.item_encoder=DIR")
         weight = base.get_input_embeddings().weight
         catalogue = list(codes)
         vectors = torch.from_numpy(
             text_item_vectors(split.data.items, catalogue, split.train_items(), weight.shape[1], encoder, progress=progress)
         )
-        rows = torch.tensor(self.tokenizer.convert_tokens_to_ids([codes[i][0] for i in catalogue]))
+        rows = torch.tensor(self.tokenizer.convert_tokens_to_ids([codes[i] for i in catalogue]))
         k = vectors.shape[1]
         with torch.no_grad():
             weight[rows, :k] = vectors.to(weight.dtype) * (weight[rows, :k].std() / vectors.std())
@@ -168,13 +167,14 @@ class P5Recommender(Recommender):
         titles = self.items["title"].dropna().astype(str) if "title" in self.items else pd.Series(dtype=str)
         titled = [i for i in codes if i in titles.index and titles[i].strip()]
         weight = base.get_input_embeddings().weight
+        row = dict(zip(codes, self.tokenizer.convert_tokens_to_ids(list(codes.values()))))
         ids = self.tokenizer([titles[i] for i in titled], add_special_tokens=False)["input_ids"] if titled else []
         with torch.no_grad():
             for item, tokens in zip(titled, ids):
                 tokens = [t for t in tokens if t < words]
                 if tokens:
-                    weight[self.tokenizer.convert_tokens_to_ids(codes[item])] = weight[tokens].mean(0)
-        rows = torch.tensor(self.tokenizer.convert_tokens_to_ids(list(codes.values())))
+                    weight[row[item]] = weight[tokens].mean(0)
+        rows = torch.tensor(list(row.values()))
         self.item_start = (rows, weight[rows].detach().clone())  # what train.item_anchor pulls toward
 
     def item_vocabulary(self) -> torch.Tensor:
