@@ -190,3 +190,36 @@ def test_without_prompt_eos_the_answer_continues_the_history(split, tmp_path):
         loaded._build_trie()
 
 
+
+
+def test_plateau_schedule_cuts_the_rate_and_stops_on_validation(split, monkeypatch):
+    """``train.schedule=plateau``: validation decides when the rate is cut and when training
+    stops; ``train.epochs`` is only a cap. Scripted validation scores make the answer known."""
+    scores = iter([0.1, 0.2, 0.2, 0.1, 0.3, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1])
+    monkeypatch.setattr(P5Recommender, "evaluate_users", lambda self, *a, **k: {"NDCG@10": next(scores), "HR@10": 0.0})
+    rates, step = [], torch.optim.AdamW.step
+
+    def spy(self, *args, **kwargs):
+        rates.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    cfg = config(**{
+        "train.schedule": "plateau", "train.epochs": 50, "train.patience": 5, "train.decay_patience": 2,
+        "train.decay_factor": 0.3, "train.warmup_ratio": 0.0, "train.lr": 0.01,
+    })
+    rec = P5Recommender(cfg).fit(split, progress=False)
+    info = rec.fit_info_
+    # Epoch 4 is the second without gain (cut), 5 improves, 7 and 9 cut again, 10 is the fifth
+    # without gain since 5: stop, keeping epoch 5's weights.
+    assert (info["epochs_run"], info["best_epoch"]) == (10, 5)
+    assert info["final_lr_scale"] == pytest.approx(0.3**3)
+    per_epoch = len(rates) // 10
+    assert len(rates) == 10 * per_epoch
+    expected = [0.01] * 4 + [0.003] * 3 + [0.0009] * 2 + [0.00027]
+    assert rates == pytest.approx([r for r in expected for _ in range(per_epoch)])
+
+
+def test_plateau_schedule_needs_patience_beyond_its_cut():
+    with pytest.raises(ValueError, match="patience above"):
+        config(**{"train.schedule": "plateau", "train.patience": 2, "train.decay_patience": 2})

@@ -161,12 +161,19 @@ def train(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr,
     )
-    scheduler = get_scheduler(
-        "constant_with_warmup" if cfg.schedule == "constant" else cfg.schedule,
-        optimizer,
-        num_warmup_steps=int(cfg.warmup_ratio * total_steps),
-        num_training_steps=total_steps,
-    )
+    warmup = int(cfg.warmup_ratio * total_steps)
+    lr_scale = [1.0]  # schedule=plateau: the product of the cuts so far, set after each validation
+    if cfg.schedule == "plateau":
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min(1.0, (step + 1) / (warmup + 1)) * lr_scale[0]
+        )
+    else:
+        scheduler = get_scheduler(
+            "constant_with_warmup" if cfg.schedule == "constant" else cfg.schedule,
+            optimizer,
+            num_warmup_steps=warmup,
+            num_training_steps=total_steps,
+        )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     raw = accelerator.unwrap_model(model)  # the module itself, for weights and evaluation
     kind = lm_kind(raw)  # the loss of an encoder-decoder or a decoder-only LM
@@ -187,10 +194,11 @@ def train(
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=-100, label_smoothing=cfg.label_smoothing, reduction="sum")
     vocabulary = rec.item_vocabulary().to(accelerator.device) if cfg.softmax == "items" else None
 
-    state = {"epoch": -1, "step": 0, "best": -1.0, "best_epoch": -1, "bad_epochs": 0, "train_seconds": 0.0}
+    state = {"epoch": -1, "step": 0, "best": -1.0, "best_epoch": -1, "bad_epochs": 0, "train_seconds": 0.0, "lr_scale": 1.0}
     if resuming:
         accelerator.load_state(str(ckpt / "accelerate"))
-        state = json.loads((ckpt / "trainer_state.json").read_text())
+        state = {**state, **json.loads((ckpt / "trainer_state.json").read_text())}
+        lr_scale[0] = state["lr_scale"]
         if main:
             log.info("resuming after epoch %d (best validation NDCG@10 %.4f)", state["epoch"], state["best"])
     if processes > 1 and not resuming:
@@ -293,6 +301,11 @@ def train(
             best_state = {k: v.detach().cpu().clone() for k, v in raw.state_dict().items()}
         else:
             state["bad_epochs"] += 1
+            if cfg.schedule == "plateau" and state["bad_epochs"] % cfg.decay_patience == 0:
+                state["lr_scale"] *= cfg.decay_factor
+                lr_scale[0] = state["lr_scale"]
+                for group in optimizer.param_groups:  # from the next step on, not one step late
+                    group["lr"] *= cfg.decay_factor
         mlog.write(state["step"], epoch=epoch, val_NDCG10=val["NDCG@10"], val_HR10=val["HR@10"], train_seconds=state["train_seconds"])
         if main:
             log.info(
@@ -321,6 +334,7 @@ def train(
         "steps": state["step"],
         "train_loss": epoch_loss / max(epoch_steps, 1),
         "stopped_by_time_limit": stopped_early,
+        "final_lr_scale": state["lr_scale"],
         "wall_seconds": round(time.time() - t0, 2),
         "device": str(accelerator.device),
         "processes": processes,
