@@ -107,6 +107,14 @@ def test_seed_averaged_paired_test_has_the_known_mean(runs, tmp_path) -> None:
     pop = pd.read_parquet(runs / "pop1" / "per_user_model.parquet").set_index("user_id")["NDCG@10"]
     assert out["NDCG@10"]["mean_diff"] == pytest.approx((knn - pop.reindex(knn.index)).mean())
     assert out["users"] == len(knn)
+    # Both sides averaged over their seeds: knn twice against (pop1, knn) is half knn - pop1.
+    result = runner.invoke(
+        app, ["compare", str(runs / "knn"), str(runs / "knn"), "--against", str(runs / "pop1"), "--against", str(runs / "knn")]
+    )
+    assert result.exit_code == 0, result.output
+    both = json.loads(result.output)
+    assert both["NDCG@10"]["mean_diff"] == pytest.approx((knn - pop.reindex(knn.index)).mean() / 2)
+    assert both["against"] == [str(runs / "pop1"), str(runs / "knn")]
     alone = tmp_path / "results.json"  # numbers without their per-user files
     alone.write_text((runs / "knn" / "metrics.json").read_text())
     with pytest.raises(ValueError, match="no per-user results"):

@@ -245,8 +245,11 @@ def compare(
     metric: Annotated[str, typer.Option(help="per-user metric for the paired tests and group plot")] = "NDCG@10",
     baseline: Annotated[str, typer.Option(help="the baseline entry of each run directory")] = "popularity",
     against: Annotated[
-        Optional[Path],
-        typer.Option(help="seed-averaged paired test: RUN_DIRs are seeds of one recipe, averaged per user and tested against this run"),
+        Optional[list[Path]],
+        typer.Option(
+            help="seed-averaged paired test: RUN_DIRs are seeds of one recipe, averaged per user and tested against "
+            "this run (repeat --against for the seeds of the other recipe, averaged alike)"
+        ),
     ] = None,
     by_length: Annotated[
         bool, typer.Option("--by-length", help="per-user METRIC of each run by the length of the user's test history")
@@ -257,7 +260,7 @@ def compare(
     --by-length: where each model gains or loses, by history length (JSON)."""
     from ..evaluation.report import by_history_length, compare_runs, seed_paired
 
-    if against is not None:
+    if against:
         metrics = list(dict.fromkeys(["HR@10", "NDCG@10", metric]))
         typer.echo(json.dumps(seed_paired(run_dirs, against, metrics), indent=1, default=float))
     if by_length:
@@ -270,7 +273,7 @@ def compare(
         typer.echo(json.dumps(by_history_length(run_dirs, histories, metric), indent=1))
     if output is not None:
         typer.echo(compare_runs(run_dirs, output, metric=metric, baseline=baseline))
-    elif against is None and not by_length:
+    elif not against and not by_length:
         raise typer.BadParameter("give --output (a report), --against RUN_DIR or --by-length")
 
 

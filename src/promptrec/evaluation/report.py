@@ -389,22 +389,29 @@ def _per_user_values(run: str | Path) -> pd.DataFrame:
 
 
 def seed_paired(
-    runs: Sequence[str | Path], against: str | Path, metrics: Sequence[str] = ("HR@10", "NDCG@10")
+    runs: Sequence[str | Path], against: str | Path | Sequence[str | Path], metrics: Sequence[str] = ("HR@10", "NDCG@10")
 ) -> dict[str, Any]:
     """Average each user's values over ``runs`` (the seeds of one recipe) and test the mean
-    against ``against``'s model on the same users: paired t-test, Wilcoxon, bootstrap CI."""
+    against ``against``'s model on the same users (one run, or several seeds of the other
+    recipe, averaged per user alike): paired t-test, Wilcoxon, bootstrap CI."""
     seeds = [_per_user_values(r) for r in runs]
     users = seeds[0].index
     if any(set(s.index) != set(users) for s in seeds):
         raise ValueError("the runs were evaluated on different users; seed averages need the same users")
-    base = _per_user_values(against)
-    missing = users.difference(base.index)
-    if len(missing):
-        raise ValueError(f"{against} lacks {len(missing)} of the runs' users, e.g. {missing[0]!r}")
-    out: dict[str, Any] = {"runs": [str(r) for r in runs], "against": str(against), "users": len(users)}
+    others = [against] if isinstance(against, (str, Path)) else list(against)
+    bases = [_per_user_values(a) for a in others]
+    for run, base in zip(others, bases):
+        missing = users.difference(base.index)
+        if len(missing):
+            raise ValueError(f"{run} lacks {len(missing)} of the runs' users, e.g. {missing[0]!r}")
+    out: dict[str, Any] = {
+        "runs": [str(r) for r in runs], "against": [str(a) for a in others] if len(others) > 1 else str(others[0]),
+        "users": len(users),
+    }
     for m in metrics:
         mean = sum(s[m].astype(float).reindex(users) for s in seeds) / len(seeds)
-        out[m] = paired_test(mean, base[m].astype(float).reindex(users))
+        base_mean = sum(b[m].astype(float).reindex(users) for b in bases) / len(bases)
+        out[m] = paired_test(mean, base_mean)
     return out
 
 
