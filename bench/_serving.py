@@ -30,9 +30,11 @@ class Server:
     would fill up and block the server)."""
 
     def __init__(
-        self, model: Path, database: Path, api_key: str, log_path: Path, threads: int, extra: Sequence[str] = ()
+        self, model: Path, database: Path | str, api_key: str, log_path: Path, threads: int, extra: Sequence[str] = (),
+        port: int | None = None,
     ) -> None:
-        self.port = free_port()
+        # port: a restart behind a load balancer comes back on the address the balancer knows.
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         # The key goes in the environment, not argv, so it does not show in `ps`.

@@ -1,4 +1,5 @@
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,43 @@ def shared_dataset(name: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"benchmark data {path} not present (set PROMPTREC_SHARED_DATA to its folder)")
     return path
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL server for the store and replica tests: ``PROMPTREC_TEST_POSTGRES_URL`` when
+    set, else a throwaway one started on loopback for this test session (tests/postgres_server.py),
+    else the test is skipped and says why. Tests share it: each takes a schema of its own
+    (``postgres_schema_url``) or ids unique to the test."""
+    from postgres_server import ThrowawayPostgres, binaries
+
+    url = os.environ.get("PROMPTREC_TEST_POSTGRES_URL")
+    if url:
+        yield url
+        return
+    if binaries() is None:
+        pytest.skip("no PostgreSQL: install its server binaries (initdb, pg_ctl, postgres; Debian: apt-get install "
+                    "postgresql) or set PROMPTREC_TEST_POSTGRES_URL=postgresql+psycopg://...")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip('no PostgreSQL driver: pip install -e ".[postgres]"')
+    server = ThrowawayPostgres()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_schema_url(postgres_url: str) -> Iterator[str]:
+    """The URL of an empty schema of this test's own on the session's PostgreSQL server (dropped
+    afterwards: a server given in PROMPTREC_TEST_POSTGRES_URL outlives the tests)."""
+    from postgres_server import drop_schema, fresh_schema
+
+    url = fresh_schema(postgres_url)
+    yield url
+    drop_schema(url)
 
 
 @pytest.fixture(autouse=True)

@@ -20,8 +20,6 @@ from promptrec.serving.store import (
     metadata,
 )
 
-POSTGRES_URL = os.environ.get("PROMPTREC_TEST_POSTGRES_URL")
-
 
 def event(user: str = "u1", item: str = "i1", type: str = "click", **kw) -> FeedbackEvent:
     return FeedbackEvent(user_id=user, item_id=item, type=type, **kw)
@@ -79,14 +77,11 @@ def test_add_idempotency_and_order_sqlite(store):
     check_add_idempotency_and_order(store)
 
 
-@pytest.mark.skipif(
-    POSTGRES_URL is None, reason="set PROMPTREC_TEST_POSTGRES_URL=postgresql+psycopg://... to test PostgreSQL"
-)
-def test_add_idempotency_and_order_postgres():
-    with FeedbackStore(POSTGRES_URL) as store:
+def test_add_idempotency_and_order_postgres(postgres_schema_url):
+    with FeedbackStore(postgres_schema_url) as store:
         assert store.url.startswith("postgresql+psycopg://")
         check_add_idempotency_and_order(store)
-    with FeedbackStore(POSTGRES_URL) as store, store._engine.connect() as conn:  # reopening is a no-op
+    with FeedbackStore(postgres_schema_url) as store, store._engine.connect() as conn:  # reopening is a no-op
         assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all() == ["0001"]
         assert compare_metadata(MigrationContext.configure(conn), metadata) == []
 

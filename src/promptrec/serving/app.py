@@ -30,8 +30,11 @@ surrogates or NUL) and error bodies never echo the input.
 A model process that exits is replaced (:class:`~promptrec.serving.worker.ModelPool`); until
 its replacement serves, requests that need the model get 503 with ``Retry-After``.
 
-Answers are cached per (model version, user, newest event of the user, request): feedback or a
-new model changes the key, so a cached answer is never stale. The model itself runs in child
+Answers are cached per (model version, user, the user's stored events, request): the events are
+read from the store on every request and the key holds a digest of them, so feedback posted to
+this server or to any other replica on the same store, or a new model, changes the key and a
+cached answer is never stale. Nothing else about users or events is kept in the process: several
+servers on one PostgreSQL store are interchangeable behind a load balancer. The model itself runs in child
 processes (:mod:`promptrec.serving.worker`); this process never imports torch.
 """
 
@@ -60,7 +63,7 @@ from .engine import LIKE_THRESHOLD, Answer
 from .openai_api import PREFIX as OPENAI_PREFIX
 from .openai_api import OpenAIError, add_openai_routes
 from .security import AccessControl, ApiKey, BodyGuard, KeyRing, Scope, StrictJSONRoute
-from .store import FeedbackEvent, FeedbackStore, StoredEvent
+from .store import FeedbackEvent, FeedbackStore, StoredEvent, events_fingerprint
 from .worker import Job, ModelLoadError, ModelPool, ModelUnavailable
 
 log = logging.getLogger("promptrec.serve")
@@ -263,9 +266,11 @@ class Server:
         assert self.store is not None
         # Feedback counts even with an explicit history: skips and low ratings still demote.
         events = await run_in_threadpool(self.store.user_events, user_id, self.settings.history_events)
-        # The highest seq, not the newest timestamp: a late event with an old timestamp must
-        # change the key too.
-        key = (engine.version, user_id, max((e.seq for e in events), default=0), k, exclude_seen, candidates,
+        # What the store holds for the user, read on every request (never remembered here: other
+        # replicas write to the same store), as a digest of the events' seqs. Not the newest
+        # timestamp (a late event with an old one must change the key too), and not the highest
+        # seq either: on PostgreSQL a lower seq can commit after a higher one.
+        key = (engine.version, user_id, events_fingerprint(events), k, exclude_seen, candidates,
                tuple(explicit) if explicit is not None else None, tuple(liked))
         answer = self.cache.get(key)
         if answer is not None:

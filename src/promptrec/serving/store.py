@@ -16,6 +16,11 @@ Design:
   store opens, so a deployed database is upgraded in place instead of recreated, and the
   ``alembic_version`` table says which schema a file has. The same code serves SQLite (one host)
   and PostgreSQL (several server hosts).
+* **Several writers.** Server replicas on one PostgreSQL database share nothing but it: servers
+  starting together take turns at the migrations (an advisory lock), a batch is inserted in
+  event-id order so that writers with overlapping batches cannot deadlock, and ``seq`` (handed
+  out at insert time, so not the commit order) is never taken for "the newest event": a cache
+  keys on :func:`events_fingerprint` of the events it read instead.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import math
 import os
 import re
 import time
+from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -131,6 +137,19 @@ class StoredEvent:
     timestamp: float
     received_at: float
     seq: int  # insertion order, a tie-breaker for equal timestamps (not a gap-free commit order)
+
+
+def events_fingerprint(events: Iterable[StoredEvent]) -> bytes:
+    """A digest that changes whenever the set of ``events`` does: what an answer cache keys on.
+
+    Stored events are immutable (first write wins, nothing is updated or deleted in place) and
+    ``seq`` is their primary key, so the set of seqs names the events exactly. Not the highest
+    seq: PostgreSQL hands seqs out at insert time, not at commit, so with several writers
+    (replicas, or threads of one) a lower seq can commit after a higher one, and a user's events
+    change while their highest seq stays the same.
+    """
+    seqs = sorted(e.seq for e in events)
+    return hashlib.blake2b(array("q", seqs).tobytes(), digest_size=16).digest()
 
 
 # scheme://user:PASSWORD@host  and  ?password=...&token=... (also libpq's "password=... " form)
@@ -281,8 +300,13 @@ class FeedbackStore:
         if rows:
             # RETURNING lists only the rows ON CONFLICT DO NOTHING really inserted.
             statement = self._insert.on_conflict_do_nothing(index_elements=["event_id"])
+            # In id order: concurrent writers (server replicas, a client retrying through another
+            # replica) whose batches share ids then take the ids' index locks in one global order.
+            # In request order, one could hold x and wait for y while the other holds y and waits
+            # for x, and PostgreSQL would abort one of them (deadlock detected) with a 500.
+            ordered = [rows[i] for i in sorted(rows)]
             with self._write() as conn:
-                stored = len(conn.execute(statement.returning(feedback_events.c.seq), list(rows.values())).all())
+                stored = len(conn.execute(statement.returning(feedback_events.c.seq), ordered).all())
         return AddResult(stored=stored, duplicates=len(ids) - stored, event_ids=ids)
 
     def user_events(self, user_id: str, limit: int | None = None) -> list[StoredEvent]:
