@@ -224,7 +224,7 @@ def test_letters_on_one_line_shuffled_candidates_and_a_bounded_request(split, tm
         users = list(split.test["user_id"][:8])
         hist = split.history("test")
         common = dict(mode="rerank", candidates=15, template="chat-rerank-3", separator=" ", candidate_order="shuffled")
-        rec = llm(server, tmp_path / "a", shots=1, **common).fit(split)
+        rec = llm(server, tmp_path / "a", shots=1, concurrency=1, **common).fit(split)  # requests in users' order
         recs = rec.recommend(users, k=5)
         retrieved = rec.retriever_.recommend(users, k=15)
         shown_in_order = 0
