@@ -148,6 +148,9 @@ def test_grounding_maps_titles_ids_labels_and_codes():
     lab = {"A": "2", "B": "1", "C": "3"}
     assert g.ground("B\nA. Fargo (1996)\n[C]", lab).items == ["1", "2", "3"]
     assert g.ground("C, B, A", lab).items == ["3", "1", "2"]
+    # Labels on one line, one token each; a title that starts with a label-like word stays whole.
+    assert g.ground(" C B A\n", lab).items == ["3", "1", "2"] and g.ground("C B B", lab).duplicates == 1
+    assert Grounder({"9": "A Clockwork Orange (1971)"}).ground("A Clockwork Orange", {"A": "9", "B": "8"}).items == ["9"]
     # Item codes, however the tokenizer spaced them; an unknown code is invalid.
     gc = Grounder(titles, codes={"<a_1><b_2>": "1", "<a_1><b_3>": "2"})
     out = gc.ground("<a_1> <b_3> <a_1><b_2> <a_9><b_9>")
@@ -205,6 +208,44 @@ def test_rerank_orders_the_retrievers_candidates_by_text_or_by_label_logprobs(sp
                 assert list(g["item_id"]) == want
             assert rec.stats()["fill_rate"] == 0 and rec.stats()["invalid_answer_rate"] == 0
         assert "top_logprobs" in server.requests[-1] and "top_logprobs" not in server.requests[0]
+
+
+def test_letters_on_one_line_shuffled_candidates_and_a_bounded_request(split, tmp_path):
+    """The base-model format: candidates in a seeded random order, demonstrations answering with
+    letters on one line, the reply bounded by max_tokens (and stop strings when asked)."""
+
+    def answer(messages, body):
+        text = messages[-1]["content"]
+        last = int(TITLE.findall(text.split("Candidates:")[0])[-1])
+        cands = re.findall(r"^([A-Z]{1,2})\. thing number (\d+)$", text, flags=re.MULTILINE)
+        return "\n" + " ".join(lab for lab, _ in sorted(cands, key=lambda c: (int(c[1]) - last - 1) % 1000))
+
+    with FakeLLM(answer, 20) as server:
+        users = list(split.test["user_id"][:8])
+        hist = split.history("test")
+        common = dict(mode="rerank", candidates=15, template="chat-rerank-3", separator=" ", candidate_order="shuffled")
+        rec = llm(server, tmp_path / "a", shots=1, concurrency=1, **common).fit(split)  # requests in users' order
+        recs = rec.recommend(users, k=5)
+        retrieved = rec.retriever_.recommend(users, k=15)
+        shown_in_order = 0
+        for body, u in zip(server.requests, users):
+            cands = list(retrieved[retrieved["user_id"] == u]["item_id"])
+            shown = [f"item{i}" for i in re.findall(r"^[A-Z]{1,2}\. thing number (\d+)$", body["messages"][-1]["content"], flags=re.MULTILINE)]
+            assert sorted(shown) == sorted(cands)
+            shown_in_order += shown == cands
+            assert body["max_tokens"] == 2 * 5 + 2 and "stop" not in body
+            assert re.fullmatch(r"[A-Z]( [A-Z])*", body["messages"][1]["content"])  # the demonstration's answer
+        assert shown_in_order < len(users)  # shuffled, not the retriever's order
+        for u, g in recs.groupby("user_id", sort=False):
+            cands = list(retrieved[retrieved["user_id"] == u]["item_id"])
+            want = sorted(cands, key=lambda i: (int(i[4:]) - int(hist[u][-1][4:]) - 1) % 1000)[:5]
+            assert list(g["item_id"]) == want
+        s = rec.stats()
+        assert s["fill_rate"] == 0 and s["parse_failure_rate"] == 0 and s["invalid_answer_rate"] == 0
+        llm(server, tmp_path / "b", max_tokens=7, stop=["\n\n", "\nUser:"], **common).fit(split).recommend(users[:1], k=5)
+        assert server.requests[-1]["max_tokens"] == 7 and server.requests[-1]["stop"] == ["\n\n", "\nUser:"]
+    with pytest.raises(ValueError, match="candidate_order"):
+        LLMRecommender("http://x/v1", "m", candidate_order="random")
 
 
 def test_samples_rank_items_by_how_many_replies_name_them(split, tmp_path):

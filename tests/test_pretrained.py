@@ -233,5 +233,9 @@ def test_a_base_llm_answers_chat_as_a_transcript(gemma_dir, tmp_path):
         {"role": "assistant", "content": "B\nA"}, {"role": "user", "content": "history : b"},
     ], tokenize=False)
     assert text == "<bos>Rank items.\n\nUser: history : a\n\nAssistant: B\nA\n\nUser: history : b\n\nAssistant:"
+    # A final assistant message is the start of the answer: left open, for the model to continue.
+    opened = tok.apply_chat_template([{"role": "user", "content": "history : b"}, {"role": "assistant", "content": "Best:"}],
+                                     tokenize=False)
+    assert opened == "<bos>User: history : b\n\nAssistant: Best:"
     assert (chat / "model.safetensors").resolve() == (gemma_dir / "model.safetensors").resolve()  # linked, not copied
     assert json.loads((chat / "generation_config.json").read_text())["do_sample"] is False

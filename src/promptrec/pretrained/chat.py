@@ -4,7 +4,9 @@ A base model (Gemma 3 270M is one) was never tuned on chat turns: it continues t
 directory gets a chat template that writes the conversation as a plain transcript (``User:`` /
 ``Assistant:`` paragraphs, the system message first) and ends with ``Assistant:``, which is text
 such a model has seen and continues with an answer; few-shot demonstrations, sent as earlier
-turns, become examples in the same transcript. Any server that applies a directory's chat
+turns, become examples in the same transcript. A conversation that ends with an assistant message
+is left open after it: that message is the start of the answer, which the model continues (the
+llm recommender sends a template's answer opening, ``Best candidates:``, this way). Any server that applies a directory's chat
 template (``transformers serve``, vLLM, ...) then serves it.
 """
 
@@ -21,9 +23,10 @@ TRANSCRIPT_TEMPLATE = (
     "{%- set text = m['content'] if m['content'] is string else m['content'] | map(attribute='text') | join(' ') -%}"
     "{%- if m['role'] == 'system' -%}{{ text + '\\n\\n' }}"
     "{%- elif m['role'] == 'user' -%}{{ 'User: ' + text + '\\n\\n' }}"
+    "{%- elif loop.last -%}{{ 'Assistant: ' + text }}"
     "{%- else -%}{{ 'Assistant: ' + text + '\\n\\n' }}{%- endif -%}"
     "{%- endfor -%}"
-    "Assistant:"
+    "{%- if messages[-1]['role'] != 'assistant' -%}Assistant:{%- endif -%}"
 )
 
 

@@ -1,7 +1,8 @@
 """Grounding a chat model's answer in the catalogue.
 
 A reply is cut into the things it names (one per line, list markers stripped; a one-line answer
-is cut at ``;``, ``|`` and, for labels and codes, at commas too). Each is mapped, in this order, to:
+is cut at ``;``, ``|`` and, for labels and codes, at commas too; a line made only of candidate
+labels, ``C H A``, is cut at the spaces). Each is mapped, in this order, to:
 
 1. a **candidate label** (``B``, ``[B]``, ``B.``) when the prompt listed labelled candidates;
 2. **item codes** (``<a_12><b_3>``), when the model speaks promptrec's item codes;
@@ -83,6 +84,10 @@ class Grounder:
         if len(lines) == 1:
             sep = r"[;|,]" if labels else r"[;|]"
             lines = [p.strip() for p in re.split(sep, lines[0]) if p.strip()]
+        if labels:
+            # Labels on one line ("C H A"), one token each, the cheapest answer to generate; a
+            # line with any word that is not a label ("A Clockwork Orange") stays whole.
+            lines = [p for ln in lines for p in _label_run(ln, labels)]
         return [ln if self._label(ln, labels) else _MARKER.sub("", ln, count=1).strip() for ln in lines]
 
     @staticmethod
@@ -143,6 +148,11 @@ class Grounder:
             return exact
         found = process.extractOne(query, self._titles, scorer=fuzz.WRatio, score_cutoff=self.threshold)
         return self._by_title[found[0]] if found else None
+
+
+def _label_run(line: str, labels: Mapping[str, str]) -> list[str]:
+    words = [w.strip("[]().:") for w in re.split(r"[\s,;|]+", line) if w.strip("[]().:")]
+    return words if len(words) > 1 and all(w in labels for w in words) else [line]
 
 
 def _norm(text: str) -> str:

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 MODES = ("generate", "rerank")
 ITEM_FORMATS = ("title", "code")
+CANDIDATE_ORDERS = ("retriever", "shuffled")
 
 
 def _by_votes(lists: list[list[str]]) -> list[str]:
@@ -85,12 +86,26 @@ class LLMRecommender(Recommender):
             fills short lists (fitted on the same split), e.g. ``"popularity"`` or ``"sasrec"``,
             or the directory of one saved after fitting on the same split.
         candidates: how many the retriever proposes in rerank mode.
+        candidate_order: ``"retriever"`` (labels A, B, ... in the retriever's order) or
+            ``"shuffled"`` (in a random order seeded by the user, as LLMRank does: a model that
+            only repeats the first letters then scores at chance, not at the retriever's level).
         max_history: the most recent items shown.
         item_format: ``"title"`` (general chat models) or ``"code"`` (a promptrec decoder model
             that reads and writes item codes; ``codes_from`` is its saved model directory).
         logprobs: rerank by label log-probabilities (the endpoint must return ``top_logprobs``).
         threshold: the least fuzzy score (0-100) for a title to count as a catalogue item.
-        temperature / max_tokens / seed: sampling parameters sent with every request.
+        temperature / max_tokens / seed: sampling parameters sent with every request; without
+            ``max_tokens``, a bound from ``k`` and the answer format (a label costs one or two
+            tokens, a title up to about 24).
+        stop: strings that end a reply, e.g. ``["\\n\\n", "\\nUser:"]`` for a base model behind a
+            transcript chat template, which otherwise writes the next turns itself until
+            ``max_tokens``. None by default: ``transformers serve`` (5.x) scans the whole
+            vocabulary for every request with stop strings (about 2 s for Gemma's 262k tokens on
+            one thread, the time of ten generated tokens), so a tight ``max_tokens`` is cheaper
+            for short answers such as letters.
+        separator: what joins the items of a demonstration's answer: ``"\n"`` (one per line) or
+            ``" "`` (labels on one line, one token each: half the tokens to generate); the
+            template's wording asks for the same.
         samples: replies per user (seeds ``seed``, ``seed + 1``, ...; needs ``temperature > 0``);
             items are ranked by how many replies name them, ties by first mention. For models
             that name one item per reply, such as a promptrec decoder behind a plain server.
@@ -113,6 +128,7 @@ class LLMRecommender(Recommender):
         retriever: str = "popularity",
         retriever_params: dict[str, Any] | None = None,
         candidates: int = 20,
+        candidate_order: str = "retriever",
         max_history: int = 20,
         item_format: str = "title",
         codes_from: str | None = None,
@@ -120,6 +136,8 @@ class LLMRecommender(Recommender):
         threshold: float = 85.0,
         temperature: float = 0.0,
         max_tokens: int | None = None,
+        stop: Sequence[str] | None = None,
+        separator: str = "\n",
         seed: int | None = 0,
         samples: int = 1,
         api_key_env: str = "OPENAI_API_KEY",
@@ -138,6 +156,10 @@ class LLMRecommender(Recommender):
             raise ValueError(f"item_format must be one of {ITEM_FORMATS}, got {item_format!r}")
         if item_format == "code" and not codes_from:
             raise ValueError("item_format='code' needs codes_from: the saved promptrec model whose item codes the LLM speaks")
+        if candidate_order not in CANDIDATE_ORDERS:
+            raise ValueError(f"candidate_order must be one of {CANDIDATE_ORDERS}, got {candidate_order!r}")
+        if separator not in ("\n", " "):
+            raise ValueError(f"separator must be '\\n' or ' ', got {separator!r}")
         if logprobs and mode != "rerank":
             raise ValueError("logprobs scoring ranks labelled candidates: it needs mode='rerank'")
         if shots < 0 or candidates < 1 or max_history < 1 or samples < 1:
@@ -145,6 +167,7 @@ class LLMRecommender(Recommender):
         if samples > 1 and (temperature <= 0 or seed is None):
             raise ValueError("samples > 1 draws different replies: it needs temperature > 0 and a seed")
         self.params = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        self.params["stop"] = list(stop) if stop else None  # a list: the config is JSON
         self.params["template"] = template or ("chat-1" if mode == "generate" else "chat-rerank-1")
         self.template = TemplateSet.load(templates).get(self.params["template"])
         self.client = ChatClient(
@@ -220,7 +243,7 @@ class LLMRecommender(Recommender):
     def _answer(self, items: Sequence[str], labelled: dict[str, str] | None = None) -> str:
         if labelled is not None:
             back = {i: lab for lab, i in labelled.items()}
-            return "\n".join(back[i] for i in items)
+            return self.params["separator"].join(back[i] for i in items)
         return "\n".join(self._item(i) for i in items)
 
     def _render(self, user: str, history: Sequence[str], k: int, cands: Sequence[str] | None) -> tuple[str, dict | None]:
@@ -248,11 +271,22 @@ class LLMRecommender(Recommender):
             else:
                 question, _ = self._render(other, history, k, None)
                 answer = self._answer(nxt)
-            turns += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+            turns += [{"role": "user", "content": question},
+                      {"role": "assistant", "content": self.template.target.replace("{target}", answer)}]
         return turns
 
-    def _demo_rng(self, user: str) -> np.random.Generator:
-        return np.random.default_rng([self.params["seed"] or 0, zlib.crc32(user.encode())])
+    def _opening(self) -> list[dict[str, str]]:
+        """The template's text before ``{target}`` (``"Best candidates: {target}"``), sent as the
+        start of the answer: a final assistant message, which a base model's transcript template
+        leaves open, so that the natural continuation is the answer itself."""
+        opening = self.template.target.split("{target}")[0].rstrip()
+        return [{"role": "assistant", "content": opening}] if opening else []
+
+    def _demo_rng(self, user: str, salt: int = 0) -> np.random.Generator:
+        # A ``salt`` keeps the candidate order independent of the demonstrations' draws (which
+        # keep their seed without one, so their prompts and cache entries stay as they were).
+        key = [self.params["seed"] or 0, zlib.crc32(user.encode())]
+        return np.random.default_rng(key + [salt] if salt else key)
 
     def _demo_pool(self, user: str, rng: np.random.Generator | None = None) -> list[str]:
         """The ``shots`` other users whose training sequences make ``user``'s demonstrations."""
@@ -303,11 +337,20 @@ class LLMRecommender(Recommender):
         for u in users:
             history = known[u]
             cands = by_user.get(u, [])[: p["candidates"]] if rerank else None
+            if cands and p["candidate_order"] == "shuffled":
+                cands = [cands[j] for j in self._demo_rng(u, salt=1).permutation(len(cands))]
             question, lab = self._render(u, history, k, cands)
-            conversations.append([*self._demos(u, k), {"role": "user", "content": question}])
+            conversations.append([*self._demos(u, k), {"role": "user", "content": question}, *self._opening()])
             labelled.append(lab)
         request = {"temperature": p["temperature"]}
-        request["max_tokens"] = p["max_tokens"] or (8 * k if p["item_format"] == "code" or rerank else 24 * k)
+        if p["max_tokens"]:
+            request["max_tokens"] = p["max_tokens"]
+        elif rerank and p["item_format"] == "title":
+            request["max_tokens"] = 2 * k + 2  # a label and a separator each, a leading newline
+        else:
+            request["max_tokens"] = 8 * k if p["item_format"] == "code" else 24 * k
+        if p["stop"]:
+            request["stop"] = p["stop"]
         if p["logprobs"]:
             request.update(logprobs=True, top_logprobs=min(20, p["candidates"]))
         # One reply per user, or ``samples`` replies drawn with consecutive seeds (each its own
