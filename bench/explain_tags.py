@@ -92,7 +92,7 @@ def main() -> None:
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "ml-latest-small"),
                     help="MovieLens latest-small directory (ratings.csv, movies.csv, tags.csv)")
     ap.add_argument("--llm", default="gemma-3-270m", help="explaining LLM: packaged name, directory or .gguf file")
-    ap.add_argument("--per-user", type=int, default=20, help="at most this many tagged pairs per user")
+    ap.add_argument("--per-user", type=int, default=10, help="at most this many tagged pairs per user")
     ap.add_argument("--limit", type=int, default=None, help="explain at most this many pairs (a quick look)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--template", default="explain-1")
