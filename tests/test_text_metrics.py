@@ -5,7 +5,7 @@ import pytest
 pytest.importorskip("sacrebleu", reason="BLEU/ROUGE come with the text-metrics extra")
 pytest.importorskip("rouge_score", reason="BLEU/ROUGE come with the text-metrics extra")
 
-from promptrec.evaluation.text import segment_rouge, text_overlap  # noqa: E402
+from promptrec.evaluation.text import segment_rouge, text_overlap
 
 
 def test_overlap_with_short_tags_by_hand():
