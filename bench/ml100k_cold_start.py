@@ -86,9 +86,16 @@ def main() -> None:
         models[name] = ColdPrefixRecommender(rec, share=share, cold_items=cold)
     models["popularity"] = MostPopular(seed=cfg.train.seed).fit(split)
     results = {}
+    per_user = {}
     for stage in ("test", "valid"):
         res = evaluate_cold_start(models, split, stage=stage, k=k, metrics=METRICS)
-        res.pop("per_user")
+        # Kept per user (HR@10, NDCG@10 of every model) so that two runs on the same split, such
+        # as two item-text encoders, can be compared user by user (bench/cold_start_paired.py).
+        per_user[stage] = {
+            name: {str(u): [round(float(row["HR@10"]), 6), round(float(row["NDCG@10"]), 6)]
+                   for u, row in table.iterrows()}
+            for name, table in res.pop("per_user").items()
+        }
         results[stage] = res
 
     data = split.data.interactions
@@ -121,9 +128,13 @@ def main() -> None:
             "cold_items_in_trie": len(cold & set(rec.catalogue())),
             "sampled_negatives": False,
         },
-        "fit_info": rec.fit_info,
+        "fit_info": rec.fit_info_,
         "config": cfg.to_dict(),
         "results": results,
+        "per_user_columns": ["HR@10", "NDCG@10"],
+        "cold_users": {stage: sorted(map(str, split.targets(stage).loc[
+            split.targets(stage)["item_id"].isin(cold), "user_id"])) for stage in ("test", "valid")},
+        "per_user": per_user,
         "total_seconds": round(time.perf_counter() - t0, 1),
     }
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)

@@ -46,23 +46,31 @@ def test_summary_rates_and_first_sentence():
     assert s["mean_words"] == 1.5 and s["naming_rate"] == 1.0
 
 
-def test_explainer_on_a_tiny_gemma_and_the_cli(tmp_path):
-    from conftest import cyclic_data
+def save_tiny_gemma(path):
+    """A random-init one-layer Gemma 3 with a Gemma-like word-level tokenizer, saved at ``path``."""
+    import torch
     from test_pretrained import gemma_like_tokenizer
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    tok = gemma_like_tokenizer()
+    config = Gemma3TextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=16, pad_token_id=0,
+                              eos_token_id=1, bos_token_id=2)
+    torch.manual_seed(0)
+    Gemma3ForCausalLM(config).save_pretrained(path)
+    tok.save_pretrained(str(path))
+    return path
+
+
+def test_explainer_on_a_tiny_gemma_and_the_cli(tmp_path):
+    from conftest import cyclic_data
     from typer.testing import CliRunner
 
     from promptrec.cli import app
     from promptrec.core.recommender import build_recommender
     from promptrec.data import leave_one_out
 
-    tok = gemma_like_tokenizer()
-    config = Gemma3TextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                              num_attention_heads=2, num_key_value_heads=1, head_dim=16, pad_token_id=0,
-                              eos_token_id=1, bos_token_id=2)
-    llm = tmp_path / "llm"
-    Gemma3ForCausalLM(config).save_pretrained(llm)
-    tok.save_pretrained(str(llm))
+    llm = save_tiny_gemma(tmp_path / "llm")
     explainer = Explainer(str(llm), ITEMS, max_new_tokens=5)
     prompt = explainer.prompt(["4", "3"], "2")
     assert "Star Wars (1977); Heat (1995)" in prompt and "Rock, The (1996) (Action, 1996)" in prompt

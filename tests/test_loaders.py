@@ -195,6 +195,13 @@ def test_movielens_latest(tmp_path: Path) -> None:
     assert data.items.loc["2", "title"] == "American President, The (1995)"
     assert data.items.loc["2", "categories"] == []
     assert data.items.loc["1", "year"] == 1995
+    assert data.tags is None  # no tags.csv
+    write(tmp_path / "tags.csv", 'userId,movieId,tag,timestamp\n1,1,funny,20\n1,2,"politics, satire ",21\n1,2, ,22\n')
+    tags = load_movielens(tmp_path).tags
+    assert tags.to_dict("records") == [
+        {"user_id": "1", "item_id": "1", "tag": "funny", "timestamp": 20.0},
+        {"user_id": "1", "item_id": "2", "tag": "politics, satire", "timestamp": 21.0},
+    ]
 
 
 # --- tabular --------------------------------------------------------------------------------
@@ -408,3 +415,4 @@ def test_real_ml_latest_small() -> None:
     data = load_dataset("movielens", real_dataset("ml-latest-small"))
     assert (data.n_users, data.n_items, len(data.interactions)) == (610, 9_742, 100_836)
     assert data.items.loc["1", "title"] == "Toy Story (1995)"
+    assert len(data.tags) == 3_683 and data.tags["user_id"].nunique() == 58

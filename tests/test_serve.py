@@ -143,6 +143,8 @@ def test_unknown_user_gets_popularity(client) -> None:
         ({"user_id": "user1", "candidates": ["item1", "ghost"]}, 422, "unknown candidate items: ghost"),
         ({"user_id": "user1", "candidates": []}, 422, "at least 1 item"),
         ({"k": 5}, 422, "Field required"),
+        ({"user_id": "user1", "explain": True}, 422, "this server has no explainer; start it with --explain"),
+        ({"user_id": "user1", "explain": 1}, 422, "valid boolean"),
     ],
 )
 def test_bad_recommend_requests(client, body, status, message) -> None:

@@ -318,6 +318,14 @@ def serve(
     model_name: Annotated[
         str, typer.Option(help="the model's name on the OpenAI-compatible endpoints (/v1/models, /v1/chat/completions)")
     ] = "promptrec",
+    explain: Annotated[
+        Optional[str],
+        typer.Option(help="load this pretrained LLM (a packaged model name such as gemma-3-270m, a directory or a "
+                     ".gguf file) in each model process: /recommend with \"explain\": true then explains the first items"),
+    ] = None,
+    explain_top: Annotated[
+        int, typer.Option(min=1, max=20, help="items explained per answer, from the top (each is one generation)")
+    ] = 3,
 ) -> None:
     """Serve MODEL over HTTP (OpenAPI docs at /docs): recommendations that follow each user's
     feedback at once, a durable feedback store, and model swaps without downtime (POST
@@ -333,6 +341,7 @@ def serve(
     import uvicorn
 
     from ..core.recommender import read_config
+    from ..pretrained import PACKAGED
     from ..serving.app import ServeSettings, create_app
     from ..serving.security import ApiKey, KeyFileError, read_key_file
     from ..serving.store import FeedbackStore, FeedbackStoreError
@@ -341,6 +350,10 @@ def serve(
     read_config(model)  # a directory that is not a saved model fails here, before the server starts
     if quantize not in (None, "int8"):
         raise typer.BadParameter(f"--quantize must be int8, got {quantize!r}")
+    if explain and not (Path(explain).expanduser().is_dir() or explain.endswith(".gguf") or explain in PACKAGED):
+        # Checked here, not resolved: resolving may convert weights, which is the model process's work.
+        raise typer.BadParameter(f"{explain!r} is neither a local model directory, a .gguf file nor a packaged "
+                                 f"model ({', '.join(PACKAGED.names())})", param_hint="--explain")
     try:
         keys = tuple(read_key_file(key_file)) if key_file else ()
         if api_key:
@@ -357,7 +370,7 @@ def serve(
         model_dir=model, database=database, api_key=api_key or None, keys=keys, public_read=public_read,
         body_timeout_s=body_timeout, quantize=quantize, max_k=max_k,
         batch_wait_ms=batch_wait_ms, model_processes=model_processes, threads=threads, model_name=model_name,
-        spare_process=spare_process,
+        spare_process=spare_process, explain=explain, explain_top=explain_top,
     )
     try:  # a wrong URL or an unreachable database: one line now, not a traceback from the server
         FeedbackStore(settings.database_url()).close()

@@ -44,6 +44,9 @@ class InteractionData:
         ``title`` (str), ``categories`` (list[str]), ``brand`` (str), ``price`` (float), plus extras.
         Every interacted item is in it; items may exist that nobody interacted with.
     users: indexed by ``user_id`` (str), optional attributes (age, gender, ...), or None.
+    tags: free text users attached to items, one row per tag: ``user_id``, ``item_id`` (str),
+        ``tag`` (str), ``timestamp`` (float); None when the source has none. Not interactions:
+        nothing trains on them; they are user-written text to compare explanations with.
     """
 
     interactions: pd.DataFrame
@@ -51,6 +54,7 @@ class InteractionData:
     users: pd.DataFrame | None = None
     name: str = "custom"
     meta: dict[str, Any] = field(default_factory=dict)
+    tags: pd.DataFrame | None = None
 
     def __post_init__(self) -> None:
         self.interactions = normalise_interactions(self.interactions)

@@ -5,7 +5,10 @@ uvicorn. Endpoints (OpenAPI at ``/docs``):
 
 - ``POST /recommend``: ranked items with scores and titles for a user, from their saved history
   plus the feedback acknowledged so far (or an explicit history), optionally restricted to
-  candidates. Unknown users get the popularity order (``strategy: "popularity"``).
+  candidates. Unknown users get the popularity order (``strategy: "popularity"``). With
+  ``"explain": true`` (a server started with an explainer LLM, ``promptrec serve --explain``),
+  each of the first ``explain_top`` items also carries a one-sentence explanation and its
+  grounding check, the same sentence ``promptrec recommend --explain`` writes.
 - ``POST /score`` (yes/no probability) and ``POST /rate`` (expected stars): only when the model
   was trained on that family, else 409.
 - ``POST /feedback`` (write key): events, acknowledged only after the store committed them; event
@@ -119,6 +122,12 @@ class ServeSettings(BaseModel):
     threads: int | None = Field(None, ge=1)  # torch threads per model process; None: torch's default
     cache_size: int = Field(10_000, ge=0)
     model_name: str = Field("promptrec", min_length=1, max_length=256)  # the model id of the OpenAI endpoints
+    # A pretrained causal LM (packaged name such as gemma-3-270m, or a directory) loaded in each
+    # model process to explain recommendations on request; None: /recommend refuses "explain".
+    explain: str | None = Field(None, min_length=1)
+    # Items explained per answer, from the top: each costs a generation (about 2 s for Gemma 3
+    # 270M on one CPU thread), so a k=100 list must not mean 100 of them.
+    explain_top: int = Field(3, ge=1, le=20)
 
     def database_url(self) -> str:
         return self.database or str(self.model_dir.resolve().parent / "feedback.db")
@@ -144,6 +153,20 @@ class RecommendRequest(Strict):
         None, min_length=1, max_length=HARD_MAX_LIST, description="rank only these items"
     )
     exclude_seen: bool = True
+    explain: bool = Field(
+        False, description="explain the first items (the server's explain_top) in one sentence each; "
+        "needs a server started with an explainer"
+    )
+
+
+class Explanation(BaseModel):
+    text: str = Field(description="why the item suits the user, in one sentence written by the explainer LLM")
+    grounded: bool = Field(description="every catalogue title and attribute the sentence names was in its prompt")
+    named_items: list[str] = Field(description="catalogue items the sentence names")
+    named_attributes: list[str] = Field(description="attribute values (genres, years, ...) the sentence names")
+    ungrounded_items: list[str] = Field(description="named items the prompt did not show")
+    ungrounded_attributes: list[str] = Field(description="named attribute values the prompt did not show")
+    seconds: float = Field(description="generation time, the item's share of its batch")
 
 
 class RankedItem(BaseModel):
@@ -152,6 +175,9 @@ class RankedItem(BaseModel):
     score: float
     title: str | None
     demoted: bool = Field(description="the user skipped or rated it low: ranked below the others")
+    explanation: Explanation | None = Field(
+        None, description="only when the request asked for explanations, on the first explain_top items"
+    )
 
 
 class RecommendResponse(BaseModel):
@@ -256,12 +282,15 @@ class Server:
         candidates: tuple[str, ...] | None = None,
         exclude_seen: bool = True,
         liked: Sequence[str] = (),
+        explain: int = 0,
     ) -> tuple[Answer, bool]:
         """The model's answer for a user, through the cache and the micro-batcher, and whether it
         came from the cache: the one path of /recommend and the chat endpoint.
 
         liked: items the user has just said they like (in a chat); they count as clicks after
-        the stored feedback, so they extend the history and are excluded as seen.
+        the stored feedback, so they extend the history and are excluded as seen. explain: how
+        many of the first items to explain (part of the cache key: a plain answer never stands
+        in for an explained one, nor the other way round).
         """
         assert self.store is not None
         # Feedback counts even with an explicit history: skips and low ratings still demote.
@@ -271,7 +300,7 @@ class Server:
         # timestamp (a late event with an old one must change the key too), and not the highest
         # seq either: on PostgreSQL a lower seq can commit after a higher one.
         key = (engine.version, user_id, events_fingerprint(events), k, exclude_seen, candidates,
-               tuple(explicit) if explicit is not None else None, tuple(liked))
+               tuple(explicit) if explicit is not None else None, tuple(liked), explain)
         answer = self.cache.get(key)
         if answer is not None:
             self.cache.move_to_end(key)
@@ -279,7 +308,7 @@ class Server:
             return answer, True
         now = time.time()
         events = events + [StoredEvent(f"chat-{n}", user_id, i, "click", None, now, now, 0) for n, i in enumerate(liked)]
-        answer = await self.batcher.submit(Job(user_id, events, explicit, k, exclude_seen, candidates))
+        answer = await self.batcher.submit(Job(user_id, events, explicit, k, exclude_seen, candidates, explain))
         if self.settings.cache_size:
             self.cache[key] = answer
             while len(self.cache) > self.settings.cache_size:
@@ -294,7 +323,8 @@ class Server:
             spawned = old.take_spare() if old is not None else None
             new = await run_in_threadpool(
                 partial(ModelPool, directory, s.model_processes, on_restart=self.restarts.inc, spare=s.spare_process,
-                        spawned=spawned, quantize=s.quantize, like_threshold=s.like_threshold, threads=s.threads)
+                        spawned=spawned, quantize=s.quantize, like_threshold=s.like_threshold, threads=s.threads,
+                        explain=s.explain)
             )
             self.engine = new  # one reference assignment: the swap is atomic
             if old is not None:
@@ -307,6 +337,14 @@ class Server:
                 model_version=new.version, previous_version=old.version if old else "",
                 model_dir=str(directory), load_seconds=new.load_seconds,
             )
+
+
+def _explanation(row: dict[str, Any]) -> Explanation:
+    return Explanation(
+        text=row["explanation"], grounded=row["grounded"], named_items=row["named_items"],
+        named_attributes=row["named_attributes"], ungrounded_items=row["ungrounded_items"],
+        ungrounded_attributes=row["ungrounded_attributes"], seconds=row["seconds"],
+    )
 
 
 def _is_model_dir(directory: str) -> bool:
@@ -432,18 +470,23 @@ def create_app(settings: ServeSettings) -> FastAPI:
         eng = engine()
         if body.k > settings.max_k:
             raise HTTPException(422, f"k is {body.k}; this server allows at most {settings.max_k}")
+        if body.explain and "explain" not in eng.capabilities:
+            raise HTTPException(422, "this server has no explainer; start it with --explain MODEL to ask for explanations")
         if body.candidates is not None:
             unknown_items(eng, body.candidates, "candidate items")
         candidates = tuple(dict.fromkeys(body.candidates)) if body.candidates is not None else None
         explicit = list(body.history) if body.history is not None else None
         answer, cached = await server.rank(
-            eng, body.user_id, body.k, explicit=explicit, candidates=candidates, exclude_seen=body.exclude_seen
+            eng, body.user_id, body.k, explicit=explicit, candidates=candidates, exclude_seen=body.exclude_seen,
+            explain=min(body.k, settings.explain_top) if body.explain else 0,
         )
         ignored = [i for i in (explicit or []) if i not in eng.catalogue]
+        why = answer.explanations or []
         return RecommendResponse(
             user_id=body.user_id,
             items=[
-                RankedItem(item_id=r.item_id, rank=n, score=r.score, title=eng.title(r.item_id), demoted=r.demoted)
+                RankedItem(item_id=r.item_id, rank=n, score=r.score, title=eng.title(r.item_id), demoted=r.demoted,
+                           explanation=_explanation(why[n - 1]) if n <= len(why) else None)
                 for n, r in enumerate(answer.items, start=1)
             ],
             strategy=answer.strategy,
@@ -542,6 +585,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
             "batched_requests": server.batcher.items,
             "cache_entries": len(server.cache),
             "max_k": settings.max_k,
+            "explain": settings.explain,  # the explainer LLM, if any
+            "explain_top": settings.explain_top,
         }
 
     @app.get("/metrics", response_class=PlainTextResponse)

@@ -10,6 +10,11 @@ request sees the new prompt.
 Cold start: a user with no saved history, no feedback and no explicit history gets the training
 popularity order (``strategy="popularity"``); the answer says so. Everyone else gets the model's
 ``recommend`` with their current history (``strategy="model"``).
+
+Explanations (an engine built with ``explain=LLM``): a query that asks for them gets, for each of
+its first ``explain_top`` items, the sentence :class:`~promptrec.models.llm.explain.Explainer`
+writes from the same history the ranking used, with its grounding. Generation costs about as
+much per item as ranking a whole batch, hence the cap and the opt-in.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ class Query:
     k: int
     exclude_seen: bool = True
     candidates: tuple[str, ...] | None = None
+    explain: int = 0  # explain the first this many items (0: none)
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,8 @@ class Answer:
     strategy: str  # "model" or "popularity"
     model_version: str = ""
     extra: dict = field(default_factory=dict)
+    # One per explained item, in rank order: Explainer.explain's rows (sentence and grounding).
+    explanations: list[dict] | None = None
 
 
 def _directory_version(directory: Path) -> str:
@@ -83,7 +91,8 @@ class Engine:
     protocol only; immutable after construction so it can be swapped atomically."""
 
     def __init__(
-        self, model_dir: str | Path, quantize: str | None = None, like_threshold: float = LIKE_THRESHOLD
+        self, model_dir: str | Path, quantize: str | None = None, like_threshold: float = LIKE_THRESHOLD,
+        explain: str | None = None,
     ) -> None:
         from ..core.recommender import load_recommender
 
@@ -110,6 +119,12 @@ class Engine:
         self.popular = sorted(self.item_order, key=lambda i: (-counts[i], self.position[i]))
         self.popular_count = counts
         self.capabilities = self.rec.capabilities()
+        self.explainer = None
+        if explain:
+            from ..models.llm.explain import Explainer
+
+            self.explainer = Explainer(explain, items)
+            self.capabilities = self.capabilities | {"explain"}
         self.load_seconds = round(time.perf_counter() - started, 3)
 
     # -- user state ----------------------------------------------------------------------------
@@ -188,7 +203,18 @@ class Engine:
                     ranked = [Ranked(i, float(s), i in q.state.demoted) for i, s in rows.get(q.user_id, [])]
                     ranked.sort(key=lambda r: r.demoted)  # stable: best first within each part
                     answers[n] = Answer(ranked[: q.k], "model", self.version)
+        for q, a in zip(queries, answers):
+            if q.explain and a is not None:
+                a.explanations = self.explain(q.state.history, [r.item_id for r in a.items[: q.explain]])
         return answers  # type: ignore[return-value]
+
+    def explain(self, history: Sequence[str], items: Sequence[str]) -> list[dict]:
+        """Explainer rows for ``items`` recommended after ``history``: one generation batch per
+        answer, as ``promptrec recommend --explain`` makes for one user's list (greedy decoding:
+        the same sentences)."""
+        if self.explainer is None:
+            raise ValueError("this model was loaded without an explainer")
+        return self.explainer.explain([(history, i) for i in items]) if items else []
 
     def _available(self, q: Query) -> tuple[int, int]:
         """How many items the model may return for ``q``, and how many of those are demoted.

@@ -54,6 +54,7 @@ class Job:
     k: int
     exclude_seen: bool
     candidates: tuple[str, ...] | None
+    explain: int = 0  # explain the first this many items (the server checked it may)
 
 
 # -- the child side ------------------------------------------------------------------------------
@@ -85,9 +86,10 @@ def _answer(engine: Any, args: dict[str, Any]) -> list[dict[str, Any]]:
         candidates = job["candidates"]
         if candidates is not None:  # items validated against an older model may be gone
             candidates = tuple(c for c in candidates if c in engine.catalogue)
-        queries.append(Query(job["user_id"], state, job["k"], job["exclude_seen"], candidates))
+        queries.append(Query(job["user_id"], state, job["k"], job["exclude_seen"], candidates, job["explain"]))
     return [
-        {"items": [[r.item_id, r.score, r.demoted] for r in a.items], "strategy": a.strategy, "version": a.model_version}
+        {"items": [[r.item_id, r.score, r.demoted] for r in a.items], "strategy": a.strategy, "version": a.model_version,
+         "explanations": a.explanations}
         for a in engine.answer(queries)
     ]
 
@@ -119,7 +121,7 @@ def _child(conn: Any) -> None:
     if args["threads"]:
         torch.set_num_threads(args["threads"])
     try:
-        engine = Engine(args["model_dir"], args["quantize"], args["like_threshold"])
+        engine = Engine(args["model_dir"], args["quantize"], args["like_threshold"], explain=args["explain"])
     except Exception as err:  # noqa: BLE001  (reported to the parent, which keeps its old model)
         conn.send_bytes(json.dumps({"error": f"{type(err).__name__}: {err}"}).encode())
         return
@@ -179,12 +181,15 @@ class ModelProcess:
         like_threshold: float = LIKE_THRESHOLD,
         threads: int | None = None,
         spawned: Spawned | None = None,
+        explain: str | None = None,
     ) -> None:
+        """``explain``: a pretrained LLM (packaged name or directory) loaded beside the model to
+        explain recommendations (:class:`~promptrec.models.llm.explain.Explainer`)."""
         started = time.perf_counter()
         self.model_dir = Path(model_dir)
         self.quantize = quantize
         load = {"op": "load", "args": {"model_dir": str(model_dir), "quantize": quantize,
-                                       "like_threshold": like_threshold, "threads": threads}}
+                                       "like_threshold": like_threshold, "threads": threads, "explain": explain}}
         if spawned is not None:
             try:
                 spawned.conn.send_bytes(json.dumps(load).encode())
@@ -236,11 +241,13 @@ class ModelProcess:
     def answer(self, jobs: Sequence[Job]) -> list[Answer]:
         payload = [
             {"user_id": j.user_id, "events": [astuple(e) for e in j.events], "explicit": j.explicit, "k": j.k,
-             "exclude_seen": j.exclude_seen, "candidates": list(j.candidates) if j.candidates is not None else None}
+             "exclude_seen": j.exclude_seen, "candidates": list(j.candidates) if j.candidates is not None else None,
+             "explain": j.explain}
             for j in jobs
         ]
         return [
-            Answer([Ranked(i, s, d) for i, s, d in a["items"]], a["strategy"], a["version"])
+            Answer([Ranked(i, s, d) for i, s, d in a["items"]], a["strategy"], a["version"],
+                   explanations=a["explanations"])
             for a in self._call("answer", {"jobs": payload})
         ]
 

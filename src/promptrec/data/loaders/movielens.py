@@ -1,5 +1,6 @@
 """MovieLens loaders: ``"ml-100k"`` (GroupLens raw files or RecBole atomic files) and
-``"movielens"`` (the ml-latest-small CSV layout).
+``"movielens"`` (the ml-latest-small CSV layout, with ``tags.csv`` as ``InteractionData.tags``
+when the directory has it).
 
 The two ml-100k sources hold the same 100,000 ratings row for row, but RecBole splits the year out
 of the title (and spells the placeholder movie "unkonwn"). Both are rebuilt into GroupLens's
@@ -59,7 +60,8 @@ def load_ml100k(path: str | Path | None = None, name: str = "ml-100k") -> Intera
 
 @LOADERS.register("movielens")
 def load_movielens(path: str | Path, name: str = "ml-latest-small") -> InteractionData:
-    """Load a MovieLens "latest" directory (``ratings.csv`` and ``movies.csv``)."""
+    """Load a MovieLens "latest" directory (``ratings.csv`` and ``movies.csv``; ``tags.csv``, when
+    present, becomes ``tags``: user_id, item_id, tag, timestamp)."""
     directory = Path(path)
     ratings_path, movies_path = directory / "ratings.csv", directory / "movies.csv"
     for required in (ratings_path, movies_path):
@@ -89,7 +91,20 @@ def load_movielens(path: str | Path, name: str = "ml-latest-small") -> Interacti
         users=None,
         name=name,
         meta={"loader": "movielens", "path": str(directory), "timestamp": "unix"},
+        tags=_read_tags(directory / "tags.csv") if (directory / "tags.csv").is_file() else None,
     )
+
+
+def _read_tags(path: Path) -> pd.DataFrame:
+    """``tags.csv`` (userId, movieId, tag, timestamp) in the canonical column names; tags are
+    stripped and empty ones dropped (the file quotes tags that hold commas)."""
+    tags = _read_csv(path, sep=",", dtype=str, keep_default_na=False)
+    _require(path, tags, ("userId", "movieId", "tag", "timestamp"))
+    tags = tags.rename(columns={"userId": "user_id", "movieId": "item_id"})
+    for column in ("user_id", "item_id", "tag"):
+        tags[column] = tags[column].str.strip()
+    tags["timestamp"] = _numeric(path, tags["timestamp"], "timestamp")
+    return tags.loc[tags["tag"] != "", ["user_id", "item_id", "tag", "timestamp"]].reset_index(drop=True)
 
 
 def _read_grouplens(directory: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None]:
