@@ -311,29 +311,34 @@ def main() -> None:
     env = " ".join(f"{k}={shlex.quote(os.environ[k])}" for k in ENV_KEYS if k in os.environ)
     command = (env + " " if env else "") + "python " + " ".join(shlex.quote(a) for a in sys.argv)
 
-    grid = sorted({(n, args.base_items) for n in args.users} | {(args.base_users, n) for n in args.items})
+    # Smallest cells first; the file is rewritten after every cell, so a stopped run keeps its table.
+    grid = sorted(
+        {(n, args.base_items) for n in args.users} | {(args.base_users, n) for n in args.items},
+        key=lambda cell: (cell[0] * cell[1], cell),
+    )
     cells: dict[tuple[int, int], dict[str, Any]] = {}
     started = time.perf_counter()
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     for users, items in grid:
         cells[(users, items)] = run_cell(users, items, args)
-    growth = sweeps(cells, args)
-    result = {
-        "command": command,
-        "cells": list(cells.values()),
-        "growth": growth,
-        "settings": {k: v for k, v in vars(args).items() if k != "output"},
-        "not_measured": NOT_MEASURED,
-        "total_seconds": round(time.perf_counter() - started, 1),
-        "load_average_at_end": os.getloadavg(),
-        "torch_threads": torch.get_num_threads(),
-        "env": {k: os.environ[k] for k in ENV_KEYS if k in os.environ},
-        "promptrec_version": __version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-    }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=2, default=str))
+        cells[(users, items)]["load_average"] = os.getloadavg()
+        growth = sweeps(cells, args)
+        result = {
+            "command": command,
+            "complete": len(cells) == len(grid),
+            "cells": list(cells.values()),
+            "growth": growth,
+            "settings": {k: v for k, v in vars(args).items() if k != "output"},
+            "not_measured": NOT_MEASURED,
+            "total_seconds": round(time.perf_counter() - started, 1),
+            "torch_threads": torch.get_num_threads(),
+            "env": {k: os.environ[k] for k in ENV_KEYS if k in os.environ},
+            "promptrec_version": __version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        }
+        Path(args.output).write_text(json.dumps(result, indent=2, default=str))
     print_table(growth)
     print(json.dumps({"output": args.output, "command": command, "total_seconds": result["total_seconds"]}))
 
