@@ -253,14 +253,14 @@ METRICS = ("fit_seconds", "train_seconds_per_1k_examples", "eval_seconds_all_use
 def sweeps(cells: dict[tuple[int, int], dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
     """Per sweep, model (or indexer) and metric: the values along the sweep and their exponents."""
     out: dict[str, Any] = {}
-    for sweep, sizes, key in (
-        ("users", args.users, lambda n: (n, args.base_items)),
-        ("items", args.items, lambda n: (args.base_users, n)),
+    for sweep, key in (
+        ("users", lambda n: (n, args.base_items)),
+        ("items", lambda n: (args.base_users, n)),
     ):
-        present = [n for n in sizes if key(n) in cells]
+        present = sorted(n for n in {*args.users, *args.items, *(u for u, _ in cells), *(i for _, i in cells)} if key(n) in cells)
         table: dict[str, Any] = {}
-        for kind, names in (("models", args.models), ("indexers", args.indexers)):
-            for name in names:
+        for kind in ("models", "indexers"):
+            for name in sorted({n for cell in cells.values() for n in cell[kind]}, key=_run_order):
                 runs = [cells[key(n)][kind].get(name, {}) for n in present]
                 row = {}
                 for metric in METRICS:
@@ -270,6 +270,11 @@ def sweeps(cells: dict[tuple[int, int], dict[str, Any]], args: argparse.Namespac
                 table[name] = row
         out[sweep] = {"sizes": present, "fixed": {"users": args.base_users} if sweep == "items" else {"items": args.base_items}, "runs": table}
     return out
+
+
+def _run_order(name: str) -> tuple[int, str]:
+    order = (*MODELS, *INDEXERS)
+    return (order.index(name) if name in order else len(order), name)
 
 
 def print_table(growth: dict[str, Any]) -> None:
@@ -295,11 +300,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4, help="training steps of SASRec and the prompt LM")
     ap.add_argument("--bpr-steps", type=int, default=20, help="training steps of BPR")
     ap.add_argument("--seq-batch", type=int, default=64, help="SASRec batch (user sequences)")
-    ap.add_argument("--lm-batch", type=int, default=16, help="prompt LM batch (prompts)")
-    ap.add_argument("--eval-users", type=int, default=10000, help="user block evaluated (0 = all)")
+    ap.add_argument("--lm-batch", type=int, default=8, help="prompt LM batch (prompts)")
+    ap.add_argument("--eval-users", type=int, default=4000, help="user block evaluated (0 = all)")
     ap.add_argument("--lm-eval-users", type=int, default=1000, help="user block evaluated for the prompt LM")
-    ap.add_argument("--timeout", type=float, default=900, help="seconds before one run is stopped")
+    ap.add_argument("--timeout", type=float, default=480, help="seconds before one run is stopped")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--merge", action="store_true",
+        help="keep the runs already in --output: this command's runs replace theirs cell by cell (a rerun of some)",
+    )  # fmt: skip
     ap.add_argument("--output", default=str(ROOT / "bench" / "results" / "scale.json"))
     args = ap.parse_args()
     if args.quick:
@@ -317,16 +326,26 @@ def main() -> None:
         key=lambda cell: (cell[0] * cell[1], cell),
     )
     cells: dict[tuple[int, int], dict[str, Any]] = {}
+    commands = [command]
+    if args.merge and Path(args.output).exists():
+        earlier = json.loads(Path(args.output).read_text())
+        cells = {(c["users"], c["items"]): c for c in earlier["cells"]}
+        commands = [*earlier.get("commands", [earlier.get("command")]), command]
     started = time.perf_counter()
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    for users, items in grid:
-        cells[(users, items)] = run_cell(users, items, args)
-        cells[(users, items)]["load_average"] = os.getloadavg()
+    for n, (users, items) in enumerate(grid):
+        cell = run_cell(users, items, args)
+        cell["load_average"] = os.getloadavg()
+        if (users, items) in cells:  # --merge: the runs measured now replace the earlier ones
+            previous = cells[(users, items)]
+            cell["models"] = {**previous["models"], **cell["models"]}
+            cell["indexers"] = {**previous["indexers"], **cell["indexers"]}
+        cells[(users, items)] = cell
         growth = sweeps(cells, args)
         result = {
-            "command": command,
-            "complete": len(cells) == len(grid),
-            "cells": list(cells.values()),
+            "commands": commands,
+            "complete": n == len(grid) - 1,
+            "cells": [cells[key] for key in sorted(cells, key=lambda c: (c[0] * c[1], c))],
             "growth": growth,
             "settings": {k: v for k, v in vars(args).items() if k != "output"},
             "not_measured": NOT_MEASURED,
@@ -340,7 +359,7 @@ def main() -> None:
         }
         Path(args.output).write_text(json.dumps(result, indent=2, default=str))
     print_table(growth)
-    print(json.dumps({"output": args.output, "command": command, "total_seconds": result["total_seconds"]}))
+    print(json.dumps({"output": args.output, "commands": commands, "total_seconds": result["total_seconds"]}))
 
 
 if __name__ == "__main__":
