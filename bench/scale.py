@@ -290,8 +290,8 @@ def print_table(growth: dict[str, Any]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--users", type=int, nargs="+", default=[10**4, 10**5, 10**6], help="users sweep")
-    ap.add_argument("--items", type=int, nargs="+", default=[10**4, 10**5, 10**6], help="items sweep")
+    ap.add_argument("--users", type=int, nargs="*", default=[10**4, 10**5, 10**6], help="users sweep")
+    ap.add_argument("--items", type=int, nargs="*", default=[10**4, 10**5, 10**6], help="items sweep")
     ap.add_argument("--base-users", type=int, default=10**5, help="users of the items sweep")
     ap.add_argument("--base-items", type=int, default=10**5, help="items of the users sweep")
     ap.add_argument("--quick", action="store_true", help="10^3 and 10^4 users and items, few steps")
