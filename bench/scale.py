@@ -48,10 +48,11 @@ import shlex
 import sys
 import time
 import traceback
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import numpy as np
 import torch
 
 from promptrec import __version__
@@ -108,7 +109,7 @@ def in_child(work: Callable[[], dict[str, Any]], timeout: float) -> dict[str, An
         start_rss = rss_mb()
         try:
             result = work()
-        except BaseException as error:  # reported to the parent, whatever it was
+        except BaseException as error:  # noqa: BLE001  (reported to the parent, whatever it was)
             result = {"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc(limit=4)}
         result["start_rss_mb"] = round(start_rss, 1)
         result["peak_rss_mb"] = round(peak_rss_mb(), 1)
@@ -132,7 +133,7 @@ def capped(cls: type[TorchRecommender], steps: int) -> type[TorchRecommender]:
     examples are kept in ``loop_seconds_`` and ``loop_examples_`` (a bounded fit to time)."""
 
     class Capped(cls):  # type: ignore[misc, valid-type]
-        def _minibatch_epoch(self, n_examples, batch_loss, optimiser, order=None):  # noqa: ANN001
+        def _minibatch_epoch(self, n_examples, batch_loss, optimiser, order=None):
             if order is None:
                 order = torch.randperm(n_examples, generator=self._order_rng)
             order = torch.as_tensor(order)[: steps * self.batch_size]
@@ -235,11 +236,11 @@ def run_cell(users: int, items: int, args: argparse.Namespace) -> dict[str, Any]
     lm_block = sample_users(split, "test", args.lm_eval_users, seed=args.seed)
     for name in args.models:
         chosen = lm_block if name == "p5" else block
-        result = in_child(lambda: measure_model(name, split, chosen, args), args.timeout)
+        result = in_child(partial(measure_model, name, split, chosen, args), args.timeout)
         cell["models"][name] = result
         print(json.dumps({"users": users, "items": items, "model": name, **result}), flush=True)
     for name in args.indexers:
-        result = in_child(lambda: measure_indexer(name, split), args.timeout)
+        result = in_child(partial(measure_indexer, name, split), args.timeout)
         cell["indexers"][name] = result
         print(json.dumps({"users": users, "items": items, "indexer": name, **result}), flush=True)
     del data, split

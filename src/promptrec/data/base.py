@@ -9,6 +9,7 @@ leak the order of the test split, is ever used as a feature.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any, Callable
 
 import numpy as np
@@ -145,7 +146,7 @@ def group_sequences(df: pd.DataFrame, column: str = "item_id") -> dict[str, list
     names = np.asarray(names, dtype=object).tolist()
     bounds = np.r_[0, np.flatnonzero(codes[1:] != codes[:-1]) + 1, len(codes)].tolist()
     out: dict[str, list] = {}
-    for start, end in zip(bounds[:-1], bounds[1:]):
+    for start, end in pairwise(bounds):
         user = names[codes[start]]
         if user in out:  # a user's rows are contiguous in a split table, but need not be elsewhere
             out[user].extend(flat[start:end])

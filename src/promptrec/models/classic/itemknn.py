@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import time
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Self
 
@@ -171,7 +172,7 @@ def _row_blocks(work: np.ndarray, budget: float) -> list[tuple[int, int]]:
     n = len(work)
     cuts = np.searchsorted(np.cumsum(work), np.arange(budget, work.sum(), budget), side="right")
     bounds = np.unique(np.r_[0, np.clip(cuts, 1, n), n]).tolist()
-    return list(zip(bounds[:-1], bounds[1:]))
+    return list(pairwise(bounds))
 
 
 def _top_per_row(rows: np.ndarray, values: np.ndarray, n: int, cols: np.ndarray | None = None) -> np.ndarray:
