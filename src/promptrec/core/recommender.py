@@ -244,8 +244,9 @@ class ScoringRecommender(Recommender):
 
     ``fit`` and ``from_pretrained`` set ``items_`` (column ``j`` of every score array is item
     ``items_[j]``) and ``histories_`` (per stage, user -> external item ids), then call
-    ``_build_index``. ``recommend`` scores the users in blocks of ``block_size`` (bounding the
-    dense (users, n_items) array), sets the history to -inf when ``exclude_seen`` (and every
+    ``_build_index``. ``recommend`` scores the users in blocks of ``block_size`` users, fewer
+    where the catalogue is large: a block's dense (users, n_items) array holds at most
+    ``block_cells`` scores, so memory stays bounded whatever the catalogue's size. It sets the history to -inf when ``exclude_seen`` (and every
     non-candidate where ``candidates`` are given) and keeps the ``k`` best finite scores per user.
     Equal scores go to the lower column: subclasses order their columns by a seeded permutation
     of the catalogue (popularity: by count, then by one), so that ties never follow the
@@ -253,6 +254,11 @@ class ScoringRecommender(Recommender):
     """
 
     block_size: ClassVar[int] = 1024  # 1024 users x 12k items of float32: ~50 MB
+    # 2^24 float32 scores are 64 MB: 1024 users up to 16k items, 167 users at 10^5 items, 16 at
+    # 10^6. A fixed user count would hold 4 GB per block at 10^6 items (and a copy of it in the
+    # top-k partition); the per-block overhead is small next to 2^24 scores. None: no cap (a
+    # model that never builds the dense array).
+    block_cells: ClassVar[int | None] = 2**24
     items_: np.ndarray
     histories_: dict[str, dict[str, list[str]]]
 
@@ -284,6 +290,8 @@ class ScoringRecommender(Recommender):
         k = check_k(k)
         users = [user_ids] if isinstance(user_ids, str) else [str(u) for u in user_ids]
         size = self.block_size
+        if self.block_cells is not None:
+            size = max(1, min(size, self.block_cells // max(len(self.items_), 1)))
         blocks = []
         for i in range(0, len(users), size):
             block = users[i : i + size]

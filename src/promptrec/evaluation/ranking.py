@@ -144,7 +144,8 @@ def evaluate_rankings(
 
     # Exclusion is checked, not trusted: count returned (user, item) pairs from the user's history,
     # comparing pairs as int64 keys user * (n_items + 1) + item + 1.
-    history = split.history(stage)
+    # Only the evaluated users' histories: a block of users costs its own rows, not the log's.
+    history = split.history(stage, users=None if users is None else user_ids)
     seen = [history.get(u, []) for u in user_ids]
     seen_user = np.repeat(np.arange(n_users), [len(s) for s in seen])
     seen_item = catalogue.get_indexer(list(chain.from_iterable(seen)))

@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import json
 import time
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Self
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 from safetensors.numpy import load_file, save_file
 
@@ -36,6 +38,8 @@ from ...core.recommender import RECOMMENDERS, STAGES, ScoringRecommender, histor
 from ...data.split import Split
 
 STATE_FILE = "itemknn.json"
+# Co-occurrence entries one block of the similarity computes (about 0.2 GB of work arrays).
+BLOCK_PRODUCTS = 2**24
 WEIGHTS_FILE = "itemknn.safetensors"
 
 
@@ -76,20 +80,40 @@ class ItemKNN(ScoringRecommender):
 
         cols = self._position.get_indexer(split.train["item_id"])  # (n_train,)
         self.counts_: np.ndarray = np.bincount(cols, minlength=n_items).astype(np.float32)
-        _, rows = np.unique(split.train["user_id"].to_numpy(dtype=str), return_inverse=True)
+        rows, _ = pd.factorize(split.train["user_id"])
         x = _binary_rows(rows, cols, (int(rows.max(initial=-1)) + 1, n_items))  # (n_users, n_items)
-
-        co = (x.T @ x).tocoo()  # (n_items, n_items) co-occurrence; diagonal = users per item
-        norms = np.sqrt(co.diagonal())  # (n_items,)
-        off = co.row != co.col
-        row, col = co.row[off], co.col[off]
-        sim = co.data[off] / (norms[row] * norms[col] + self.shrinkage)
-        keep = _top_per_row(row, sim, self.neighbours)
-        self.similarity_: sp.csr_matrix = sp.csr_matrix(
-            (sim[keep].astype(np.float32), (row[keep], col[keep])), shape=(n_items, n_items)
-        )
+        self.similarity_: sp.csr_matrix = self._neighbours(x)
         self.fit_info_ = {"fit_seconds": round(time.perf_counter() - start, 3)}
         return self
+
+    def _neighbours(self, x: sp.csr_matrix) -> sp.csr_matrix:
+        """The pruned (n_items, n_items) similarity of the binary (n_users, n_items) matrix ``x``.
+
+        The co-occurrence ``x.T @ x`` is computed a block of item rows at a time and each block
+        pruned to its rows' ``neighbours`` best before the next: the whole product holds every
+        item pair that shares a user (10^8 and more at 10^6 users), the pruned rows at most
+        ``neighbours`` per item. A block is cut so that its product touches about
+        ``BLOCK_PRODUCTS`` entries, so memory stays bounded as users and items grow; the time
+        is that of the whole product, the sum over users of their squared history length.
+        """
+        n_items = x.shape[1]
+        xt = x.T.tocsr()  # (n_items, n_users)
+        norms = np.sqrt(np.diff(xt.indptr).astype(np.float64))  # (n_items,) sqrt(users per item)
+        # Entries a row's product touches: its users' history lengths, summed.
+        work = xt @ np.diff(x.indptr).astype(np.float64)  # (n_items,)
+        parts = []
+        for start, end in _row_blocks(work, BLOCK_PRODUCTS):
+            co = (xt[start:end] @ x).tocoo()  # (end - start, n_items) co-occurrence counts
+            row, col = co.row.astype(np.int64) + start, co.col.astype(np.int64)
+            off = row != col
+            row, col = row[off], col[off]
+            sim = co.data[off] / (norms[row] * norms[col] + self.shrinkage)
+            keep = _top_per_row(row, sim, self.neighbours, col)
+            parts.append((row[keep], col[keep], sim[keep].astype(np.float32)))
+        if not parts:  # an empty catalogue
+            return sp.csr_matrix((n_items, n_items), dtype=np.float32)
+        row, col, sim = (np.concatenate([p[i] for p in parts]) for i in range(3))
+        return sp.csr_matrix((sim, (row, col)), shape=(n_items, n_items))
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "similarity_"):
@@ -143,9 +167,20 @@ def _binary_rows(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> 
     return m
 
 
-def _top_per_row(rows: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
-    """Indices of the ``n`` largest ``values`` within each row (entries given as flat arrays)."""
-    order = np.lexsort((-values, rows))  # by row, then value descending
+def _row_blocks(work: np.ndarray, budget: float) -> list[tuple[int, int]]:
+    """Consecutive (start, end) row ranges whose ``work`` sums to about ``budget`` (at least one row each)."""
+    n = len(work)
+    cuts = np.searchsorted(np.cumsum(work), np.arange(budget, work.sum(), budget), side="right")
+    bounds = np.unique(np.r_[0, np.clip(cuts, 1, n), n]).tolist()
+    return list(pairwise(bounds))
+
+
+def _top_per_row(rows: np.ndarray, values: np.ndarray, n: int, cols: np.ndarray | None = None) -> np.ndarray:
+    """Indices of the ``n`` largest ``values`` within each row (entries given as flat arrays);
+    equal values by ``cols`` (the lower first) where given, so that the cut does not depend on
+    the order in which a sparse product lists a row's entries."""
+    keys = (-values, rows) if cols is None else (cols, -values, rows)
+    order = np.lexsort(keys)  # by row, then value descending (then column)
     sorted_rows = rows[order]
     position = np.arange(len(order)) - np.searchsorted(sorted_rows, sorted_rows)  # rank in row
     return order[position < n]
