@@ -256,9 +256,11 @@ class ScoringRecommender(Recommender):
     block_size: ClassVar[int] = 1024  # 1024 users x 12k items of float32: ~50 MB
     # 2^24 float32 scores are 64 MB: 1024 users up to 16k items, 167 users at 10^5 items, 16 at
     # 10^6. A fixed user count would hold 4 GB per block at 10^6 items (and a copy of it in the
-    # top-k partition); the per-block overhead is small next to 2^24 scores. None: no cap (a
-    # model that never builds the dense array).
-    block_cells: ClassVar[int | None] = 2**24
+    # top-k partition); the per-block overhead is small next to 2^24 scores.
+    block_cells: ClassVar[int] = 2**24
+    # False for a model whose _recommend_block ranks without the dense array unless candidate
+    # lists are given (popularity): its blocks are capped only for candidate lists.
+    dense_scores: ClassVar[bool] = True
     items_: np.ndarray
     histories_: dict[str, dict[str, list[str]]]
 
@@ -290,7 +292,7 @@ class ScoringRecommender(Recommender):
         k = check_k(k)
         users = [user_ids] if isinstance(user_ids, str) else [str(u) for u in user_ids]
         size = self.block_size
-        if self.block_cells is not None:
+        if self.dense_scores or candidates is not None:
             size = max(1, min(size, self.block_cells // max(len(self.items_), 1)))
         blocks = []
         for i in range(0, len(users), size):

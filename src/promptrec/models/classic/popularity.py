@@ -38,7 +38,7 @@ class MostPopular(ScoringRecommender):
 
     name = "popularity"
     block_size = 2048  # the work arrays are only (users, k + longest history)
-    block_cells = None  # no (users, n_items) array here; candidate lists cut their own blocks
+    dense_scores = False  # no (users, n_items) array here, except for candidate lists
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
@@ -79,15 +79,8 @@ class MostPopular(ScoringRecommender):
         exclude_seen: bool,
         allowed: list[np.ndarray | None] | None,
     ) -> pd.DataFrame:
-        if allowed is not None:  # candidate lists: the generic masked ranking, in bounded blocks
-            step = max(1, ScoringRecommender.block_cells // max(len(self.items_), 1))
-            parts = [
-                super(MostPopular, self)._recommend_block(
-                    users[i : i + step], k, seen[i : i + step], exclude_seen, allowed[i : i + step]
-                )
-                for i in range(0, len(users), step)
-            ]
-            return pd.concat(parts, ignore_index=True)
+        if allowed is not None:  # candidate lists: the generic masked ranking
+            return super()._recommend_block(users, k, seen, exclude_seen, allowed)
         # The generic answer without the dense (B, n_items) array: columns are in popularity order,
         # so a user's best k unseen items lie within the first k + len(history) columns, and one
         # slice as wide as the longest history in the block covers everyone.
