@@ -87,3 +87,59 @@ def test_explainer_on_a_tiny_gemma_and_the_cli(tmp_path):
     assert res.exit_code == 0, res.output
     rows = json.loads(res.stdout.strip().splitlines()[-1])
     assert len(rows) == 2 and {"explanation", "grounded"} <= set(rows[0])
+
+
+def write_tagged_movielens(path):
+    """Three users; user 1 rated and tagged items 2 and 3 (twice on 3), user 2 tagged an item
+    they never rated (not a pair), user 3 rated and tagged item 1 as their first rating."""
+    path.mkdir()
+    (path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n"
+                                      "1,1,4.0,1\n1,2,3.0,2\n1,3,5.0,3\n1,4,2.0,4\n"
+                                      "2,1,4.0,1\n2,2,4.0,2\n3,1,5.0,1\n3,4,3.0,2\n")
+    (path / "movies.csv").write_text("movieId,title,genres\n1,Toy Story (1995),Animation|Comedy\n"
+                                     "2,\"Rock, The (1996)\",Action\n3,Heat (1995),Crime\n4,Star Wars (1977),Sci-Fi|Action\n")
+    (path / "tags.csv").write_text("userId,movieId,tag,timestamp\n1,3,heist,10\n1,2,explosions,11\n1,3,al pacino,12\n"
+                                   "1,3,heist,13\n2,4,space,14\n3,1,pixar,15\n")
+    return path
+
+
+def test_tags_protocol_pairs_references_and_baselines(tmp_path):
+    from promptrec.data import load_dataset
+    from promptrec.evaluation.explanations import baseline_texts, derangement, genre_sentence, tagged_pairs
+
+    data = load_dataset("movielens", write_tagged_movielens(tmp_path / "ml"))
+    pairs, counts = tagged_pairs(data, per_user=10, seed=0)
+    got = {(r.user_id, r.item_id): (r.history, r.reference) for r in pairs.itertuples()}
+    # Tags joined in time order without repeats; the history is what the user rated before.
+    assert got == {("1", "3"): (["1", "2"], "heist, al pacino"), ("1", "2"): (["1"], "explosions"),
+                   ("3", "1"): ([], "pixar")}
+    assert counts["tagged_pairs"] == 4 and counts["tagged_and_rated_pairs"] == 3
+    capped, _ = tagged_pairs(data, per_user=1, seed=0)
+    assert sorted(capped["user_id"]) == ["1", "3"]  # one pair per user at most
+    assert genre_sentence(data.items, "1") == "Toy Story (1995) is a animation, comedy film."
+    p = derangement(5, seed=3)
+    assert sorted(p) == list(range(5)) and all(p[i] != i for i in range(5))
+    texts = baseline_texts(data.items, ["1", "3"], ["a.", "b."], seed=0)
+    assert texts["title"] == ["Toy Story (1995)", "Heat (1995)"] and texts["other pair's sentence"] == ["b.", "a."]
+
+
+def test_tags_protocol_cli_on_a_tiny_gemma(tmp_path):
+    from typer.testing import CliRunner
+
+    from promptrec.cli import app
+
+    pytest.importorskip("sacrebleu")
+    pytest.importorskip("rouge_score")
+    data = write_tagged_movielens(tmp_path / "ml")
+    llm = save_tiny_gemma(tmp_path / "llm")
+    out = tmp_path / "tags.json"
+    res = CliRunner().invoke(app, ["explain", "--data", str(data), "--llm", str(llm), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    result = json.loads(out.read_text())
+    assert result["pairs"]["explained"] == 3 and result["pairs"]["users"] == 2
+    assert set(result["overlap"]) == {"llm", "title", "genre template", "other pair's sentence"}
+    # The title baseline against these tags shares no word with them.
+    assert result["overlap"]["title"]["rouge1_f"] == 0.0
+    assert 0.0 <= result["grounding"]["hallucination_rate"] <= 1.0 and "| genre template |" in res.output
+    res = CliRunner().invoke(app, ["explain", "--data", str(tmp_path / "nowhere"), "--llm", str(llm)])
+    assert res.exit_code != 0

@@ -16,12 +16,16 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+from ...evaluation.explanations import baseline_texts, score_against_references, tagged_pairs
 from ...prompts.templates import TemplateSet
+
+if TYPE_CHECKING:
+    from ...data import InteractionData
 
 ATTRIBUTE_COLUMNS = ("categories", "brand", "year")
 _YEAR = re.compile(r"\s*\((\d{4})\)\s*$")
@@ -200,4 +204,54 @@ def grounding_summary(results: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         "mean_words": float(np.mean([len(r["explanation"].split()) for r in results])),
         "empty_rate": sum(not r["explanation"] for r in results) / n,
         "seconds_per_explanation": float(np.mean([r["seconds"] for r in results])),
+    }
+
+
+def evaluate_against_tags(
+    explainer: Explainer, data: InteractionData, per_user: int = 10, seed: int = 0, limit: int | None = None,
+    time_limit: float | None = None, progress: bool = False,
+) -> dict[str, Any]:
+    """The tags protocol (:mod:`promptrec.evaluation.explanations`): explain every sampled pair
+    the user rated and tagged, then BLEU/ROUGE against the user's tags beside the baselines,
+    paired tests, and the grounding summary.
+
+    ``limit``: explain at most this many pairs; ``time_limit``: stop starting batches after this
+    many seconds and score what is done (the pairs come in a seeded shuffled order, so a cut
+    sample still spans the users; the result says ``cut_by_time_limit``).
+    """
+    from tqdm.auto import tqdm
+
+    pairs, counts = tagged_pairs(data, per_user, seed)
+    if limit is not None:
+        pairs = pairs.iloc[:limit]
+    drawn = len(pairs)
+    work = list(zip(pairs["history"], pairs["item_id"]))
+    found: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    bar = tqdm(total=len(work), desc="explain", unit="pair", disable=not progress)
+    for start in range(0, len(work), explainer.batch_size):
+        if time_limit is not None and time.perf_counter() - started > time_limit:
+            break
+        found.extend(explainer.explain(work[start : start + explainer.batch_size]))
+        bar.update(len(found) - bar.n)
+    bar.close()
+    wall = time.perf_counter() - started
+    pairs = pairs.iloc[: len(found)]
+    if pairs.empty:
+        raise ValueError("no pair was explained (time limit too short?)")
+    texts = baseline_texts(explainer.items, pairs["item_id"].tolist(), [r["explanation"] for r in found], seed)
+    scores = score_against_references(texts, pairs["reference"].tolist(), seed)
+    return {
+        "what": "BLEU/ROUGE of one-sentence explanations against the user's own tags on the explained movie "
+                "(overlap with short keywords, not sentence quality), beside baselines scored the same way",
+        "data": data.name,
+        "pairs": {**counts, "drawn": drawn, "explained": len(pairs), "cut_by_time_limit": len(pairs) < drawn,
+                  "users": int(pairs["user_id"].nunique()),
+                  "empty_history": int((pairs["history"].str.len() == 0).sum()),
+                  "largest_user_share": round(float(pairs["user_id"].value_counts().iloc[0] / len(pairs)), 3)},
+        **scores,
+        "grounding": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in grounding_summary(found).items()},
+        "wall_seconds": round(wall, 1),
+        "examples": [{"user_id": u, "item_id": i, "reference": ref, "prompt": explainer.prompt(h, i), **found[n]}
+                     for n, (u, i, h, ref) in enumerate(pairs.itertuples(index=False)) if n < 20],
     }
