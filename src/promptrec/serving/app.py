@@ -294,7 +294,10 @@ class Server:
         """
         assert self.store is not None
         # Feedback counts even with an explicit history: skips and low ratings still demote.
-        events = await run_in_threadpool(self.store.user_events, user_id, self.settings.history_events)
+        if self.store.reads_inline:
+            events = self.store.user_events(user_id, self.settings.history_events)
+        else:
+            events = await run_in_threadpool(self.store.user_events, user_id, self.settings.history_events)
         # What the store holds for the user, read on every request (never remembered here: other
         # replicas write to the same store), as a digest of the events' seqs. Not the newest
         # timestamp (a late event with an old one must change the key too), and not the highest

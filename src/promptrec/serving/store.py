@@ -242,6 +242,11 @@ class FeedbackStore:
             sa.event.listen(self._engine, "connect", _on_sqlite_connect)
             sa.event.listen(self._engine, "begin", _on_sqlite_begin)
         self._insert = (sqlite.insert if backend == "sqlite" else postgresql.insert)(feedback_events)
+        # A user's events from a local SQLite file in WAL mode: an indexed read from the page
+        # cache that no writer blocks, about 0.1 ms. Cheaper than handing it to a worker thread
+        # (a queue, a wake-up and two interpreter-lock handoffs per request), so the server reads
+        # inline; a database server's read is a network round trip, and goes to a thread.
+        self.reads_inline = backend == "sqlite"
         t = feedback_events.c
         newest_first = (
             sa.select(*(t[c] for c in COLUMNS))
