@@ -181,5 +181,9 @@ def test_a_checkpoint_resumes_the_run_it_came_from(tmp_path: Path) -> None:
     assert rest.state == {**whole.state, "train_seconds": rest.state["train_seconds"]}
     assert rest.state["lr_scale"] == 0.25 and rest.state["best_epoch"] == 0
     assert rest.raw.w.item() == whole.raw.w.item()  # the best (epoch 0) weights, from best.safetensors
-    logged = lambda d: [{k: v for k, v in json.loads(line).items() if k != "train_seconds"} for line in (d / "metrics.jsonl").open()]  # noqa: E731
+
+    def logged(directory: Path) -> list[dict]:
+        lines = (directory / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if k != "train_seconds"} for line in lines]
+
     assert logged(tmp_path / "parts") == logged(tmp_path / "whole")

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from ...data import Split
     from .model import P5Recommender
 
+
 def _ratings_by_user(split: Split, users: list[str]) -> list[list[float]] | None:
     if not split.data.has_ratings:
         return None
