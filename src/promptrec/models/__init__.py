@@ -9,7 +9,8 @@ package imports its own.
 - :mod:`.llm`: ``llm``, chat models over the OpenAI protocol;
 - :mod:`.cold_start`: a generative model with semantic ids recommending items it never trained on.
 
-:mod:`.torch_base` is the training loop the torch baselines share.
+:mod:`.torch_base` is the training loop the torch baselines share; :mod:`.lm_trainer` the one the
+language-model recommenders (P5, the cross-encoder) share. Neither knows a model family.
 """
 
 from . import classic, cold_start, cross_encoder, llm, p5, sequential  # noqa: F401  (each registers its recommenders)

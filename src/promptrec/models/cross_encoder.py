@@ -22,7 +22,8 @@ Heads (``head``):
 Tuning goes through :func:`promptrec.backbones.tuning.apply_tuning` with task ``SEQ_CLS``: full fine-tuning,
 or a peft adapter (LoRA, soft prompts, prefix tuning, IA3) with the encoder frozen and the
 classification head trained. No tokens are added, so the embedding matrix is never trained
-(``tuning.train_embeddings`` is false). Optimisation: AdamW, linear warm-up then linear decay,
+(``tuning.train_embeddings`` is false). Optimisation, by the shared
+:class:`~promptrec.models.lm_trainer.Trainer`: AdamW, linear warm-up then linear decay,
 gradient clipping; with validation examples, the weights of the best of ``evals`` evenly spaced
 validation AUC measurements are kept.
 
@@ -52,7 +53,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, Self
@@ -74,6 +75,7 @@ from ..core.recommender import (
 from ..data.split import Split
 from ..evaluation.ctr import ctr_auc, history_examples
 from ..pretrained import resolve_model
+from .lm_trainer import Callback, Trainer, TrainerConfig
 
 log = logging.getLogger("promptrec")
 
@@ -283,74 +285,65 @@ class CrossEncoderRecommender(Recommender):
         return self
 
     def _train(self, pairs: list[tuple[str, str]], targets: np.ndarray, valid: pd.DataFrame | None) -> dict[str, Any]:
-        from tqdm.auto import tqdm
-        from transformers import get_linear_schedule_with_warmup
-
         cfg, model = self.config, self.model_
         device = self._device()
         rng = np.random.default_rng(cfg.seed)
         steps_per_epoch = math.ceil(len(pairs) / cfg.batch_size)
         total = max(cfg.epochs * steps_per_epoch, cfg.min_steps)
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimiser = torch.optim.AdamW(params, lr=cfg.learning_rate(), weight_decay=cfg.weight_decay)
-        schedule = get_linear_schedule_with_warmup(optimiser, int(cfg.warmup_ratio * total), max(total, 1))
         validate = valid is not None and len(valid) > 0 and cfg.evals > 0 and total > 0
         eval_steps = set(np.linspace(total / cfg.evals, total, cfg.evals).round().astype(int)) if validate else set()
         valid_pairs = self._pairs(valid) if validate else []
-        best: tuple[float, int, list[torch.Tensor]] | None = None
-        history: list[dict[str, float]] = []
+        # The trainer validates after each of its epochs: here, the stretches of steps between
+        # two evaluation points (the last one is the last step).
+        ends = sorted(s for s in eval_steps if s >= 1) if validate else [total] if total else []
+        rounds = [end - begin for begin, end in zip([0, *ends], ends)]
 
         def batches():
-            while True:  # one seeded permutation per epoch
+            while True:  # one seeded permutation per pass over the examples
                 order = rng.permutation(len(pairs))
                 yield from (order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size))
 
-        start = time.perf_counter()
         stream = batches()
-        bar = tqdm(range(1, total + 1), desc="cross_encoder", unit="step", disable=not cfg.progress)
-        step, losses = 0, []
-        for step in bar:
-            model.train()
-            rows = next(stream)
+
+        def round_batches(r: int) -> tuple[Iterable[np.ndarray], int]:
+            return (next(stream) for _ in range(rounds[r])), rounds[r]
+
+        def step_loss(net: torch.nn.Module, rows: np.ndarray) -> tuple[torch.Tensor, float]:
             logits = self._logits([pairs[r] for r in rows])  # (B,)
             target = torch.from_numpy(targets[rows]).to(device)
             if cfg.head == "binary":
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
-            else:
-                loss = torch.nn.functional.mse_loss(logits, target)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            optimiser.step()
-            schedule.step()
-            losses.append(loss.item())
-            out_of_time = cfg.time_limit is not None and time.perf_counter() - start > cfg.time_limit
-            if step in eval_steps or (validate and out_of_time):
-                score = ctr_auc(self._predict(valid_pairs), valid)
-                history.append({"step": step, "valid_AUC": round(score, 4), "loss": round(float(np.mean(losses[-50:])), 4)})
-                if best is None or score > best[0]:
-                    best = (score, step, [p.detach().clone() for p in params])
-                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", valid_AUC=f"{score:.4f}")
-            if out_of_time:
-                log.info("cross_encoder: time limit reached after %d of %d steps", step, total)
-                break
-        bar.close()
-        if best is not None:
-            with torch.no_grad():
-                for p, kept in zip(params, best[2]):
-                    p.copy_(kept)
-        model.eval()
+                return torch.nn.functional.binary_cross_entropy_with_logits(logits, target), 1.0
+            return torch.nn.functional.mse_loss(logits, target), 1.0
+
+        def auc() -> dict[str, float]:
+            return {"AUC": ctr_auc(self._predict(valid_pairs), valid)}
+
+        start = time.perf_counter()
+        history = _EvalHistory()
+        trainer = Trainer(
+            model,
+            TrainerConfig(
+                lr=cfg.learning_rate(), total_steps=total, epochs=len(rounds), weight_decay=cfg.weight_decay,
+                decay_matrices_only=False, schedule="linear", warmup_ratio=cfg.warmup_ratio, grad_clip=cfg.grad_clip,
+                time_limit=cfg.time_limit, seed=cfg.seed, accelerate=False, device=device, monitor="AUC",
+                report=False, progress=cfg.progress, desc="cross_encoder", nan_hint="lower lr or keep grad_clip on",
+            ),
+            [history],
+        )  # fmt: skip
+        trainer.fit(round_batches, step_loss, auc if validate else None)
+        if trainer.stopped_by_time:
+            log.info("cross_encoder: time limit reached after %d of %d steps", trainer.state["step"], total)
+        improved = trainer.state["best_epoch"] >= 0
         return {
-            "steps": step,
+            "steps": trainer.state["step"],
             "planned_steps": total,
             "lr": cfg.learning_rate(),
             "train_seconds": round(time.perf_counter() - start, 2),
-            "best_step": None if best is None else best[1],
-            "best_valid_AUC": None if best is None else round(best[0], 4),
+            "best_step": history.best_step,
+            "best_valid_AUC": round(trainer.state["best"], 4) if improved else None,
             "valid_examples": len(valid) if validate else 0,
-            "evals": history,
-            "final_loss": round(float(np.mean(losses[-50:])), 4) if losses else None,
+            "evals": history.evals,
+            "final_loss": round(float(np.mean(history.losses[-50:])), 4) if history.losses else None,
         }
 
     # -- scoring -------------------------------------------------------------------------------
@@ -609,6 +602,25 @@ class CrossEncoderRecommender(Recommender):
 
 
 # -- helpers ------------------------------------------------------------------------------------
+class _EvalHistory(Callback):
+    """The step losses and, per validation, the step, its AUC and the recent loss (fit_info)."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+        self.evals: list[dict[str, float]] = []
+        self.best_step: int | None = None
+
+    def on_step_end(self, trainer: Trainer, loss: float) -> None:
+        self.losses.append(loss)
+
+    def on_validation(self, trainer: Trainer, metrics: dict[str, Any], improved: bool) -> None:
+        step = trainer.state["step"]
+        recent = round(float(np.mean(self.losses[-50:])), 4)
+        self.evals.append({"step": step, "valid_AUC": round(metrics["AUC"], 4), "loss": recent})
+        if improved:
+            self.best_step = step
+
+
 @contextmanager
 def _quiet_transformers():
     from transformers.utils import logging as hf_logging
