@@ -147,18 +147,18 @@ class Connection:
 
     def post(self, path: str, body: dict) -> tuple[int, bytes]:
         payload = json.dumps(body).encode()
-        for attempt in (0, 1):  # a kept-alive connection the server closed is reopened once
-            if self.conn is None:
-                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-            try:
-                self.conn.request("POST", path, body=payload, headers=self.headers)
-                response = self.conn.getresponse()
-                return response.status, response.read()
-            except (http.client.HTTPException, OSError):
-                self.close()
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")
+        try:
+            return self._send(path, payload)
+        except (http.client.HTTPException, OSError):
+            self.close()  # a kept-alive connection the server closed: reopened once
+            return self._send(path, payload)
+
+    def _send(self, path: str, payload: bytes) -> tuple[int, bytes]:
+        if self.conn is None:
+            self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        self.conn.request("POST", path, body=payload, headers=self.headers)
+        response = self.conn.getresponse()
+        return response.status, response.read()
 
     def close(self) -> None:
         if self.conn is not None:

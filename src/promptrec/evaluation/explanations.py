@@ -65,9 +65,15 @@ def tagged_pairs(data: InteractionData, per_user: int = 10, seed: int = 0) -> tu
     return sample, counts
 
 
+def _title(items: pd.DataFrame, item: str) -> str:
+    """The item's title from the item table, or its id where it has none."""
+    title = items.at[item, "title"] if "title" in items else None
+    return title if isinstance(title, str) else item
+
+
 def genre_sentence(items: pd.DataFrame, item: str) -> str:
     """"Title (year) is a comedy, romance film." from the item table (title and categories)."""
-    title = items.at[item, "title"] if "title" in items and isinstance(items.at[item, "title"], str) else item
+    title = _title(items, item)
     genres = [str(g).lower() for g in items.at[item, "categories"]] if "categories" in items else []
     return f"{title} is a {', '.join(genres)} film." if genres else f"{title} is a film."
 
@@ -88,8 +94,7 @@ def baseline_texts(items: pd.DataFrame, item_ids: Sequence[str], generated: Sequ
     generated = list(generated)
     texts = {
         "llm": generated,
-        "title": [items.at[i, "title"] if "title" in items and isinstance(items.at[i, "title"], str) else i
-                  for i in item_ids],
+        "title": [_title(items, i) for i in item_ids],
         "genre template": [genre_sentence(items, i) for i in item_ids],
     }
     if len(generated) >= 2:
