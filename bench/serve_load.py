@@ -30,6 +30,7 @@ default 1). On a machine with few cores the client and the server share them.
 
     python bench/serve_load.py                                  # levels 1 8 32, 20 s each
     python bench/serve_load.py --quantize int8                  # writes serve_load_int8.json
+    python bench/serve_load.py --runtime onnx                   # writes serve_load_onnx.json
     python bench/serve_load.py --model-processes 2              # writes serve_load_p2.json
     python bench/serve_load.py --seconds 5 --clients 1 8 --results /tmp/load.json
     python bench/serve_load.py --url http://127.0.0.1:8000      # a server that is already running
@@ -309,6 +310,8 @@ def main() -> int:
     ap.add_argument("--modes", nargs="+", choices=["cache", "nocache"], default=["cache", "nocache"])
     ap.add_argument("--warmup", type=int, default=30, help="warm-up requests per mode (default: %(default)s)")
     ap.add_argument("--quantize", choices=["int8"], default=None, help="passed to the server: int8 Linear layers")
+    ap.add_argument("--runtime", choices=["default", "onnx"], default="default",
+                    help="passed to the server: onnx runs the LM's ranking forward pass on ONNX Runtime")
     ap.add_argument("--batch-wait-ms", type=float, default=None, help="passed to the server (its default: 0)")
     ap.add_argument("--model-processes", type=int, default=1,
                     help="passed to the server: copies of the model, each in a process (default: %(default)s)")
@@ -323,11 +326,13 @@ def main() -> int:
     if not (args.model / "histories.parquet").is_file() or not (args.model / "items.parquet").is_file():
         ap.error(f"{args.model} is not a promptrec model directory (no histories.parquet/items.parquet): run "
                  "`promptrec quickstart` to train the MovieLens-100K model, or pass --model DIR")
-    if args.url and (args.quantize or args.batch_wait_ms is not None or args.model_processes != 1):
-        ap.error("--quantize, --batch-wait-ms and --model-processes configure a server this script starts; not with --url")
+    if args.url and (args.quantize or args.runtime != "default" or args.batch_wait_ms is not None
+                     or args.model_processes != 1):
+        ap.error("--quantize, --runtime, --batch-wait-ms and --model-processes configure a server this script "
+                 "starts; not with --url")
     if args.model_processes < 1:
         ap.error("--model-processes must be >= 1")
-    suffix = ("_int8" if args.quantize else "") + (f"_p{args.model_processes}" if args.model_processes > 1 else "")
+    suffix = ("_int8" if args.quantize else "") + ("_onnx" if args.runtime == "onnx" else "") + (f"_p{args.model_processes}" if args.model_processes > 1 else "")
     results = args.results or ROOT / "bench" / "results" / f"serve_load{suffix}.json"
 
     machine = machine_info(("torch", "transformers", "fastapi", "uvicorn", "httpx"))
@@ -341,7 +346,7 @@ def main() -> int:
             headers = {"X-API-Key": os.environ.get("PROMPTREC_API_KEY", "")}
         else:
             workdir = Path(tempfile.mkdtemp(prefix="promptrec_load_"))
-            extra = (["--quantize", args.quantize] if args.quantize else []) + (
+            extra = (["--quantize", args.quantize] if args.quantize else []) + ["--runtime", args.runtime] + (
                 ["--batch-wait-ms", str(args.batch_wait_ms)] if args.batch_wait_ms is not None else []) + (
                 ["--model-processes", str(args.model_processes)])
             key = secrets.token_urlsafe(16)
@@ -387,6 +392,7 @@ def main() -> int:
             "model": str(args.model),
             "model_version": info.get("model_version"),
             "quantize": info.get("quantize"),
+            "runtime": info.get("runtime"),
             "batch_wait_ms": args.batch_wait_ms,  # None: the server's default (0 for `promptrec serve`)
             "model_processes": len(info.get("model_pids", [])) or None,
             "torch_threads_per_model_process": args.threads if not args.url else None,

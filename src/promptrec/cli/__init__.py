@@ -342,6 +342,11 @@ def serve(
         float, typer.Option(min=0.1, help="seconds a client has to send a request body after its headers (408 after)")
     ] = 30.0,
     quantize: Annotated[Optional[str], typer.Option(help="int8: dynamic int8 Linear layers (CPU)")] = None,
+    runtime: Annotated[
+        str,
+        typer.Option(help="onnx: the LM's ranking forward pass on ONNX Runtime (CPU; pip install 'promptrec[onnx]'), "
+                     "exported once and cached; default: the model's own code"),
+    ] = "default",
     max_k: Annotated[int, typer.Option(help="largest k a request may ask")] = 100,
     batch_wait_ms: Annotated[
         float, typer.Option(help="how long a batch waits for more requests once the model is free (0: not at all)")
@@ -390,6 +395,8 @@ def serve(
     read_config(model)  # a directory that is not a saved model fails here, before the server starts
     if quantize not in (None, "int8"):
         raise typer.BadParameter(f"--quantize must be int8, got {quantize!r}")
+    if runtime not in ("default", "onnx"):
+        raise typer.BadParameter(f"--runtime must be default or onnx, got {runtime!r}")
     if explain and not (Path(explain).expanduser().is_dir() or explain.endswith(".gguf") or explain in PACKAGED):
         # Checked here, not resolved: resolving may convert weights, which is the model process's work.
         raise typer.BadParameter(f"{explain!r} is neither a local model directory, a .gguf file nor a packaged "
@@ -408,7 +415,7 @@ def serve(
         )
     settings = ServeSettings(
         model_dir=model, database=database, api_key=api_key or None, keys=keys, public_read=public_read,
-        body_timeout_s=body_timeout, quantize=quantize, max_k=max_k,
+        body_timeout_s=body_timeout, quantize=quantize, runtime=runtime, max_k=max_k,
         batch_wait_ms=batch_wait_ms, model_processes=model_processes, threads=threads, model_name=model_name,
         spare_process=spare_process, explain=explain, explain_top=explain_top,
     )

@@ -198,6 +198,13 @@ class Recommender(ABC):
         """Make the fitted model cheaper to serve in place (``"int8"``: dynamic int8 Linear layers)."""
         raise ValueError(f"{self.name} cannot be quantized ({method!r})")
 
+    def use_runtime(self, runtime: str, cache_dir: str | Path | None = None) -> None:
+        """Run inference on another engine, in place (``"onnx"``: ONNX Runtime, for the LM
+        recommenders); ``"default"`` is the model's own code. ``cache_dir``: where an exported
+        graph is kept for the next load of the same model."""
+        if runtime != "default":
+            raise ValueError(f"{self.name} has no runtime {runtime!r} (only 'default')")
+
     def extra_metrics(self, split: Split, stage: str, users: Sequence[str]) -> dict[str, Any]:
         """The model's own metrics on ``users`` beside the shared ranking ones (default: none)."""
         return {}

@@ -47,6 +47,7 @@ import asyncio
 import gc
 import logging
 import signal
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
@@ -73,6 +74,10 @@ log = logging.getLogger("promptrec.serve")
 
 ItemId = Annotated[str, Field(min_length=1, max_length=256)]
 UserId = Annotated[str, Field(min_length=1, max_length=256)]
+# The event loop shares the interpreter with the threads that wait on the model processes' pipes.
+# A thread whose answer has arrived needs the lock back, and a busy loop hands it over only every
+# switch interval (5 ms by default): up to 5 ms on each model answer, at every load level.
+SWITCH_INTERVAL_S = 0.0005
 HARD_MAX_LIST = 10_000  # schema bound on any list in a request; the settings may lower it
 # The scope each protected path needs; every other path is open (/health, /ready, /metrics, the
 # docs, /v1/models: nothing about a user).
@@ -106,6 +111,8 @@ class ServeSettings(BaseModel):
     public_read: bool = False
     body_timeout_s: float = Field(30.0, gt=0, le=3600)  # a body not received by then gets 408
     quantize: Literal["int8"] | None = None
+    # "onnx": the LM's first-token logits on ONNX Runtime (pip install 'promptrec[onnx]').
+    runtime: Literal["default", "onnx"] = "default"
     max_k: int = Field(100, ge=1, le=1000)
     max_events: int = Field(1000, ge=1, le=HARD_MAX_LIST)  # per /feedback request
     max_pairs: int = Field(1000, ge=1, le=HARD_MAX_LIST)  # per /score or /rate request
@@ -327,7 +334,7 @@ class Server:
             new = await run_in_threadpool(
                 partial(ModelPool, directory, s.model_processes, on_restart=self.restarts.inc, spare=s.spare_process,
                         spawned=spawned, quantize=s.quantize, like_threshold=s.like_threshold, threads=s.threads,
-                        explain=s.explain)
+                        explain=s.explain, runtime=s.runtime)
             )
             self.engine = new  # one reference assignment: the swap is atomic
             if old is not None:
@@ -401,6 +408,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         await server.reload(settings.model_dir)
         server.batcher.start()
         gc.freeze()  # what startup loaded lives as long as the server: out of the collector's way
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         loop = asyncio.get_running_loop()
         try:  # SIGHUP reloads the served directory (e.g. after it was replaced)
             loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(_reload_logged(None)))
@@ -579,6 +587,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
             "items": len(eng.catalogue),
             "capabilities": sorted(eng.capabilities),
             "quantize": eng.quantize,
+            "runtime": eng.runtime,
             "model_pids": eng.pids,  # the processes serving now
             "model_processes": eng.processes(),  # per copy: serving (pid) or restarting (retry_after)
             "model_restarts": eng.restarts,

@@ -92,8 +92,11 @@ class Engine:
 
     def __init__(
         self, model_dir: str | Path, quantize: str | None = None, like_threshold: float = LIKE_THRESHOLD,
-        explain: str | None = None,
+        explain: str | None = None, runtime: str | None = None,
     ) -> None:
+        """``runtime``: an inference engine for the model (``"onnx"``: ONNX Runtime for the LM
+        recommenders, its exported graph cached by the directory's version); None: its own code."""
+        from ..core.cache import default_cache_root
         from ..core.recommender import load_recommender
 
         directory = Path(model_dir)
@@ -105,6 +108,11 @@ class Engine:
         self.quantize = quantize if quantize != "none" else None
         self.model_dir = directory
         self.version = _directory_version(directory)
+        self.runtime = runtime or "default"
+        if self.runtime != "default":
+            if self.quantize:
+                raise ValueError(f"runtime {runtime!r} exports the model's own weights: not with quantize")
+            self.rec.use_runtime(self.runtime, cache_dir=default_cache_root() / "runtimes" / self.runtime / self.version)
         self.like_threshold = like_threshold
         self.item_order = self.rec.catalogue()
         self.catalogue = set(self.item_order)

@@ -19,6 +19,7 @@ import logging
 import math
 import multiprocessing
 import multiprocessing.connection
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -109,6 +110,10 @@ HANDLERS = {"answer": _answer, "score": _score, "rate": _rate}
 def _child(conn: Any) -> None:
     """A model process: first the imports (torch, transformers, every recommender's code: most of
     a start's time), then whatever the parent says to load, then calls until told to stop."""
+    # A served batch is a few short prompts: the tokenizer's thread pool only adds threads that
+    # wake on every call and compete with the HTTP process for the cores (measured: a 4-prompt
+    # call took twice as long with it on a busy 2-core machine). Set before the import reads it.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
 
     from .. import models  # noqa: F401  (each registers its recommenders)
@@ -121,7 +126,8 @@ def _child(conn: Any) -> None:
     if args["threads"]:
         torch.set_num_threads(args["threads"])
     try:
-        engine = Engine(args["model_dir"], args["quantize"], args["like_threshold"], explain=args["explain"])
+        engine = Engine(args["model_dir"], args["quantize"], args["like_threshold"], explain=args["explain"],
+                        runtime=args["runtime"])
     except Exception as err:  # noqa: BLE001  (reported to the parent, which keeps its old model)
         conn.send_bytes(json.dumps({"error": f"{type(err).__name__}: {err}"}).encode())
         return
@@ -182,13 +188,16 @@ class ModelProcess:
         threads: int | None = None,
         spawned: Spawned | None = None,
         explain: str | None = None,
+        runtime: str | None = None,
     ) -> None:
         """``explain``: a pretrained LLM (packaged name or directory) loaded beside the model to
-        explain recommendations (:class:`~promptrec.models.llm.explain.Explainer`)."""
+        explain recommendations (:class:`~promptrec.models.llm.explain.Explainer`); ``runtime``:
+        the inference engine (:class:`~promptrec.serving.engine.Engine`)."""
         started = time.perf_counter()
         self.model_dir = Path(model_dir)
         self.quantize = quantize
-        load = {"op": "load", "args": {"model_dir": str(model_dir), "quantize": quantize,
+        self.runtime = runtime or "default"
+        load = {"op": "load", "args": {"model_dir": str(model_dir), "quantize": quantize, "runtime": runtime,
                                        "like_threshold": like_threshold, "threads": threads, "explain": explain}}
         if spawned is not None:
             try:
@@ -359,6 +368,7 @@ class ModelPool:
             raise errors[0]
         first = members[0]
         self.model_dir, self.quantize, self.version = first.model_dir, first.quantize, first.version
+        self.runtime = first.runtime
         self.catalogue, self.titles, self.capabilities = first.catalogue, first.titles, first.capabilities
         self.item_order, self.attributes, self.users = first.item_order, first.attributes, first.users
         self._grounding: Any = None

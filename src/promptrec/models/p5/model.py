@@ -68,6 +68,7 @@ class P5Recommender(Recommender):
         self.user_tokens: dict[str, str] = {}
         self.fit_info_: dict[str, Any] = {}
         self.item_start: tuple[torch.Tensor, torch.Tensor] | None = None  # (token rows, their text start)
+        self._onnx = None  # an ONNX Runtime session for next-token logits (use_runtime("onnx"))
 
     # ------------------------------------------------------------------------------- building
     def build(self, split: Split, progress: bool = False) -> "P5Recommender":
@@ -289,6 +290,7 @@ class P5Recommender(Recommender):
         from .training import train
 
         progress = self.progress if progress is None else progress
+        self._onnx = None  # exported from weights that training replaces
         return train(self, split, output_dir=output_dir, resume=resume, progress=progress)
 
     def fit_with_checkpoints(self, split: Split, directory: str | Path, resume: bool = False) -> "P5Recommender":
@@ -320,6 +322,7 @@ class P5Recommender(Recommender):
             overrides.setdefault("tasks.weights", {n: w for n, w in weights.items() if n != "rating"})
         original = self.config
         self.config = self.config.update(overrides)
+        self._onnx = None
         try:
             train(self, split, progress=self.progress, warm_start=True)
             used = self.config.to_dict()
@@ -360,6 +363,26 @@ class P5Recommender(Recommender):
             # torch.ao announces its move to torchao; the eager API still works and needs no extra package.
             warnings.simplefilter("ignore")
             self.model = quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
+
+    def use_runtime(self, runtime: str, cache_dir: str | Path | None = None) -> None:
+        """``"onnx"``: compute the first answer token's logits (one-token ranking, yes/no scores)
+        with ONNX Runtime on the CPU; ``"default"``: back to PyTorch. The graph is exported into
+        ``cache_dir`` once and loaded from there afterwards. Beam searches stay in PyTorch."""
+        if runtime == "default":
+            self._onnx = None
+            return
+        if runtime != "onnx":
+            raise ValueError(f"runtime must be 'default' or 'onnx', got {runtime!r}")
+        if self._prompt_learning:
+            raise ValueError("runtime 'onnx' serves models without soft prompts or prefixes (peft prompt learning)")
+        if self.model.device.type != "cpu":
+            raise ValueError(f"runtime 'onnx' runs on the CPU; this model is on {self.model.device}")
+        from .onnx_runtime import load_or_export
+
+        if self.model.training:
+            self.model.eval()
+        example = self._encode(self.sequential_prompts(["example"] * 2, [self.item_ids[:3], self.item_ids[:1]]))
+        self._onnx = load_or_export(self.model, self.lm, example, Path(cache_dir) if cache_dir else None)
 
     def history(self, user: str, stage: str = "test") -> list[str]:
         """The user's known history: training items, plus the validation item for "test"."""
@@ -570,6 +593,8 @@ class P5Recommender(Recommender):
 
     def _next_token_logits(self, enc: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits of the first answer token for encoded prompts, one row per prompt."""
+        if self._onnx is not None:
+            return self._onnx(enc)
         return self.lm.next_token_logits(self.model, enc, self._prompt_learning)
 
     def score(
