@@ -4,6 +4,8 @@ errors where it does not apply."""
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import numpy as np
 import pytest
@@ -12,6 +14,9 @@ pytest.importorskip("onnxruntime", reason="the onnx extra is not installed (pip 
 
 from conftest import ServedModel, cyclic_data
 
+from typer.testing import CliRunner
+
+from promptrec.cli import app
 from promptrec.core.recommender import load_recommender
 from promptrec.data import leave_one_out
 from promptrec.models.classic.popularity import MostPopular
@@ -86,11 +91,23 @@ def test_runtime_errors_are_one_clear_line(split) -> None:
     popularity.use_runtime("default")  # every model has its own code
 
 
-def test_served_with_onnx_answers_as_recommend(split, tmp_path) -> None:
+def test_served_with_onnx_answers_as_recommend(split, tmp_path, monkeypatch) -> None:
     rec = P5Recommender(config("gpt2")).build(split)
     rec.save_pretrained(tmp_path / "model")
     saved = load_recommender(tmp_path / "model")
     expected = saved.recommend(["user3"], k=5)["item_id"].tolist()
+
+    monkeypatch.setenv("PROMPTREC_CACHE", str(tmp_path / "cache"))
+    result = CliRunner().invoke(app, ["recommend", "--model", str(tmp_path / "model"), "--user", "user3", "-k", "5",
+                                      "--json", "--runtime", "onnx"])
+    assert result.exit_code == 0, result.output
+    listed = json.loads(next(line for line in result.output.splitlines() if line.startswith("[{")))
+    assert [row["item_id"] for row in listed] == expected
+    popularity = MostPopular().fit(split)
+    popularity.save_pretrained(tmp_path / "popularity")
+    result = CliRunner().invoke(app, ["recommend", "--model", str(tmp_path / "popularity"), "--user", "user3",
+                                      "--runtime", "onnx"])
+    assert result.exit_code == 2 and "popularity has no runtime 'onnx'" in result.output
     served = ServedModel(tmp_path / "model", tmp_path / "feedback.db", "--runtime", "onnx",
                          env={"PROMPTREC_CACHE": str(tmp_path / "cache")})
     try:

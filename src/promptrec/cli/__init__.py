@@ -200,13 +200,20 @@ def recommend(
         typer.Option(help="explain each item in one sentence with this pretrained LLM (a packaged model name such "
                      "as gemma-3-270m, a directory or a .gguf file), checked for grounding"),
     ] = None,
+    runtime: Annotated[
+        str, typer.Option(help="onnx: the LM's ranking forward pass on ONNX Runtime (exported once, cached); "
+                          "default: the model's own code")
+    ] = "default",
 ) -> None:
     """Top-k items for users of a saved model (any recommender), with titles; with --explain, a
     sentence on why for each, and whether everything it names was in the prompt (grounded)."""
+    from ..core.cache import runtime_cache
     from ..core.recommender import load_recommender
 
     rec = load_recommender(model)
     rec.progress = False
+    if runtime != "default":
+        rec.use_runtime(runtime, cache_dir=runtime_cache(model, runtime))
     hist = {u: history.split(",") for u in user} if history else None
     unknown = [u for u in user if not rec.history(u) and hist is None]
     if unknown:
@@ -397,6 +404,8 @@ def serve(
         raise typer.BadParameter(f"--quantize must be int8, got {quantize!r}")
     if runtime not in ("default", "onnx"):
         raise typer.BadParameter(f"--runtime must be default or onnx, got {runtime!r}")
+    if runtime != "default" and quantize:
+        raise typer.BadParameter("--runtime onnx exports the model's own weights: not with --quantize")
     if explain and not (Path(explain).expanduser().is_dir() or explain.endswith(".gguf") or explain in PACKAGED):
         # Checked here, not resolved: resolving may convert weights, which is the model process's work.
         raise typer.BadParameter(f"{explain!r} is neither a local model directory, a .gguf file nor a packaged "

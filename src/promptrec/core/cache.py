@@ -3,6 +3,7 @@ pretrained models, item text embeddings."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -14,3 +15,20 @@ def default_cache_root() -> Path:
         return Path(configured).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base).expanduser() / "promptrec"
+
+
+def directory_version(directory: str | Path) -> str:
+    """A short content-derived version of a directory: every file's path, size and mtime."""
+    directory = Path(directory)
+    entries = sorted(
+        f"{p.relative_to(directory)}:{s.st_size}:{s.st_mtime_ns}"
+        for p in directory.rglob("*") if p.is_file() and (s := p.stat())
+    )
+    key = f"{directory.resolve()}|{'|'.join(entries)}"
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def runtime_cache(model_dir: str | Path, runtime: str) -> Path:
+    """Where a model directory's graph for ``runtime`` (e.g. its ONNX export) is kept: by the
+    directory's version, so a retrained model is exported afresh."""
+    return default_cache_root() / "runtimes" / runtime / directory_version(model_dir)

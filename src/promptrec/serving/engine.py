@@ -19,7 +19,6 @@ much per item as ranking a whole batch, hence the cap and the opt-in.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -76,16 +75,6 @@ class Answer:
     explanations: list[dict] | None = None
 
 
-def _directory_version(directory: Path) -> str:
-    """A short content-derived version: every file's path, size and mtime under the directory."""
-    entries = sorted(
-        f"{p.relative_to(directory)}:{s.st_size}:{s.st_mtime_ns}"
-        for p in directory.rglob("*") if p.is_file() and (s := p.stat())
-    )
-    key = f"{directory.resolve()}|{'|'.join(entries)}"
-    return hashlib.sha256(key.encode()).hexdigest()[:12]
-
-
 class Engine:
     """One loaded model directory, any registered recommender, used through the recommender
     protocol only; immutable after construction so it can be swapped atomically."""
@@ -96,7 +85,7 @@ class Engine:
     ) -> None:
         """``runtime``: an inference engine for the model (``"onnx"``: ONNX Runtime for the LM
         recommenders, its exported graph cached by the directory's version); None: its own code."""
-        from ..core.cache import default_cache_root
+        from ..core.cache import directory_version, runtime_cache
         from ..core.recommender import load_recommender
 
         directory = Path(model_dir)
@@ -107,12 +96,12 @@ class Engine:
             self.rec.quantize(quantize)
         self.quantize = quantize if quantize != "none" else None
         self.model_dir = directory
-        self.version = _directory_version(directory)
+        self.version = directory_version(directory)
         self.runtime = runtime or "default"
         if self.runtime != "default":
             if self.quantize:
                 raise ValueError(f"runtime {runtime!r} exports the model's own weights: not with quantize")
-            self.rec.use_runtime(self.runtime, cache_dir=default_cache_root() / "runtimes" / self.runtime / self.version)
+            self.rec.use_runtime(self.runtime, cache_dir=runtime_cache(directory, self.runtime))
         self.like_threshold = like_threshold
         self.item_order = self.rec.catalogue()
         self.catalogue = set(self.item_order)
