@@ -13,7 +13,6 @@ import pytest
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed (pip install 'promptrec[onnx]')")
 
 from conftest import ServedModel, cyclic_data
-
 from typer.testing import CliRunner
 
 from promptrec.cli import app
