@@ -207,13 +207,13 @@ def recommend(
 ) -> None:
     """Top-k items for users of a saved model (any recommender), with titles; with --explain, a
     sentence on why for each, and whether everything it names was in the prompt (grounded)."""
-    from ..core.cache import runtime_cache
+    from ..core.cache import directory_version, runtime_cache
     from ..core.recommender import load_recommender
 
     rec = load_recommender(model)
     rec.progress = False
     if runtime != "default":
-        rec.use_runtime(runtime, cache_dir=runtime_cache(model, runtime))
+        rec.use_runtime(runtime, cache_dir=runtime_cache(runtime, directory_version(model)))
     hist = {u: history.split(",") for u in user} if history else None
     unknown = [u for u in user if not rec.history(u) and hist is None]
     if unknown:

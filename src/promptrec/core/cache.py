@@ -28,7 +28,7 @@ def directory_version(directory: str | Path) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
-def runtime_cache(model_dir: str | Path, runtime: str) -> Path:
-    """Where a model directory's graph for ``runtime`` (e.g. its ONNX export) is kept: by the
-    directory's version, so a retrained model is exported afresh."""
-    return default_cache_root() / "runtimes" / runtime / directory_version(model_dir)
+def runtime_cache(runtime: str, version: str) -> Path:
+    """Where the graph for ``runtime`` (e.g. an ONNX export) of the model directory with this
+    :func:`directory_version` is kept: a retrained model has another version and is exported afresh."""
+    return default_cache_root() / "runtimes" / runtime / version

@@ -101,7 +101,7 @@ class Engine:
         if self.runtime != "default":
             if self.quantize:
                 raise ValueError(f"runtime {runtime!r} exports the model's own weights: not with quantize")
-            self.rec.use_runtime(self.runtime, cache_dir=runtime_cache(directory, self.runtime))
+            self.rec.use_runtime(self.runtime, cache_dir=runtime_cache(self.runtime, self.version))
         self.like_threshold = like_threshold
         self.item_order = self.rec.catalogue()
         self.catalogue = set(self.item_order)

@@ -379,8 +379,6 @@ class P5Recommender(Recommender):
             raise ValueError(f"runtime 'onnx' runs on the CPU; this model is on {self.model.device}")
         from .onnx_runtime import load_or_export
 
-        if self.model.training:
-            self.model.eval()
         example = self._encode(self.sequential_prompts(["example"] * 2, [self.item_ids[:3], self.item_ids[:1]]))
         self._onnx = load_or_export(self.model, self.lm, example, Path(cache_dir) if cache_dir else None)
 

@@ -76,14 +76,13 @@ class OnnxNextToken:
     """An ONNX Runtime session over an exported next-token graph; called like
     ``LMKind.next_token_logits`` on an encoded batch."""
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         # As many threads as torch would use here: the model process's budget, one by default.
-        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
-        self.path = Path(path)
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def __call__(self, enc: dict[str, torch.Tensor]) -> torch.Tensor:
