@@ -18,6 +18,7 @@ from conftest import ServedModel, cyclic_data
 from typer.testing import CliRunner
 
 from promptrec.cli import RECOMMENDER_HELP, app
+from promptrec.core.recommender import load_recommender
 
 runner = CliRunner()
 K = 5
@@ -91,6 +92,18 @@ def check_every_command(run: Path, tmp: Path, env: dict[str, str] | None = None)
         assert evaluated["model"][metric] == pytest.approx(trained["model"][metric], abs=1e-9)
         assert evaluated["popularity"][metric] == pytest.approx(trained["popularity"][metric], abs=1e-9)
     assert evaluated["model"]["eval_users"] == evaluated["popularity"]["eval_users"] == trained["model"]["eval_users"]
+
+    # ranked (what the server answers with) is recommend's table as lists, explicit histories too.
+    rec = load_recommender(model)
+    users = rec.users()[:3]
+    histories = {users[0]: rec.catalogue()[:4]}
+    table = rec.recommend(users, k=K, histories=histories)
+    lists = rec.ranked(users, k=K, histories=histories)
+    assert len(lists) == len(users)
+    for u, items in zip(users, lists):
+        rows = table[table["user_id"] == u]
+        assert [i for i, _ in items] == rows["item_id"].tolist()
+        assert [s for _, s in items] == pytest.approx(rows["score"].tolist())
 
     # recommend and serve give the same list.
     user = "user3"

@@ -148,6 +148,27 @@ class Recommender(ABC):
     ) -> pd.DataFrame:
         """Top-``k`` items per user as a ``user_id, item_id, score, rank`` table (module doc)."""
 
+    def ranked(
+        self,
+        user_ids: Sequence[str],
+        k: int = 10,
+        exclude_seen: bool = True,
+        stage: str = "test",
+        histories: Mapping[str, Sequence[str]] | None = None,
+        candidates: Mapping[str, Sequence[str]] | None = None,
+    ) -> list[list[tuple[str, float]]]:
+        """``recommend`` as one ``(item_id, score)`` list per user, best first, in the order of
+        ``user_ids`` (each listed once): what a server answers per request. The default reads the
+        table; a model whose ranking yields lists overrides it, since building and reading a
+        frame costs a served batch of a few users as much as a small model's forward pass."""
+        frame = self.recommend(user_ids, k=k, exclude_seen=exclude_seen, stage=stage, histories=histories,
+                               candidates=candidates)
+        rows: dict[str, list[tuple[str, float]]] = {}
+        # Rows come grouped by user, best first; a plain pass is cheaper than a groupby.
+        for u, i, s in zip(frame["user_id"].tolist(), frame["item_id"].tolist(), frame["score"].tolist()):
+            rows.setdefault(u, []).append((i, s))
+        return [rows.get(str(u), []) for u in user_ids]
+
     @abstractmethod
     def history(self, user: str, stage: str = "test") -> list[str]:
         """The user's stored history for ``stage``, oldest first (empty for an unknown user)."""

@@ -185,19 +185,15 @@ class Engine:
         for (depth, exclude_seen), calls in groups.items():
             for members in calls:
                 batch = [queries[n] for n in members]
-                recs = self.rec.recommend(
+                lists = self.rec.ranked(
                     [q.user_id for q in batch],
                     k=depth,
                     exclude_seen=exclude_seen,
                     histories={q.user_id: q.state.history for q in batch},
                     candidates={q.user_id: list(q.candidates) for q in batch if q.candidates is not None} or None,
                 )
-                # Rows come grouped by user, best first; a plain pass is cheaper than a groupby.
-                rows: dict[str, list[tuple[str, float]]] = {}
-                for u, i, s in zip(recs["user_id"].tolist(), recs["item_id"].tolist(), recs["score"].tolist()):
-                    rows.setdefault(u, []).append((i, s))
-                for n, q in zip(members, batch):
-                    ranked = [Ranked(i, float(s), i in q.state.demoted) for i, s in rows.get(q.user_id, [])]
+                for n, q, items in zip(members, batch, lists):
+                    ranked = [Ranked(i, float(s), i in q.state.demoted) for i, s in items]
                     ranked.sort(key=lambda r: r.demoted)  # stable: best first within each part
                     answers[n] = Answer(ranked[: q.k], "model", self.version)
         for q, a in zip(queries, answers):

@@ -30,6 +30,7 @@ import json
 import math
 import os
 import re
+import threading
 import time
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
@@ -247,6 +248,12 @@ class FeedbackStore:
         # (a queue, a wake-up and two interpreter-lock handoffs per request), so the server reads
         # inline; a database server's read is a network round trip, and goes to a thread.
         self.reads_inline = backend == "sqlite"
+        # Inline reads keep one connection per thread: checking a connection out of the pool and
+        # back in per read costs twice the indexed SELECT itself (measured: 0.33 ms a read
+        # against 0.10 ms on a kept connection).
+        self._readers = threading.local()
+        self._kept: list[sa.Connection] = []
+        self._kept_lock = threading.Lock()
         t = feedback_events.c
         newest_first = (
             sa.select(*(t[c] for c in COLUMNS))
@@ -320,9 +327,25 @@ class FeedbackStore:
             raise ValueError(f"limit must be >= 0, got {limit}")
         # Runs for every /recommend: the statement is built once, and SQLite skips its BEGIN.
         query = self._user_events if limit is None else self._user_events_limited
-        with self._engine.connect().execution_options(promptrec_single_read=True) as conn:
-            rows = conn.execute(query, {"user_id": user_id, "limit": limit}).all()
+        params = {"user_id": user_id, "limit": limit}
+        if self.reads_inline:
+            conn = self._reader()
+            with conn.begin():  # no BEGIN reaches SQLite (single read); ends SQLAlchemy's transaction
+                rows = conn.execute(query, params).all()
+        else:
+            with self._engine.connect().execution_options(promptrec_single_read=True) as conn:
+                rows = conn.execute(query, params).all()
         return [StoredEvent(*row) for row in reversed(rows)]
+
+    def _reader(self) -> sa.Connection:
+        """This thread's kept read connection (SQLite only; see ``reads_inline``)."""
+        conn = getattr(self._readers, "conn", None)
+        if conn is None or conn.closed:
+            conn = self._engine.connect().execution_options(promptrec_single_read=True)
+            self._readers.conn = conn
+            with self._kept_lock:
+                self._kept.append(conn)
+        return conn
 
     def events_since(self, since: float | None = None, until: float | None = None) -> pd.DataFrame:
         """Events with ``since <= timestamp < until`` (either bound optional), by (timestamp, seq)."""
@@ -361,6 +384,10 @@ class FeedbackStore:
             return False
 
     def close(self) -> None:
+        with self._kept_lock:
+            kept, self._kept = self._kept, []
+        for conn in kept:
+            conn.close()  # a closed connection is reopened by the next read of its thread
         self._engine.dispose()
 
     def __enter__(self) -> Self:

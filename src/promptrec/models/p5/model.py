@@ -552,11 +552,32 @@ class P5Recommender(Recommender):
         histories: explicit recent histories overriding the stored ones (e.g. live feedback);
         candidates: per user, the only items the decoding may produce.
         """
+        user_ids = [str(u) for u in user_ids]
+        lists = self.ranked(user_ids, k, exclude_seen, stage, histories, candidates, template, batch_size, progress)
+        rows = [(u, item, score, rank) for u, items in zip(user_ids, lists)
+                for rank, (item, score) in enumerate(items, start=1)]
+        # Columns, not rows: building the frame from tuples costs a served request a millisecond.
+        users, items, scores, ranks = zip(*rows) if rows else ((), (), (), ())
+        return recommendation_frame(users, items, scores, ranks)
+
+    def ranked(
+        self,
+        user_ids: Sequence[str],
+        k: int = 10,
+        exclude_seen: bool = True,
+        stage: str = "test",
+        histories: Mapping[str, Sequence[str]] | None = None,
+        candidates: Mapping[str, Sequence[str]] | None = None,
+        template: str | None = None,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> list[list[tuple[str, float]]]:
+        """``recommend``'s lists, one per user in ``user_ids`` order, before they become a table."""
         k = check_k(k)
         check_stage(stage)
         bs = batch_size or self.config.eval.batch_size
         user_ids = [str(u) for u in user_ids]
-        rows = []
+        lists: list[list[tuple[str, float]]] = []
         batches = list(_batches(user_ids, bs))
         if progress:
             from tqdm.auto import tqdm
@@ -569,13 +590,8 @@ class P5Recommender(Recommender):
             if candidates is not None and any(u in candidates for u in batch):
                 # A user without a list may produce any item.
                 allowed = [list(candidates[u]) if u in candidates else self.item_ids for u in batch]
-            res = self.generate_items(prompts, k, excluded=hists if exclude_seen else None, allowed=allowed)
-            for u, items in zip(batch, res):
-                for rank, (item, score) in enumerate(items, start=1):
-                    rows.append((u, item, score, rank))
-        # Columns, not rows: building the frame from tuples costs a served request a millisecond.
-        users, items, scores, ranks = zip(*rows) if rows else ((), (), (), ())
-        return recommendation_frame(users, items, scores, ranks)
+            lists.extend(self.generate_items(prompts, k, excluded=hists if exclude_seen else None, allowed=allowed))
+        return lists
 
     @torch.no_grad()
     def _first_token_probs(self, prompts: list[str], words: list[str]) -> np.ndarray:
