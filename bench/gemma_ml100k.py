@@ -40,6 +40,7 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     ap.add_argument("--steps", type=int, default=80, help="training steps of every run")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every run")
+    ap.add_argument("--tag", default="", help="suffix of the run directories and result files (e.g. lr1e-4 with --set train.lr=0.0001)")
     ap.add_argument("--runs", default=str(ROOT / "runs" / "gemma"))
     ap.add_argument("--results", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
@@ -52,15 +53,16 @@ def main() -> None:
                 **VARIANTS[variant], "train.seed": seed, "train.epochs": 1,
                 "train.examples_per_epoch": args.steps * base.train.batch_size, **parse_overrides(args.set),
             })
-            run = Path(args.runs) / f"{variant}-s{seed}"
+            name = f"{variant}-{args.tag}" if args.tag else variant
+            run = Path(args.runs) / f"{name}-s{seed}"
             metrics = train_and_evaluate(cfg, run, command=command, progress=sys.stderr.isatty())
             m = metrics["model"]
-            row = {"variant": variant, "seed": seed, "steps": args.steps, **{k: m.get(k) for k in (
+            row = {"variant": variant, "tag": args.tag, "seed": seed, "steps": args.steps, **{k: m.get(k) for k in (
                 "HR@5", "HR@10", "NDCG@5", "NDCG@10", "MRR", "eval_users", "eval_seconds", "train_seconds", "steps",
                 "trainable_parameters", "total_parameters", "device",
             )}, "popularity_HR@10": metrics["popularity"]["HR@10"], "popularity_NDCG@10": metrics["popularity"]["NDCG@10"],
                 "run": str(run), "config": cfg.to_dict(), "command": command}
-            (Path(args.results) / f"gemma_ml100k_{variant}_s{seed}.json").write_text(json.dumps(row, indent=2, default=str))
+            (Path(args.results) / f"gemma_ml100k_{name.replace('-', '_')}_s{seed}.json").write_text(json.dumps(row, indent=2, default=str))
             print(json.dumps({k: v for k, v in row.items() if k != "config"}), flush=True)
 
 
