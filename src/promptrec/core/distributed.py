@@ -52,6 +52,33 @@ def _alone_under_cpu_launch() -> bool:
 _RANK_VARIABLES = ("WORLD_SIZE", "LOCAL_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 
 
+def shard_on_cpus(accelerator) -> None:
+    """Honour an FSDP launch between CPU processes; call it on a new ``Accelerator``, before
+    ``prepare``.
+
+    ``accelerate launch`` with an FSDP config file tells every process to shard
+    (``ACCELERATE_USE_FSDP``), but accelerate switches to FSDP only on GPU-like devices: between
+    CPU processes it silently trains plain data-parallel instead. torch's FSDP2 (``fully_shard``)
+    runs on CPUs over gloo, so the state accelerate built is marked FSDP here, with the plugin it
+    reads from the environment, as it is on GPUs. FSDP1 wants a device per process on CPUs too
+    (accelerate hands it ``cpu:0`` as its device id, which it refuses): it is refused here.
+    """
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    acc_state = accelerator.state
+    asked = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true", "yes")
+    if not asked or acc_state.distributed_type != DistributedType.MULTI_CPU:
+        return
+    plugin = FullyShardedDataParallelPlugin()
+    if plugin.fsdp_version != 2:
+        raise ValueError("FSDP between CPU processes needs fsdp_version: 2 in the accelerate config file")
+    if acc_state.mixed_precision != "no":
+        plugin.set_mixed_precision(acc_state.mixed_precision)
+    acc_state.fsdp_plugin = plugin
+    acc_state.distributed_type = DistributedType.FSDP
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # as accelerate records it
+
+
 def launched() -> bool:
     """Whether a launcher started this process (torchrun, accelerate, MPI), even as one of one."""
     return PartialState._shared_state != {} or any(k in os.environ for k in (*_RANK_VARIABLES, "MASTER_ADDR"))
@@ -132,4 +159,6 @@ def shard(n: int, unit: int = 1) -> range:
     return range(min(first * unit, n), min(last * unit, n))
 
 
-__all__ = ["all_sum", "broadcast", "gather", "is_main", "launched", "rank", "shard", "state", "sum_gradients", "world_size"]
+__all__ = [
+    "all_sum", "broadcast", "gather", "is_main", "launched", "rank", "shard", "shard_on_cpus", "state", "sum_gradients", "world_size",
+]  # fmt: skip

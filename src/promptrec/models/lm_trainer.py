@@ -14,6 +14,15 @@ over the whole batch. The schedule counts global steps. Validation is rank 0's d
 only rank 0 writes the metrics and checkpoint files, while every process saves its part of
 accelerate's state (its random generators, an engine's shards).
 
+Under FSDP (an accelerate config file with ``distributed_type: FSDP``) each process holds only a
+shard of the weights, which its forward gathers layer by layer, so every process must run the
+same forwards; evaluation does not (each process ranks its own users, and a model's decoding
+takes as many steps as its users need). The trainer therefore keeps beside the sharded model a
+plain copy of the module that holds no weights until it is given the whole ones: gathered from
+the shards for each validation (then ranked as in data-parallel runs, and copied as the best
+weights), and at the end the best ones. Every process then holds the whole weights (not their
+gradients or optimiser state), as it will to recommend.
+
 An "epoch" is the stretch of steps between two validations: a pass over the data for P5, a
 share of the planned steps for the cross-encoder, which validates at evenly spaced steps.
 """
@@ -21,12 +30,14 @@ share of the planned steps for the cross-encoder, which validates at evenly spac
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import math
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,9 +140,10 @@ class Trainer:
         self.stopped_by_time = False
         self.train_loss = 0.0  # the last epoch's mean step loss
         self.accelerator = None
+        self.sharded = False  # FSDP: each process holds a shard of the weights (module doc)
         if config.accelerate:
             from accelerate import Accelerator
-            from accelerate.utils import DataLoaderConfiguration
+            from accelerate.utils import DataLoaderConfiguration, DistributedType
 
             # split_batches: each batch is the global one, split between the processes, so the
             # prepared scheduler advances once per step whatever their number.
@@ -139,6 +151,8 @@ class Trainer:
             self.accelerator = Accelerator(
                 mixed_precision=config.mixed_precision, dataloader_config=DataLoaderConfiguration(split_batches=True)
             )
+            distributed.shard_on_cpus(self.accelerator)
+            self.sharded = self.accelerator.distributed_type == DistributedType.FSDP
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         if config.decay_matrices_only:
             groups = [
@@ -149,13 +163,17 @@ class Trainer:
             groups = [{"params": self.trainable, "weight_decay": config.weight_decay}]
         optimizer = torch.optim.AdamW(groups, lr=config.lr)
         scheduler = self._scheduler(optimizer)
+        if self.sharded:
+            # Taken before FSDP shards the module in place (module doc).
+            plain = _without_weights(model)
+            self._ties = _tied_names(plain)
         if self.accelerator is not None:
             model, optimizer, scheduler = self.accelerator.prepare(model, optimizer, scheduler)
-            self.raw = self.accelerator.unwrap_model(model)
+            self.raw = plain if self.sharded else self.accelerator.unwrap_model(model)
         else:
             self.raw = model
         # ``model`` runs the loss (an engine's wrapper exchanges gradients in its forward);
-        # ``raw`` is the module itself, for weights and evaluation.
+        # ``raw`` is the module itself, for weights and evaluation (under FSDP, the plain copy).
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
 
     def _scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
@@ -286,13 +304,35 @@ class Trainer:
                 self._validated(epoch, validate, running, epoch_start, mlog)
             if self.stopped_by_time or (cfg.patience is not None and state["bad_epochs"] >= cfg.patience):
                 break
-        if self.best_state is not None:
+        if self.sharded:
+            # The copy takes the best weights, or without validation the last ones (gathered).
+            self._hold(self.best_state if self.best_state is not None else self._whole_weights())
+        elif self.best_state is not None:
             self.raw.load_state_dict(self.best_state)
         self.raw.eval()
         return self
 
+    def _whole_weights(self) -> dict[str, torch.Tensor]:
+        """The sharded model's whole weights, on every process (a collective: all must call it)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True))
+
+    def _hold(self, weights: dict[str, torch.Tensor]) -> None:
+        """Make ``weights`` (whole, not sharded) the plain copy's, on this process's device."""
+        # Assigned, not copied: the copy's parameters start without storage.
+        self.raw.load_state_dict(weights, assign=True)
+        for names in self._ties:  # assigning gives each name its own tensor: tie them again
+            shared = self.raw.get_parameter(names[0])
+            for name in names[1:]:
+                owner, _, attr = name.rpartition(".")
+                setattr(self.raw.get_submodule(owner), attr, shared)
+        self.raw.to(self.device)
+
     def _validated(self, epoch: int, validate: Callable[[], dict[str, Any]], running: float, epoch_start: float, mlog: _MetricsLog) -> None:
         cfg, state = self.config, self.state
+        if self.sharded:
+            self._hold(self._whole_weights())  # every process, before any ranks its users
         val = distributed.broadcast(validate())  # the same on every process; rank 0's decides for all
         score = val[cfg.monitor]
         improved = state["best_epoch"] < 0 or score > state["best"]
@@ -351,12 +391,15 @@ class Trainer:
         if main:
             for cb in self.callbacks:
                 cb.on_checkpoint(self, ckpt)
-        # accelerate warns that tied embeddings are stored once; that is expected for T5.
+        # accelerate warns that tied embeddings are stored once; that is expected for T5. Under
+        # FSDP, torch's distributed checkpoint warns that it overwrites the last epoch's.
         acc_log = logging.getLogger("accelerate.utils.other")
         level = acc_log.level
         acc_log.setLevel(logging.ERROR)
         try:
-            acc.save_state(str(ckpt / "accelerate"))
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Detected an existing checkpoint", category=UserWarning)
+                acc.save_state(str(ckpt / "accelerate"))
         finally:
             acc_log.setLevel(level)
         if not main:
@@ -372,6 +415,24 @@ class Trainer:
         # No process goes on (or ends) before the checkpoint is whole: trainer_state.json, written
         # last, is what a resume looks for.
         acc.wait_for_everyone()
+
+
+def _without_weights(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` whose parameters have no storage (on the meta device): its structure,
+    configuration, buffers and tied parameters, for the whole weights to be assigned to."""
+    memo = {
+        id(p): torch.nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+        for p in model.parameters()
+    }
+    return copy.deepcopy(model, memo)
+
+
+def _tied_names(model: torch.nn.Module) -> list[list[str]]:
+    """The names of each parameter that several modules share (tied embeddings), grouped."""
+    names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    return [group for group in names.values() if len(group) > 1]
 
 
 class _MetricsLog:

@@ -91,11 +91,22 @@ def _head_rows(head: torch.nn.Module, rows: torch.Tensor) -> tuple[torch.Tensor,
     return weight, None
 
 
+def _fully_sharded(model: Any) -> bool:
+    try:
+        from torch.distributed.fsdp import FSDPModule  # FSDP2, torch 2.6 on
+    except ImportError:
+        return False
+    return isinstance(model, FSDPModule)
+
+
 def _body(model: Any) -> torch.nn.Module | None:
     """The transformer body under the output layer, where calling it alone computes what the
     model's forward would up to the output layer: a plain transformers model, or one with LoRA or
     IA3 (which live inside the base's layers). Soft prompts and prefixes exist only in peft's
-    own forward, and a distributed wrapper must run its own: None for those."""
+    own forward, and a distributed wrapper must run its own: None for those. So must a model that
+    FSDP shards in place: its root forward gathers the weights outside the blocks."""
+    if _fully_sharded(model):
+        return None
     if isinstance(model, PreTrainedModel):
         return model.base_model
     import peft

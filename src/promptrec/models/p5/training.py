@@ -128,10 +128,16 @@ def train(
     )  # fmt: skip
     raw = trainer.raw
     kind = lm_kind(raw)  # the loss of an encoder-decoder or a decoder-only LM
-    # The recommender holds the module itself (batches, validation, saving); only the loss runs
-    # through the engine's wrapper, whose forward exchanges gradients.
+    # The recommender holds the module itself (batches, validation, saving; under FSDP the
+    # trainer's plain copy, given the whole weights for validation); only the loss runs through
+    # the engine's wrapper, whose forward exchanges gradients.
     rec.model = raw
     if cfg.item_anchor > 0:
+        if trainer.sharded:
+            raise ValueError(
+                "train.item_anchor pulls rows of the embedding matrix in place, which FSDP splits between the "
+                "processes: set train.item_anchor=0, or train without FSDP"
+            )
         weight = raw.get_input_embeddings().weight
         if not weight.requires_grad:
             raise ValueError(
