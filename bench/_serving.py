@@ -80,6 +80,17 @@ class Server:
         return self.log_path.read_text(errors="replace")[-chars:]
 
 
+def cpu_probe_seconds(loops: int = 3_000_000) -> float:
+    """Seconds one core takes for a fixed loop of Python arithmetic: how fast the machine is right
+    now. On a shared virtual machine the same work takes up to twice as long from one period to
+    the next, and every latency with it; a run's probe says which period it ran in."""
+    started = time.perf_counter()
+    total = 0
+    for i in range(loops):
+        total += i * i
+    return round(time.perf_counter() - started, 3)
+
+
 def machine_info(packages: Sequence[str]) -> dict[str, Any]:
     """CPU model and count, load average now, platform, and the versions of ``packages``."""
     cpu = platform.processor() or platform.machine()
@@ -98,6 +109,7 @@ def machine_info(packages: Sequence[str]) -> dict[str, Any]:
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "cpu_probe_seconds_at_start": cpu_probe_seconds(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         **versions,

@@ -61,7 +61,7 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 import pandas as pd
-from _serving import Server, machine_info  # bench/ is on sys.path when a script here runs
+from _serving import Server, cpu_probe_seconds, machine_info  # bench/ is on sys.path when a script here runs
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = ROOT / "runs" / "quickstart" / "model"  # what `promptrec quickstart` leaves
@@ -400,7 +400,7 @@ def main() -> int:
         "modes": modes,
         "seed": args.seed,
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
-        "machine": machine,
+        "machine": {**machine, "cpu_probe_seconds_at_end": cpu_probe_seconds()},
     }
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps(result, indent=2) + "\n")
