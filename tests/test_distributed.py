@@ -1,7 +1,8 @@
 """Training and evaluation as 2 CPU processes under ``accelerate launch`` (gloo), against one
 process: the same recipe (the configured batch is the global batch), files written once, the
 saved models usable, and sharded evaluation equal to one process's to the last digit; and the
-same recipe under FSDP full sharding, launched with the example accelerate config file."""
+same recipe under FSDP full sharding, launched with the example accelerate config file, on GPT-2
+and on a tiny Gemma 3 (LoRA and full tuning)."""
 
 import json
 import os
@@ -155,6 +156,108 @@ def test_fsdp_full_sharding_trains_the_one_process_recipe(runs):
     assert max((saved[k] - alone[k]).abs().max().item() for k in alone) < WEIGHT_TOLERANCE
     rec = load_recommender(run / "model")  # in this one process
     assert len(rec.recommend(["user0"], k=3)) == 3
+
+
+def _save_tiny_gemma(path: Path) -> Path:
+    """A random-init Gemma 3 of two blocks (two FSDP units) whose output layer is tied to its
+    input embedding, as Gemma 3 270M's is, with a Gemma-like tokenizer."""
+    import torch
+    from test_pretrained import gemma_like_tokenizer
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    tok = gemma_like_tokenizer()
+    config = Gemma3TextConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, max_position_embeddings=256, sliding_window=16,
+        pad_token_id=0, eos_token_id=1, bos_token_id=2, tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    Gemma3ForCausalLM(config).save_pretrained(path)
+    tok.save_pretrained(str(path))
+    return path
+
+
+def _gemma_params(gemma: Path, tuning: dict) -> dict:
+    """The Gemma recipe (recipes/gemma_sequence.yaml) at test size, dropout off (LoRA's too)."""
+    return {
+        "model": {"pretrained": str(gemma), "tuning": tuning, "templates": "history_last", "prompt_eos": False,
+                  "item_init": "lm", "dropout": 0.0},
+        "index": {"method": "random", "params": {"levels": 1}},
+        "tasks": {"weights": {"sequence": 1.0}},
+        "train": {"epochs": 2, "batch_size": 8, "val_users": 10, "patience": 5, "history_loss": True,
+                  "softmax": "items", "lr": 0.01},
+        "eval": {"unconstrained_users": 0},
+    }  # fmt: skip
+
+
+# The recipe's LoRA, less its training of the item rows (see the test below).
+GEMMA_LORA = {"method": "lora", "r": 4, "alpha": 8, "dropout": 0.0, "train_embeddings": False,
+              "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}  # fmt: skip
+
+
+def test_fsdp_full_sharding_trains_a_gemma_with_lora_and_in_full(tmp_path):
+    """The Gemma sequence LM under FSDP2, against one process: LoRA (the job's model; each unit
+    holds the frozen base and the adapter beside it) and full tuning (a compare entry), in one
+    launch; the same steps, losses, test metrics and saved weights, and saved models that load."""
+    from safetensors.torch import load_file
+
+    from promptrec.core.recommender import load_recommender
+    from promptrec.pipeline import JobConfig, run_job
+
+    gemma = _save_tiny_gemma(tmp_path / "gemma")
+    data = cyclic_data(n_users=33, n_items=20)
+    events, items = tmp_path / "events.csv", tmp_path / "items.csv"
+    data.interactions.to_csv(events, index=False)
+    data.items.reset_index().to_csv(items, index=False)  # titles, which item_init=lm starts the item rows from
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({
+        "recommender": "p5",
+        "data": {"loader": "tabular", "path": str(events), "options": {"items": str(items)}},
+        "params": _gemma_params(gemma, GEMMA_LORA),
+        "compare": [{"recommender": "p5", "label": "full", "params": _gemma_params(gemma, {"method": "full"})}],
+    }))  # fmt: skip
+    alone, run = tmp_path / "p1", tmp_path / "fsdp"
+    run_job(JobConfig.load(job), alone, progress=False)  # one process: this one (what `promptrec train` runs)
+    _run(["-m", "promptrec.cli", "train", "-c", str(job), "-o", str(run)], 2, config=FSDP_CONFIG)
+    for key, checkpoint in (("model", run / "checkpoint"), ("full", run / "compare" / "full.run" / "checkpoint")):
+        assert (checkpoint / "accelerate" / "pytorch_model_fsdp_0").is_dir()  # sharded, a shard per process
+        one, sharded = (json.loads((d / "metrics.json").read_text())[key] for d in (alone, run))
+        assert sharded["processes"] == 2
+        assert sharded["steps"] == one["steps"] > 1
+        assert sharded["train_loss"] == pytest.approx(one["train_loss"], rel=LOSS_TOLERANCE)
+        assert sharded["NDCG@10"] == pytest.approx(one["NDCG@10"], abs=1e-6)
+    # LoRA saved the adapter and the grown embedding matrix (frozen here), no copy of the base's blocks.
+    lora_files = {"adapter/adapter_model.safetensors", "embeddings.safetensors"}
+    for saved, files in (("model", lora_files), ("compare/full", {"model.safetensors"})):
+        assert {str(f.relative_to(run / saved)) for f in (run / saved).rglob("*.safetensors")} == files
+        for name in files:
+            mine, theirs = (load_file(str(d / saved / name)) for d in (alone, run))
+            assert mine.keys() == theirs.keys() and all(mine[k].shape == theirs[k].shape for k in mine)
+            assert max((mine[k] - theirs[k]).abs().max().item() for k in mine) < WEIGHT_TOLERANCE
+        rec = load_recommender(run / saved)  # in this one process
+        assert len(rec.recommend(["user0"], k=3)) == 3
+
+
+def test_fsdp_refuses_trainable_tokens_on_a_tied_embedding(tmp_path):
+    """The recipe's LoRA trains the item rows as peft's trainable tokens, which on a tied embedding
+    wrap the input embedding and the output layer apart (lm_trainer._split_ties): refused under
+    FSDP before accelerate fails on it. Without them, or tuned fully, the embedding is tied plainly."""
+    from promptrec.data import leave_one_out
+    from promptrec.models.lm_trainer import _split_ties
+    from promptrec.models.p5.config import RunConfig
+    from promptrec.models.p5.model import P5Recommender
+
+    gemma = _save_tiny_gemma(tmp_path / "gemma")
+    split = leave_one_out(cyclic_data(n_users=10, n_items=20))
+
+    def ties(tuning: dict) -> list[str]:
+        params = _gemma_params(gemma, tuning)
+        rec = P5Recommender(RunConfig().update({k: params[k] for k in ("model", "index", "tasks")})).build(split)
+        return _split_ties(rec.model)
+
+    shared = ["token_adapter.base_layer.weight", "token_adapter.trainable_tokens_delta.default"]  # matrix, new rows
+    assert ties({**GEMMA_LORA, "train_embeddings": True}) == shared
+    assert ties(GEMMA_LORA) == [] and ties({"method": "full"}) == []
 
 
 @pytest.mark.parametrize("n, unit, processes", [(33, 7, 2), (33, 7, 3), (5, 7, 2), (0, 4, 2), (10, 1, 4), (3, 1, 4)])

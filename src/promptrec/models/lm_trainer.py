@@ -21,7 +21,9 @@ takes as many steps as its users need). The trainer therefore keeps beside the s
 plain copy of the module that holds no weights until it is given the whole ones: gathered from
 the shards for each validation (then ranked as in data-parallel runs, and copied as the best
 weights), and at the end the best ones. Every process then holds the whole weights (not their
-gradients or optimiser state), as it will to recommend.
+gradients or optimiser state), as it will to recommend. A model whose input embedding and output
+layer share parameters that accelerate cannot put in one unit (peft's trainable tokens on a tied
+embedding) is refused before it is sharded (:func:`_split_ties`).
 
 An "epoch" is the stretch of steps between two validations: a pass over the data for P5, a
 share of the planned steps for the cross-encoder, which validates at evenly spaced steps.
@@ -164,6 +166,15 @@ class Trainer:
         optimizer = torch.optim.AdamW(groups, lr=config.lr)
         scheduler = self._scheduler(optimizer)
         if self.sharded:
+            split = _split_ties(model)
+            if split:
+                raise ValueError(
+                    f"FSDP needs the parameters that the input embedding and the output layer share ({', '.join(split)}) in "
+                    "one unit, and accelerate puts the two in one only when they hold the same weight tensor; here each "
+                    "computes its own (peft's trainable tokens on a tied embedding: LoRA training the rows of added "
+                    "tokens). Set tuning.train_embeddings=false (the added rows keep their start), tune fully, or train "
+                    "LoRA without FSDP"
+                )
             # Taken before FSDP shards the module in place (module doc).
             plain = _without_weights(model)
             self._ties = _tied_names(plain)
@@ -425,6 +436,30 @@ def _without_weights(model: torch.nn.Module) -> torch.nn.Module:
         for p in model.parameters()
     }
     return copy.deepcopy(model, memo)
+
+
+def _split_ties(model: torch.nn.Module) -> list[str]:
+    """The parameters that the input embedding shares with the output layer although the two do
+    not hold the same ``weight`` tensor (empty when they share none, or are tied plainly).
+
+    FSDP2 refuses a parameter in two units. accelerate carves the input embedding into a unit of
+    its own and the output layer into another, unless their ``weight`` is one tensor (a tied
+    embedding), when both go into one. peft's trainable tokens on a tied embedding wrap both in
+    modules that share the frozen matrix and the new rows, but whose ``weight`` is the matrix with
+    the rows merged in, computed on each access: accelerate sees no tie and builds two units
+    holding the same parameters."""
+    get_input, get_output = (getattr(model, name, None) for name in ("get_input_embeddings", "get_output_embeddings"))
+    if get_input is None or get_output is None:
+        return []
+    inp, out = get_input(), get_output()
+    if inp is None or out is None:
+        return []
+    theirs = {id(p) for p in out.parameters()}
+    shared = [name for name, p in inp.named_parameters() if id(p) in theirs]
+    weight = getattr(inp, "weight", None)
+    if not shared or (weight is not None and weight is getattr(out, "weight", None)):
+        return []
+    return shared
 
 
 def _tied_names(model: torch.nn.Module) -> list[list[str]]:
