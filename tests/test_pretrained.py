@@ -164,6 +164,51 @@ def test_lora_trains_only_the_new_token_rows_and_the_adapter(gemma_dir, split, t
     pd.testing.assert_frame_equal(before, load_recommender(tmp_path / "m").recommend(users, k=5))
 
 
+@pytest.fixture(scope="module")
+def untied_gemma_dir(tmp_path_factory):
+    """The tiny Gemma with an output layer of its own (tie_word_embeddings=False)."""
+    tok = gemma_like_tokenizer()
+    config = Gemma3TextConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, max_position_embeddings=256, sliding_window=16,
+        pad_token_id=0, eos_token_id=1, bos_token_id=2, tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("gemma-tiny-untied")
+    Gemma3ForCausalLM(config).save_pretrained(path)
+    tok.save_pretrained(str(path))
+    return path
+
+
+def test_lora_on_an_untied_model_trains_saves_and_restores_the_output_rows(untied_gemma_dir, split, tmp_path):
+    """The output layer's rows of the item tokens are a matrix apart from the input embedding's:
+    they train under LoRA, are saved with the adapter, and a saved model loads to the same scores
+    every time (not to fresh random rows from the vocabulary's resize)."""
+    cfg = config(untied_gemma_dir, **{
+        "model.tuning": {"method": "lora", "r": 4}, "train.softmax": "items", "train.lr": 0.01,
+    })
+    rec = P5Recommender(cfg).fit(split, progress=False)
+    base = Gemma3ForCausalLM.from_pretrained(untied_gemma_dir)
+    words = base.config.vocab_size
+    head = rec.model.get_base_model().get_output_embeddings().token_adapter
+    assert head.token_indices["default"] == list(range(words, len(rec.tokenizer)))
+    frozen = head.base_layer.weight
+    torch.testing.assert_close(frozen[:words], base.lm_head.weight)  # the LM's own rows stay frozen
+    # The item rows moved away from where the resize put them (the frozen matrix keeps those).
+    assert (head.trainable_tokens_delta["default"] - frozen[words:]).abs().max() > 1e-3
+    users = list(split.test["user_id"][:6])
+    before = rec.recommend(users, k=5)
+    rec.save_pretrained(tmp_path / "m")
+    assert not (tmp_path / "m" / "embeddings.safetensors").exists()
+    saved = json.loads((tmp_path / "m" / "adapter" / "adapter_config.json").read_text())
+    assert set(saved["trainable_token_indices"]) == {"model.embed_tokens", "lm_head"}
+    first, second = (load_recommender(tmp_path / "m").recommend(users, k=5) for _ in range(2))
+    for loaded in (first, second):
+        assert loaded["item_id"].tolist() == before["item_id"].tolist()
+        np.testing.assert_allclose(loaded["score"], before["score"], rtol=0, atol=1e-6)
+    pd.testing.assert_frame_equal(first, second)
+
+
 def test_a_tiny_gemma_learns_the_cycle_with_full_tuning(gemma_dir):
     """A known answer: users walk a cycle, so the next item follows the last one."""
     from conftest import cyclic_data

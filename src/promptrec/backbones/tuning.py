@@ -49,11 +49,14 @@ def is_peft(cfg: "TuningConfig") -> bool:
     return cfg.method != "full"
 
 
-def peft_config(cfg: "TuningConfig", task_type: str, new_tokens: list[int] | None = None):
+def peft_config(
+    cfg: "TuningConfig", task_type: str, new_tokens: list[int] | dict[str, list[int]] | None = None
+):
     """The peft config object for ``cfg`` (``task_type``: SEQ_2_SEQ_LM, CAUSAL_LM or SEQ_CLS).
 
     new_tokens: ids of the tokens added to a pretrained vocabulary, trained as peft's trainable
-    tokens under LoRA (with ``train_embeddings``)."""
+    tokens under LoRA (with ``train_embeddings``): a list for the input embedding alone, or a
+    mapping from module name to ids (see :func:`token_targets`)."""
     import peft
 
     if task_type not in TASK_TYPES:
@@ -83,6 +86,31 @@ def _embedding_weights(model) -> dict[str, torch.nn.Parameter]:
     return out
 
 
+def token_targets(model, new_tokens: list[int] | None) -> list[int] | dict[str, list[int]] | None:
+    """What peft's ``trainable_token_indices`` should hold for ``new_tokens`` on ``model``.
+
+    On a tied model the output layer reads the input embedding's matrix, and peft ties its
+    trainable tokens to the input side's: the plain list is enough. On an untied model the output
+    layer is a matrix of its own whose new rows the list leaves frozen at the random values the
+    resize gave them, never saved, and drawn afresh at every load: so both layers are named, each
+    with the new ids, and the adapter trains and saves the rows of both."""
+    if not new_tokens:
+        return None
+    weights = _embedding_weights(model)
+    if "output" not in weights:
+        return list(new_tokens)
+    head = model.get_output_embeddings()
+    if not isinstance(head, torch.nn.Linear) or head.bias is not None:
+        # peft's trainable tokens compute an output layer as a bias-free linear map.
+        raise ValueError(
+            f"trainable item tokens need a bias-free linear output layer, not {type(head).__name__}"
+            f"{' with a bias' if getattr(head, 'bias', None) is not None else ''}; set "
+            "tuning.train_embeddings=false or use full fine-tuning"
+        )
+    names = {id(m): n for n, m in model.named_modules()}
+    return {names[id(model.get_input_embeddings())]: list(new_tokens), names[id(head)]: list(new_tokens)}
+
+
 def supports_prefix_tuning(model: "PreTrainedModel", task_type: str = "SEQ_CLS") -> bool:
     """peft's prefix tuning passes the prefixes as ``past_key_values``. For classification it
     insists on a forward parameter of that name, which BERT from transformers 5.24 on calls
@@ -101,7 +129,8 @@ def apply_tuning(model: "PreTrainedModel", cfg: "TuningConfig", task_type: str, 
     tokens): a pretrained LLM's vocabulary is most of its weights (Gemma 3 270M: 168 M of 268 M),
     and training it whole would cost an optimizer update of every row per step and a copy of the
     matrix in every saved model, for rows no gradient but the new tokens' should move. The other
-    methods train the whole matrix."""
+    methods train the whole matrix. On an untied model the output layer's rows of the new tokens
+    are trained the same way (:func:`token_targets`)."""
     if not is_peft(cfg):
         return model
     import peft
@@ -113,7 +142,7 @@ def apply_tuning(model: "PreTrainedModel", cfg: "TuningConfig", task_type: str, 
             "prefixes); use lora, prompt or ia3"
         )
 
-    config = peft_config(cfg, task_type, new_tokens)
+    config = peft_config(cfg, task_type, token_targets(model, new_tokens) if cfg.method == "lora" else new_tokens)
     wrapped = peft.get_peft_model(model, config)
     if cfg.train_embeddings and not getattr(config, "trainable_token_indices", None):
         for weight in _embedding_weights(wrapped).values():
