@@ -86,3 +86,35 @@ def test_bad_settings_are_refused() -> None:
         MicroBatcher(Recorder(), workers=0)
     with pytest.raises(ValueError, match="max_batch"):
         MicroBatcher(Recorder(), max_batch=0)
+
+
+def test_a_coroutine_function_is_awaited_on_the_loop_with_the_same_batching() -> None:
+    batches: list[list[int]] = []
+    loop_threads: set[int] = set()
+
+    async def fn(xs):
+        loop_threads.add(threading.get_ident())
+        batches.append(list(xs))
+        await asyncio.sleep(0.05)
+        if any(x < 0 for x in xs):
+            raise ValueError("negative input")
+        return [x * 10 for x in xs]
+
+    async def scenario() -> list:
+        batcher = MicroBatcher(fn, max_batch=32)
+        batcher.start()
+        try:
+            first = asyncio.ensure_future(batcher.submit(0))
+            await asyncio.sleep(0.01)  # the first call is running: the next 8 queue up
+            rest = [asyncio.ensure_future(batcher.submit(x)) for x in range(1, 9)]
+            results = await asyncio.gather(first, *rest)
+            failed = await asyncio.gather(batcher.submit(-1), return_exceptions=True)
+            return results + failed + [await batcher.submit(9)], threading.get_ident()
+        finally:
+            await batcher.stop()
+
+    results, main = asyncio.run(scenario())
+    assert results[:9] == [x * 10 for x in range(9)]
+    assert isinstance(results[9], ValueError) and results[10] == 90  # a failed call, then the batcher goes on
+    assert batches == [[0], list(range(1, 9)), [-1], [9]]
+    assert loop_threads == {main}  # no thread: awaited on the event loop

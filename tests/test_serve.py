@@ -452,3 +452,33 @@ def test_fuzzing_the_openapi_schema_finds_no_server_error(server) -> None:
            "--exclude-path", "/admin/reload"]  # reloading 25 times only costs time; tested above
     result = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+def test_an_abandoned_call_from_the_event_loop_leaves_the_pipe_to_the_next(model_dirs) -> None:
+    """The batcher's calls are awaited on the event loop; one whose waiter is cancelled after it
+    was sent must still read its own reply, or the next call would take it for its answer."""
+    import asyncio
+
+    from promptrec.serving.worker import Job, ModelProcess
+
+    proc = ModelProcess(model_dirs[1])
+    try:
+        first, second = [Job("user1", [], None, 5, True, None)], [Job("user2", [], None, 5, True, None)]
+        want = [r.item_id for r in proc.answer(second)[0].items]
+        assert want != [r.item_id for r in proc.answer(first)[0].items]
+
+        async def scenario() -> list:
+            sent = asyncio.ensure_future(proc.answer_async(first))
+            await asyncio.sleep(0.001)  # sent; its reply not read yet
+            sent.cancel()
+            return await proc.answer_async(second)
+
+        # On the server's loop: uvloop, which leaves a descriptor it watched non-blocking.
+        uvloop = pytest.importorskip("uvloop")
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            got = runner.run(scenario())
+        assert [r.item_id for r in got[0].items] == want
+        # And a thread's call after it (/score, /rate) reads a whole reply, in step.
+        assert [r.item_id for r in proc.answer(second)[0].items] == want
+    finally:
+        proc.close()

@@ -268,16 +268,16 @@ class Server:
         )
         self._reload_lock = asyncio.Lock()
 
-    def _answer(self, jobs: Sequence[Job]) -> list[Answer]:
+    async def _answer(self, jobs: Sequence[Job]) -> list[Answer]:
         engine = self.engine  # one model for the whole batch, even if a swap happens meanwhile
         assert engine is not None
         self.batch_sizes.observe(len(jobs))
         try:
-            return engine.answer(jobs)
+            return await engine.answer_async(jobs)
         except ModelUnavailable:
             if self.engine is engine:
                 raise
-            return self.engine.answer(jobs)  # the batch reached a model being swapped out: ask the new one
+            return await self.engine.answer_async(jobs)  # the batch reached a model being swapped out: ask the new one
 
     async def rank(
         self,

@@ -2,14 +2,16 @@
 
 A beam search over 8 prompts costs far less than 8 searches over one, so requests that arrive
 while the model is busy (or within ``max_wait`` of the first one) are answered by one call of
-``fn``. At most ``workers`` calls run at once, each on a thread of its own: one per model
-process, so a call never waits behind another for a process that is free.
+``fn``. At most ``workers`` calls run at once: one per model process, so a call never waits
+behind another for a process that is free. A plain ``fn`` runs on a thread of its own; a
+coroutine function is awaited on the event loop (one that does not block it).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+import inspect
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Generic, TypeVar
 
@@ -26,7 +28,11 @@ class MicroBatcher(Generic[In, Out]):
     """
 
     def __init__(
-        self, fn: Callable[[Sequence[In]], Sequence[Out]], max_batch: int = 32, max_wait: float = 0.0, workers: int = 1
+        self,
+        fn: Callable[[Sequence[In]], Sequence[Out]] | Callable[[Sequence[In]], Awaitable[Sequence[Out]]],
+        max_batch: int = 32,
+        max_wait: float = 0.0,
+        workers: int = 1,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
@@ -97,7 +103,11 @@ class MicroBatcher(Generic[In, Out]):
     async def _call(self, live: list[tuple[In, asyncio.Future[Out]]]) -> None:
         assert self._free is not None
         try:
-            results = await asyncio.get_running_loop().run_in_executor(self._executor, self.fn, [x for x, _ in live])
+            inputs = [x for x, _ in live]
+            if inspect.iscoroutinefunction(self.fn):
+                results = await self.fn(inputs)
+            else:
+                results = await asyncio.get_running_loop().run_in_executor(self._executor, self.fn, inputs)
         except Exception as err:  # noqa: BLE001  (handed to each waiting request)
             for _, f in live:
                 if not f.done():

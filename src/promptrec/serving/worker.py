@@ -6,13 +6,16 @@ lock and the server uses one core however many it has; the model in a child proc
 the event loop instead of between its steps.
 
 The parent talks to the child over a pipe, one JSON message each way per call (no pickle), one
-call at a time. The child loads the model directory itself and answers with what the HTTP side
+call at a time. The server's micro-batches make that call from the event loop itself: it sends
+and then waits for the pipe to become readable, where a thread would add two hand-overs of the
+interpreter lock to every batch (measured: a median 0.7 ms each way under load, the p90 2 ms). The child loads the model directory itself and answers with what the HTTP side
 needs to know of it (version, catalogue, titles, capabilities). It exits when told to, or when
 the pipe closes because the parent died, so a killed server leaves no model process behind.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import logging
@@ -105,6 +108,23 @@ def _rate(engine: Any, args: dict[str, Any]) -> list[float]:
 
 
 HANDLERS = {"answer": _answer, "score": _score, "rate": _rate}
+
+
+def _jobs(jobs: Sequence[Job]) -> dict[str, Any]:
+    """An ``answer`` call's arguments as the child reads them."""
+    return {"jobs": [
+        {"user_id": j.user_id, "events": [astuple(e) for e in j.events], "explicit": j.explicit, "k": j.k,
+         "exclude_seen": j.exclude_seen, "candidates": list(j.candidates) if j.candidates is not None else None,
+         "explain": j.explain}
+        for j in jobs
+    ]}
+
+
+def _answers(reply: list[dict[str, Any]]) -> list[Answer]:
+    return [
+        Answer([Ranked(i, s, d) for i, s, d in a["items"]], a["strategy"], a["version"], explanations=a["explanations"])
+        for a in reply
+    ]
 
 
 def _child(conn: Any) -> None:
@@ -248,17 +268,11 @@ class ModelProcess:
 
     # -- calls -------------------------------------------------------------------------------
     def answer(self, jobs: Sequence[Job]) -> list[Answer]:
-        payload = [
-            {"user_id": j.user_id, "events": [astuple(e) for e in j.events], "explicit": j.explicit, "k": j.k,
-             "exclude_seen": j.exclude_seen, "candidates": list(j.candidates) if j.candidates is not None else None,
-             "explain": j.explain}
-            for j in jobs
-        ]
-        return [
-            Answer([Ranked(i, s, d) for i, s, d in a["items"]], a["strategy"], a["version"],
-                   explanations=a["explanations"])
-            for a in self._call("answer", {"jobs": payload})
-        ]
+        return _answers(self._call("answer", _jobs(jobs)))
+
+    async def answer_async(self, jobs: Sequence[Job]) -> list[Answer]:
+        """``answer`` from the event loop, without a thread (module doc)."""
+        return _answers(await self._call_async("answer", _jobs(jobs)))
 
     def score(self, pairs: Sequence[tuple[str, str]], events: dict[str, list[StoredEvent]]) -> list[float]:
         """P(yes) per (user, item); ``events``: each user's feedback, which shapes their history."""
@@ -276,6 +290,41 @@ class ModelProcess:
                 self._process.join(1.0)  # a broken pipe: the process is gone, let alive() say so
                 raise ModelProcessError(f"the model process is gone (exit code {self._process.exitcode})") from err
             return self._receive(None, ModelProcessError)
+
+    async def _call_async(self, op: str, args: dict[str, Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        if not self._lock.acquire(blocking=False):  # a thread's call or a close is in flight
+            return await loop.run_in_executor(None, self._call, op, args)
+        # Shielded: a caller that stops waiting must not leave its reply in the pipe, where the
+        # next call would read it as its own. The exchange finishes, and frees the lock, anyway.
+        return await asyncio.shield(loop.create_task(self._exchange(op, args)))
+
+    async def _exchange(self, op: str, args: dict[str, Any]) -> Any:
+        """One call with the lock held: send, wait for the reply without blocking the loop, read."""
+        try:
+            try:
+                # A message larger than the pipe's buffer blocks until the child has read the
+                # rest: it is idle, waiting for this call, so that takes as long as copying it.
+                self._conn.send_bytes(json.dumps({"op": op, "args": args}).encode())
+            except OSError as err:
+                self._process.join(1.0)
+                raise ModelProcessError(f"the model process is gone (exit code {self._process.exitcode})") from err
+            loop = asyncio.get_running_loop()
+            readable = loop.create_future()
+            fd = self._conn.fileno()
+            # Readable means the reply has begun (the child writes it in one go) or the child is
+            # gone (end of file): either way the read below does not wait on the child's work.
+            loop.add_reader(fd, lambda: readable.done() or readable.set_result(None))
+            try:
+                await readable
+            finally:
+                loop.remove_reader(fd)
+                # uvloop leaves a watched descriptor non-blocking: the read below, and the calls
+                # threads make, must block until a whole message is in.
+                os.set_blocking(fd, True)
+            return self._receive(None, ModelProcessError)
+        finally:
+            self._lock.release()
 
     def _receive(self, timeout: float | None, error: type[Exception]) -> Any:
         if timeout is not None and not self._conn.poll(timeout):
@@ -553,6 +602,33 @@ class ModelPool:
 
     def answer(self, jobs: Sequence[Job]) -> list[Answer]:
         return self._use(lambda m: m.answer(jobs))
+
+    async def answer_async(self, jobs: Sequence[Job]) -> list[Answer]:
+        """``answer`` from the event loop: on an idle process without a thread; when every
+        process is busy (or none serves), through ``answer`` on a thread, which waits or fails."""
+        loop = asyncio.get_running_loop()
+        with self._state:
+            member = next((m for m in reversed(self._idle) if m.alive()), None)
+            if member is None or self._closed.is_set():
+                member = None
+            else:
+                self._idle.remove(member)
+                slot = self._slots.index(member)
+        if member is None:
+            return await loop.run_in_executor(None, self.answer, jobs)
+        try:
+            return await member.answer_async(jobs)
+        except ModelProcessError as err:
+            if member.alive():
+                raise
+            await loop.run_in_executor(None, self._lost, slot, member)  # reaps the process: off the loop
+            raise ModelUnavailable("the model process exited during the call; it is restarting",
+                                   self._retry_after(slot)) from err
+        finally:
+            with self._state:
+                if self._slots[slot] is member and member.alive():
+                    self._idle.append(member)
+                self._state.notify_all()
 
     def score(self, pairs: Sequence[tuple[str, str]], events: dict[str, list[StoredEvent]]) -> list[float]:
         return self._use(lambda m: m.score(pairs, events))
