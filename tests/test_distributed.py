@@ -159,22 +159,11 @@ def test_fsdp_full_sharding_trains_the_one_process_recipe(runs):
 
 
 def _save_tiny_gemma(path: Path) -> Path:
-    """A random-init Gemma 3 of two blocks (two FSDP units) whose output layer is tied to its
-    input embedding, as Gemma 3 270M's is, with a Gemma-like tokenizer."""
-    import torch
-    from test_pretrained import gemma_like_tokenizer
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+    """The tests' tiny random-init Gemma 3 (two blocks: two FSDP units), its output layer tied to
+    its input embedding as Gemma 3 270M's is."""
+    from test_pretrained import tiny_gemma
 
-    tok = gemma_like_tokenizer()
-    config = Gemma3TextConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, head_dim=16, max_position_embeddings=256, sliding_window=16,
-        pad_token_id=0, eos_token_id=1, bos_token_id=2, tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    Gemma3ForCausalLM(config).save_pretrained(path)
-    tok.save_pretrained(str(path))
-    return path
+    return tiny_gemma(path, tied=True)
 
 
 def _gemma_params(gemma: Path, tuning: dict) -> dict:

@@ -4,6 +4,7 @@ the real Gemma 3 270M tests skip when its packages are absent."""
 
 import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -37,19 +38,24 @@ def gemma_like_tokenizer() -> PreTrainedTokenizerFast:
                                    unk_token="<unk>")
 
 
-@pytest.fixture(scope="module")
-def gemma_dir(tmp_path_factory):
+def tiny_gemma(path: Path, tied: bool) -> Path:
+    """A random-init two-block Gemma 3 with the test tokenizer, saved to ``path``; ``tied``: its
+    output layer reads the input embedding's matrix, as the real 270M's does."""
     tok = gemma_like_tokenizer()
     config = Gemma3TextConfig(
         vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
         num_key_value_heads=1, head_dim=16, max_position_embeddings=256, sliding_window=16,
-        pad_token_id=0, eos_token_id=1, bos_token_id=2, tie_word_embeddings=True,
+        pad_token_id=0, eos_token_id=1, bos_token_id=2, tie_word_embeddings=tied,
     )
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("gemma-tiny")
     Gemma3ForCausalLM(config).save_pretrained(path)
     tok.save_pretrained(str(path))
     return path
+
+
+@pytest.fixture(scope="module")
+def gemma_dir(tmp_path_factory):
+    return tiny_gemma(tmp_path_factory.mktemp("gemma-tiny"), tied=True)
 
 
 @pytest.fixture(scope="module")
@@ -167,17 +173,7 @@ def test_lora_trains_only_the_new_token_rows_and_the_adapter(gemma_dir, split, t
 @pytest.fixture(scope="module")
 def untied_gemma_dir(tmp_path_factory):
     """The tiny Gemma with an output layer of its own (tie_word_embeddings=False)."""
-    tok = gemma_like_tokenizer()
-    config = Gemma3TextConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, head_dim=16, max_position_embeddings=256, sliding_window=16,
-        pad_token_id=0, eos_token_id=1, bos_token_id=2, tie_word_embeddings=False,
-    )
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("gemma-tiny-untied")
-    Gemma3ForCausalLM(config).save_pretrained(path)
-    tok.save_pretrained(str(path))
-    return path
+    return tiny_gemma(tmp_path_factory.mktemp("gemma-tiny-untied"), tied=False)
 
 
 def test_lora_on_an_untied_model_trains_saves_and_restores_the_output_rows(untied_gemma_dir, split, tmp_path):
