@@ -595,10 +595,14 @@ class ModelPool:
             raise ModelUnavailable("the model process exited during the call; it is restarting",
                                    self._retry_after(slot)) from err
         finally:
-            with self._state:
-                if self._slots[slot] is member and member.alive():
-                    self._idle.append(member)
-                self._state.notify_all()
+            self._release(slot, member)
+
+    def _release(self, slot: int, member: ModelProcess) -> None:
+        """``member`` is done with its call: idle again unless it died or was replaced."""
+        with self._state:
+            if self._slots[slot] is member and member.alive():
+                self._idle.append(member)
+            self._state.notify_all()
 
     def answer(self, jobs: Sequence[Job]) -> list[Answer]:
         return self._use(lambda m: m.answer(jobs))
@@ -625,10 +629,7 @@ class ModelPool:
             raise ModelUnavailable("the model process exited during the call; it is restarting",
                                    self._retry_after(slot)) from err
         finally:
-            with self._state:
-                if self._slots[slot] is member and member.alive():
-                    self._idle.append(member)
-                self._state.notify_all()
+            self._release(slot, member)
 
     def score(self, pairs: Sequence[tuple[str, str]], events: dict[str, list[StoredEvent]]) -> list[float]:
         return self._use(lambda m: m.score(pairs, events))
