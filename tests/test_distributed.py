@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import cyclic_data
+from test_pretrained import tiny_gemma  # the tests' tiny Gemma 3 (two blocks: two FSDP units)
 
 HERE = Path(__file__).parent
 FSDP_CONFIG = HERE.parent / "examples" / "accelerate" / "fsdp.yaml"
@@ -158,14 +159,6 @@ def test_fsdp_full_sharding_trains_the_one_process_recipe(runs):
     assert len(rec.recommend(["user0"], k=3)) == 3
 
 
-def _save_tiny_gemma(path: Path) -> Path:
-    """The tests' tiny random-init Gemma 3 (two blocks: two FSDP units), its output layer tied to
-    its input embedding as Gemma 3 270M's is."""
-    from test_pretrained import tiny_gemma
-
-    return tiny_gemma(path, tied=True)
-
-
 def _gemma_params(gemma: Path, tuning: dict) -> dict:
     """The Gemma recipe (recipes/gemma_sequence.yaml) at test size, dropout off (LoRA's too)."""
     return {
@@ -193,7 +186,7 @@ def test_fsdp_full_sharding_trains_a_gemma_with_lora_and_in_full(tmp_path):
     from promptrec.core.recommender import load_recommender
     from promptrec.pipeline import JobConfig, run_job
 
-    gemma = _save_tiny_gemma(tmp_path / "gemma")
+    gemma = tiny_gemma(tmp_path / "gemma", tied=True)
     data = cyclic_data(n_users=33, n_items=20)
     events, items = tmp_path / "events.csv", tmp_path / "items.csv"
     data.interactions.to_csv(events, index=False)
@@ -236,7 +229,7 @@ def test_fsdp_refuses_trainable_tokens_on_a_tied_embedding(tmp_path):
     from promptrec.models.p5.config import RunConfig
     from promptrec.models.p5.model import P5Recommender
 
-    gemma = _save_tiny_gemma(tmp_path / "gemma")
+    gemma = tiny_gemma(tmp_path / "gemma", tied=True)
     split = leave_one_out(cyclic_data(n_users=10, n_items=20))
 
     def ties(tuning: dict) -> list[str]:

@@ -39,6 +39,7 @@ class MicroBatcher(Generic[In, Out]):
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.fn = fn
+        self._awaited = inspect.iscoroutinefunction(fn)  # known once, not asked per batch
         self.max_batch = max_batch
         self.max_wait = max_wait
         self.workers = workers
@@ -104,7 +105,7 @@ class MicroBatcher(Generic[In, Out]):
         assert self._free is not None
         try:
             inputs = [x for x, _ in live]
-            if inspect.iscoroutinefunction(self.fn):
+            if self._awaited:
                 results = await self.fn(inputs)
             else:
                 results = await asyncio.get_running_loop().run_in_executor(self._executor, self.fn, inputs)

@@ -350,10 +350,11 @@ class FeedbackStore:
         return [StoredEvent(*row) for row in reversed(rows)]
 
     def _reader(self) -> sa.Connection:
-        """This thread's kept read connection (SQLite only; see ``reads_inline``)."""
+        """This thread's kept connection, whose driver connection the inline read uses (SQLite only;
+        see ``reads_inline``)."""
         conn = getattr(self._readers, "conn", None)
         if conn is None or conn.closed:
-            conn = self._engine.connect().execution_options(promptrec_single_read=True)
+            conn = self._engine.connect()
             self._readers.conn = conn
             with self._kept_lock:
                 self._kept.append(conn)
