@@ -320,6 +320,42 @@ def test_frequency_mix_known_answers() -> None:
     torch.testing.assert_close(frequency_mix(alternating, 4, half), 0.25 * alternating)
 
 
+def test_low_pass_matrix_is_the_fft_filter() -> None:
+    from promptrec.models.sequential.bsarec import frequency_mix, low_pass_matrix
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 50, 4, dtype=torch.float64)
+    spectrum = torch.fft.rfft(x, dim=1, norm="ortho")
+    spectrum[:, 3:] = 0
+    low = torch.fft.irfft(spectrum, n=50, dim=1, norm="ortho")
+    matrix = low_pass_matrix(50, 3)
+    torch.testing.assert_close(torch.einsum("ij,bjd->bid", matrix, x), low)
+    torch.testing.assert_close(matrix @ matrix, matrix)  # a projection, of rank 2 * 3 - 1
+    assert torch.linalg.matrix_rank(matrix).item() == 5
+    beta = torch.randn(1, 1, 4, dtype=torch.float64)
+    whole = frequency_mix(x, 3, beta)
+    torch.testing.assert_close(whole, low + beta**2 * (x - low))
+    torch.testing.assert_close(frequency_mix(x, 3, beta, last_only=True), whole[:, -1:])
+
+
+def test_rand_dropout_keeps_the_expectation() -> None:
+    from promptrec.models.sequential.bsarec import RandDropout
+
+    torch.manual_seed(0)
+    layer = RandDropout(0.3)
+    x = torch.ones(200_000)
+    out = layer(x)
+    kept = out > 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.005
+    torch.testing.assert_close(out[kept], torch.full_like(out[kept], 1 / 0.7))
+    assert abs(out.mean().item() - 1.0) < 0.01
+    x.requires_grad_(True)
+    out = layer(x)
+    out.sum().backward()  # x is ones, so out is the mask: d(x * keep)/dx = keep
+    torch.testing.assert_close(x.grad, out.detach())
+    assert torch.equal(layer.eval()(x), x)
+
+
 def test_bsarec_filter_layer_with_every_frequency_is_the_residual_norm_of_2x() -> None:
     from promptrec.models.sequential.bsarec import FrequencyFilter
 
