@@ -1,8 +1,8 @@
 """Training and evaluation as 2 CPU processes under ``accelerate launch`` (gloo), against one
 process: the same recipe (the configured batch is the global batch), files written once, the
 saved models usable, and sharded evaluation equal to one process's to the last digit; and the
-same recipe under FSDP full sharding, launched with the example accelerate config file, on GPT-2
-and on a tiny Gemma 3 (LoRA and full tuning)."""
+same recipe under FSDP full sharding, launched with the example accelerate config file, on GPT-2,
+T5 and a tiny Gemma 3 (LoRA and full tuning)."""
 
 import json
 import os
@@ -157,6 +157,50 @@ def test_fsdp_full_sharding_trains_the_one_process_recipe(runs):
     assert max((saved[k] - alone[k]).abs().max().item() for k in alone) < WEIGHT_TOLERANCE
     rec = load_recommender(run / "model")  # in this one process
     assert len(rec.recommend(["user0"], k=3)) == 3
+
+
+def test_fsdp_full_sharding_trains_t5_whose_matrix_three_layers_share(tmp_path):
+    """T5 ties one matrix into ``shared`` and the encoder's and decoder's embedding layers; under
+    FSDP the three become one module (lm_trainer._one_embedding_module), managed once: the
+    one-process recipe, and the saved weights of the one-process run."""
+    from safetensors.torch import load_file
+
+    from promptrec.pipeline import JobConfig, run_job
+
+    events = tmp_path / "events.csv"
+    cyclic_data(n_users=33, n_items=20).interactions.to_csv(events, index=False)
+    params = {**JOB["params"], "model": {"preset": "tiny", "backbone": "t5", "dropout": 0.0}}
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({"recommender": "p5", "data": {"loader": "tabular", "path": str(events)},
+                                   "params": params}))  # fmt: skip
+    alone, run = tmp_path / "p1", tmp_path / "fsdp"
+    run_job(JobConfig.load(job), alone, progress=False)
+    _run(["-m", "promptrec.cli", "train", "-c", str(job), "-o", str(run)], 2, config=FSDP_CONFIG)
+    assert (run / "checkpoint" / "accelerate" / "pytorch_model_fsdp_0").is_dir()
+    one, sharded = (json.loads((d / "metrics.json").read_text())["model"] for d in (alone, run))
+    assert sharded["processes"] == 2 and sharded["steps"] == one["steps"] > 1
+    assert sharded["train_loss"] == pytest.approx(one["train_loss"], rel=LOSS_TOLERANCE)
+    assert sharded["NDCG@10"] == pytest.approx(one["NDCG@10"], abs=1e-6)
+    mine, theirs = (load_file(str(d / "model" / "model.safetensors")) for d in (alone, run))
+    assert mine.keys() == theirs.keys()
+    assert max((mine[k] - theirs[k]).abs().max().item() for k in mine) < WEIGHT_TOLERANCE
+
+
+def test_one_embedding_module_keeps_the_function():
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from promptrec.models.lm_trainer import _one_embedding_module
+
+    torch.manual_seed(0)
+    t5 = T5ForConditionalGeneration(T5Config(vocab_size=50, d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8)).eval()
+    ids = torch.randint(0, 50, (2, 5))
+    before = t5(input_ids=ids, decoder_input_ids=ids).logits
+    assert t5.encoder.embed_tokens is not t5.shared
+    _one_embedding_module(t5)
+    assert t5.encoder.embed_tokens is t5.shared and t5.decoder.embed_tokens is t5.shared
+    assert t5.lm_head.weight is t5.shared.weight  # the output layer's tie untouched
+    torch.testing.assert_close(t5(input_ids=ids, decoder_input_ids=ids).logits, before, rtol=0, atol=0)
 
 
 def _gemma_params(gemma: Path, tuning: dict) -> dict:

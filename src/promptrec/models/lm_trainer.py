@@ -175,6 +175,7 @@ class Trainer:
                     "tokens). Set tuning.train_embeddings=false (the added rows keep their start), tune fully, or train "
                     "LoRA without FSDP"
                 )
+            _one_embedding_module(model)
             # Taken before FSDP shards the module in place (module doc).
             plain = _without_weights(model)
             self._ties = _tied_names(plain)
@@ -460,6 +461,25 @@ def _split_ties(model: torch.nn.Module) -> list[str]:
     if not shared or (weight is not None and weight is getattr(out, "weight", None)):
         return []
     return shared
+
+
+def _one_embedding_module(model: torch.nn.Module) -> None:
+    """Make every embedding layer that holds the input embedding's matrix that layer itself.
+
+    T5 ties one matrix into three embedding layers (``shared``, the encoder's and the decoder's
+    ``embed_tokens``). accelerate puts the input embedding (with the output layer, when tied) in
+    one FSDP unit, and FSDP2 refuses the same parameter in the root unit through the other two
+    layers; one module in three places is managed once. The same weights, the same function.
+    """
+    get_input = getattr(model, "get_input_embeddings", None)
+    inp = get_input() if get_input is not None else None
+    weight = getattr(inp, "weight", None)
+    if not isinstance(weight, torch.nn.Parameter):
+        return
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if child is not inp and isinstance(child, torch.nn.Embedding) and child.weight is weight:
+                setattr(parent, name, inp)
 
 
 def _tied_names(model: torch.nn.Module) -> list[list[str]]:
