@@ -2,8 +2,9 @@
 process: the same recipe (the configured batch is the global batch), files written once, the
 saved models usable, and sharded evaluation equal to one process's to the last digit; and the
 same recipe under FSDP full sharding, launched with the example accelerate config file, on GPT-2,
-T5 and a tiny Gemma 3 (LoRA and full tuning)."""
+T5 and a tiny Gemma 3 (LoRA and full tuning), and under DeepSpeed ZeRO-3 where DeepSpeed is installed."""
 
+import importlib.util
 import json
 import os
 import socket
@@ -177,6 +178,44 @@ def test_fsdp_full_sharding_trains_t5_whose_matrix_three_layers_share(tmp_path):
     run_job(JobConfig.load(job), alone, progress=False)
     _run(["-m", "promptrec.cli", "train", "-c", str(job), "-o", str(run)], 2, config=FSDP_CONFIG)
     assert (run / "checkpoint" / "accelerate" / "pytorch_model_fsdp_0").is_dir()
+    one, sharded = (json.loads((d / "metrics.json").read_text())["model"] for d in (alone, run))
+    assert sharded["processes"] == 2 and sharded["steps"] == one["steps"] > 1
+    assert sharded["train_loss"] == pytest.approx(one["train_loss"], rel=LOSS_TOLERANCE)
+    assert sharded["NDCG@10"] == pytest.approx(one["NDCG@10"], abs=1e-6)
+    mine, theirs = (load_file(str(d / "model" / "model.safetensors")) for d in (alone, run))
+    assert mine.keys() == theirs.keys()
+    assert max((mine[k] - theirs[k]).abs().max().item() for k in mine) < WEIGHT_TOLERANCE
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("deepspeed") is None, reason="DeepSpeed is not a promptrec dependency: pip install deepspeed"
+)
+def test_zero3_trains_the_one_process_recipe(runs, tmp_path, monkeypatch):
+    """DeepSpeed ZeRO-3 through the example config (every weight partitioned: no persistence
+    threshold), against one process: validation and saving on the gathered weights, with each
+    process's validation taking its own number of forwards (9 users in batches of 4)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from promptrec.pipeline import JobConfig, run_job
+
+    _, events = runs
+    params = {**JOB["params"], "train": {**JOB["params"]["train"], "val_users": 9},
+              "eval": {**JOB["params"]["eval"], "batch_size": 4}}  # fmt: skip
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({"recommender": "p5", "data": {"loader": "tabular", "path": str(events)},
+                                   "params": params}))  # fmt: skip
+    ds = json.loads((FSDP_CONFIG.parent / "zero3.json").read_text())
+    ds["train_micro_batch_size_per_gpu"] = params["train"]["batch_size"] // 2
+    (tmp_path / "zero3.json").write_text(json.dumps(ds))
+    config = yaml.safe_load((FSDP_CONFIG.parent / "zero3.yaml").read_text())
+    config["deepspeed_config"]["deepspeed_config_file"] = str(tmp_path / "zero3.json")
+    (tmp_path / "zero3.yaml").write_text(yaml.safe_dump(config))
+    alone, run = tmp_path / "p1", tmp_path / "zero3"
+    run_job(JobConfig.load(job), alone, progress=False)
+    monkeypatch.setenv("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+    _run(["-m", "promptrec.cli", "train", "-c", str(job), "-o", str(run)], 2, config=tmp_path / "zero3.yaml")
+    assert any((run / "checkpoint" / "accelerate").rglob("zero_pp_rank_1_*"))  # partitioned
     one, sharded = (json.loads((d / "metrics.json").read_text())["model"] for d in (alone, run))
     assert sharded["processes"] == 2 and sharded["steps"] == one["steps"] > 1
     assert sharded["train_loss"] == pytest.approx(one["train_loss"], rel=LOSS_TOLERANCE)

@@ -23,7 +23,10 @@ the shards for each validation (then ranked as in data-parallel runs, and copied
 weights), and at the end the best ones. Every process then holds the whole weights (not their
 gradients or optimiser state), as it will to recommend. A model whose input embedding and output
 layer share parameters that accelerate cannot put in one unit (peft's trainable tokens on a tied
-embedding) is refused before it is sharded (:func:`_split_ties`).
+embedding) is refused before it is sharded (:func:`_split_ties`). DeepSpeed ZeRO stage 3 (a
+DeepSpeed config file with ``"stage": 3``) partitions the weights as well, gathering each module's
+as its forward runs: the same plain copy serves it, given weights gathered by DeepSpeed's
+``GatheredParameters``.
 
 An "epoch" is the stretch of steps between two validations: a pass over the data for P5, a
 share of the planned steps for the cross-encoder, which validates at evenly spaced steps.
@@ -142,7 +145,8 @@ class Trainer:
         self.stopped_by_time = False
         self.train_loss = 0.0  # the last epoch's mean step loss
         self.accelerator = None
-        self.sharded = False  # FSDP: each process holds a shard of the weights (module doc)
+        self.sharded = False  # FSDP or ZeRO-3: each process holds a shard of the weights (module doc)
+        fsdp = False
         if config.accelerate:
             from accelerate import Accelerator
             from accelerate.utils import DataLoaderConfiguration, DistributedType
@@ -154,7 +158,10 @@ class Trainer:
                 mixed_precision=config.mixed_precision, dataloader_config=DataLoaderConfiguration(split_batches=True)
             )
             distributed.shard_on_cpus(self.accelerator)
-            self.sharded = self.accelerator.distributed_type == DistributedType.FSDP
+            kind = self.accelerator.distributed_type
+            fsdp = kind == DistributedType.FSDP
+            zero3 = kind == DistributedType.DEEPSPEED and self.accelerator.state.deepspeed_plugin.zero_stage == 3
+            self.sharded = fsdp or zero3
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         if config.decay_matrices_only:
             groups = [
@@ -165,7 +172,7 @@ class Trainer:
             groups = [{"params": self.trainable, "weight_decay": config.weight_decay}]
         optimizer = torch.optim.AdamW(groups, lr=config.lr)
         scheduler = self._scheduler(optimizer)
-        if self.sharded:
+        if fsdp:
             split = _split_ties(model)
             if split:
                 raise ValueError(
@@ -176,7 +183,8 @@ class Trainer:
                     "LoRA without FSDP"
                 )
             _one_embedding_module(model)
-            # Taken before FSDP shards the module in place (module doc).
+        if self.sharded:
+            # Taken before the engine shards the module in place (module doc).
             plain = _without_weights(model)
             self._ties = _tied_names(plain)
         if self.accelerator is not None:
@@ -326,6 +334,14 @@ class Trainer:
 
     def _whole_weights(self) -> dict[str, torch.Tensor]:
         """The sharded model's whole weights, on every process (a collective: all must call it)."""
+        from accelerate.utils import DistributedType
+
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:  # ZeRO-3
+            import deepspeed
+
+            module = self.accelerator.unwrap_model(self.model)
+            with deepspeed.zero.GatheredParameters(list(module.parameters())):  # whole on every process
+                return {k: v.detach().clone() for k, v in module.state_dict().items()}
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True))

@@ -135,8 +135,8 @@ def train(
     if cfg.item_anchor > 0:
         if trainer.sharded:
             raise ValueError(
-                "train.item_anchor pulls rows of the embedding matrix in place, which FSDP splits between the "
-                "processes: set train.item_anchor=0, or train without FSDP"
+                "train.item_anchor pulls rows of the embedding matrix in place, which FSDP or ZeRO-3 splits "
+                "between the processes: set train.item_anchor=0, or train without sharding the weights"
             )
         weight = raw.get_input_embeddings().weight
         if not weight.requires_grad:
