@@ -187,9 +187,24 @@ def test_fsdp_full_sharding_trains_t5_whose_matrix_three_layers_share(tmp_path):
     assert max((mine[k] - theirs[k]).abs().max().item() for k in mine) < WEIGHT_TOLERANCE
 
 
-@pytest.mark.skipif(
+NO_DEEPSPEED = pytest.mark.skipif(
     importlib.util.find_spec("deepspeed") is None, reason="DeepSpeed is not a promptrec dependency: pip install deepspeed"
 )
+
+
+def _zero3_config(directory: Path, batch: int) -> Path:
+    """The example ZeRO-3 config files, the DeepSpeed one with the micro batch of ``batch`` on 2
+    processes, written to ``directory``; the accelerate one's path."""
+    ds = json.loads((FSDP_CONFIG.parent / "zero3.json").read_text())
+    ds["train_micro_batch_size_per_gpu"] = batch // 2
+    (directory / "zero3.json").write_text(json.dumps(ds))
+    config = yaml.safe_load((FSDP_CONFIG.parent / "zero3.yaml").read_text())
+    config["deepspeed_config"]["deepspeed_config_file"] = str(directory / "zero3.json")
+    (directory / "zero3.yaml").write_text(yaml.safe_dump(config))
+    return directory / "zero3.yaml"
+
+
+@NO_DEEPSPEED
 def test_zero3_trains_the_one_process_recipe(runs, tmp_path, monkeypatch):
     """DeepSpeed ZeRO-3 through the example config (every weight partitioned: no persistence
     threshold), against one process: validation and saving on the gathered weights, with each
@@ -205,16 +220,10 @@ def test_zero3_trains_the_one_process_recipe(runs, tmp_path, monkeypatch):
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump({"recommender": "p5", "data": {"loader": "tabular", "path": str(events)},
                                    "params": params}))  # fmt: skip
-    ds = json.loads((FSDP_CONFIG.parent / "zero3.json").read_text())
-    ds["train_micro_batch_size_per_gpu"] = params["train"]["batch_size"] // 2
-    (tmp_path / "zero3.json").write_text(json.dumps(ds))
-    config = yaml.safe_load((FSDP_CONFIG.parent / "zero3.yaml").read_text())
-    config["deepspeed_config"]["deepspeed_config_file"] = str(tmp_path / "zero3.json")
-    (tmp_path / "zero3.yaml").write_text(yaml.safe_dump(config))
     alone, run = tmp_path / "p1", tmp_path / "zero3"
     run_job(JobConfig.load(job), alone, progress=False)
     monkeypatch.setenv("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
-    _run(["-m", "promptrec.cli", "train", "-c", str(job), "-o", str(run)], 2, config=tmp_path / "zero3.yaml")
+    _run(["-m", "promptrec.cli", "train", "-c", str(job), "-o", str(run)], 2, config=_zero3_config(tmp_path, 8))
     assert any((run / "checkpoint" / "accelerate").rglob("zero_pp_rank_1_*"))  # partitioned
     one, sharded = (json.loads((d / "metrics.json").read_text())["model"] for d in (alone, run))
     assert sharded["processes"] == 2 and sharded["steps"] == one["steps"] > 1
@@ -301,6 +310,40 @@ def test_fsdp_full_sharding_trains_a_gemma_with_lora_and_in_full(tmp_path):
             assert max((mine[k] - theirs[k]).abs().max().item() for k in mine) < WEIGHT_TOLERANCE
         rec = load_recommender(run / saved)  # in this one process
         assert len(rec.recommend(["user0"], k=3)) == 3
+
+
+@NO_DEEPSPEED
+def test_zero3_trains_the_gemma_recipes_lora_with_its_item_rows(tmp_path, monkeypatch):
+    """The recipe's own LoRA (the item rows trained as peft's trainable tokens on the tied
+    embedding), which FSDP cannot shard (next test), under ZeRO-3 against one process."""
+    import torch
+    from safetensors.torch import load_file
+
+    from promptrec.pipeline import JobConfig, run_job
+
+    gemma = tiny_gemma(tmp_path / "gemma", tied=True)
+    data = cyclic_data(n_users=33, n_items=20)
+    events, items = tmp_path / "events.csv", tmp_path / "items.csv"
+    data.interactions.to_csv(events, index=False)
+    data.items.reset_index().to_csv(items, index=False)
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({
+        "recommender": "p5",
+        "data": {"loader": "tabular", "path": str(events), "options": {"items": str(items)}},
+        "params": _gemma_params(gemma, {**GEMMA_LORA, "train_embeddings": True}),
+    }))  # fmt: skip
+    alone, run = tmp_path / "p1", tmp_path / "zero3"
+    run_job(JobConfig.load(job), alone, progress=False)
+    monkeypatch.setenv("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+    _run(["-m", "promptrec.cli", "train", "-c", str(job), "-o", str(run)], 2, config=_zero3_config(tmp_path, 8))
+    one, sharded = (json.loads((d / "metrics.json").read_text())["model"] for d in (alone, run))
+    assert sharded["processes"] == 2 and sharded["steps"] == one["steps"] > 1
+    assert sharded["train_loss"] == pytest.approx(one["train_loss"], rel=LOSS_TOLERANCE)
+    assert sharded["NDCG@10"] == pytest.approx(one["NDCG@10"], abs=1e-6)
+    name = "adapter/adapter_model.safetensors"  # the adapter holds the trained item rows
+    mine, theirs = (load_file(str(d / "model" / name)) for d in (alone, run))
+    assert mine.keys() == theirs.keys() and any("trainable_tokens" in k for k in mine)
+    assert max((mine[k] - theirs[k]).abs().max().item() for k in mine) < WEIGHT_TOLERANCE
 
 
 def test_fsdp_refuses_trainable_tokens_on_a_tied_embedding(tmp_path):

@@ -170,7 +170,9 @@ class Trainer:
             ]
         else:
             groups = [{"params": self.trainable, "weight_decay": config.weight_decay}]
-        optimizer = torch.optim.AdamW(groups, lr=config.lr)
+        # No empty group: DeepSpeed drops them, and a scheduler built on the groups would then step
+        # more rates than its optimiser has (LoRA's trainable parameters are all matrices).
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr)
         scheduler = self._scheduler(optimizer)
         if fsdp:
             split = _split_ties(model)
@@ -179,8 +181,8 @@ class Trainer:
                     f"FSDP needs the parameters that the input embedding and the output layer share ({', '.join(split)}) in "
                     "one unit, and accelerate puts the two in one only when they hold the same weight tensor; here each "
                     "computes its own (peft's trainable tokens on a tied embedding: LoRA training the rows of added "
-                    "tokens). Set tuning.train_embeddings=false (the added rows keep their start), tune fully, or train "
-                    "LoRA without FSDP"
+                    "tokens). Set tuning.train_embeddings=false (the added rows keep their start), tune fully, shard with "
+                    "DeepSpeed ZeRO-3 (examples/accelerate/zero3.yaml), or train LoRA without FSDP"
                 )
             _one_embedding_module(model)
         if self.sharded:
