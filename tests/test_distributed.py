@@ -160,11 +160,25 @@ def test_fsdp_full_sharding_trains_the_one_process_recipe(runs):
     assert len(rec.recommend(["user0"], k=3)) == 3
 
 
+def _assert_same_training(alone: Path, run: Path, weights: str) -> dict:
+    """``run`` (2 processes) trained the recipe of ``alone`` (one): the same steps, loss within
+    the tolerance, test metrics, and saved ``weights`` file (relative to ``model/``); returns it."""
+    from safetensors.torch import load_file
+
+    one, sharded = (json.loads((d / "metrics.json").read_text())["model"] for d in (alone, run))
+    assert sharded["processes"] == 2 and sharded["steps"] == one["steps"] > 1
+    assert sharded["train_loss"] == pytest.approx(one["train_loss"], rel=LOSS_TOLERANCE)
+    assert sharded["NDCG@10"] == pytest.approx(one["NDCG@10"], abs=1e-6)
+    mine, theirs = (load_file(str(d / "model" / weights)) for d in (alone, run))
+    assert mine.keys() == theirs.keys()
+    assert max((mine[k] - theirs[k]).abs().max().item() for k in mine) < WEIGHT_TOLERANCE
+    return theirs
+
+
 def test_fsdp_full_sharding_trains_t5_whose_matrix_three_layers_share(tmp_path):
     """T5 ties one matrix into ``shared`` and the encoder's and decoder's embedding layers; under
     FSDP the three become one module (lm_trainer._one_embedding_module), managed once: the
     one-process recipe, and the saved weights of the one-process run."""
-    from safetensors.torch import load_file
 
     from promptrec.pipeline import JobConfig, run_job
 
@@ -178,13 +192,7 @@ def test_fsdp_full_sharding_trains_t5_whose_matrix_three_layers_share(tmp_path):
     run_job(JobConfig.load(job), alone, progress=False)
     _run(["-m", "promptrec.cli", "train", "-c", str(job), "-o", str(run)], 2, config=FSDP_CONFIG)
     assert (run / "checkpoint" / "accelerate" / "pytorch_model_fsdp_0").is_dir()
-    one, sharded = (json.loads((d / "metrics.json").read_text())["model"] for d in (alone, run))
-    assert sharded["processes"] == 2 and sharded["steps"] == one["steps"] > 1
-    assert sharded["train_loss"] == pytest.approx(one["train_loss"], rel=LOSS_TOLERANCE)
-    assert sharded["NDCG@10"] == pytest.approx(one["NDCG@10"], abs=1e-6)
-    mine, theirs = (load_file(str(d / "model" / "model.safetensors")) for d in (alone, run))
-    assert mine.keys() == theirs.keys()
-    assert max((mine[k] - theirs[k]).abs().max().item() for k in mine) < WEIGHT_TOLERANCE
+    _assert_same_training(alone, run, "model.safetensors")
 
 
 NO_DEEPSPEED = pytest.mark.skipif(
@@ -210,7 +218,6 @@ def test_zero3_trains_the_one_process_recipe(runs, tmp_path, monkeypatch):
     threshold), against one process: validation and saving on the gathered weights, with each
     process's validation taking its own number of forwards (9 users in batches of 4)."""
     import torch
-    from safetensors.torch import load_file
 
     from promptrec.pipeline import JobConfig, run_job
 
@@ -225,13 +232,7 @@ def test_zero3_trains_the_one_process_recipe(runs, tmp_path, monkeypatch):
     monkeypatch.setenv("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
     _run(["-m", "promptrec.cli", "train", "-c", str(job), "-o", str(run)], 2, config=_zero3_config(tmp_path, 8))
     assert any((run / "checkpoint" / "accelerate").rglob("zero_pp_rank_1_*"))  # partitioned
-    one, sharded = (json.loads((d / "metrics.json").read_text())["model"] for d in (alone, run))
-    assert sharded["processes"] == 2 and sharded["steps"] == one["steps"] > 1
-    assert sharded["train_loss"] == pytest.approx(one["train_loss"], rel=LOSS_TOLERANCE)
-    assert sharded["NDCG@10"] == pytest.approx(one["NDCG@10"], abs=1e-6)
-    mine, theirs = (load_file(str(d / "model" / "model.safetensors")) for d in (alone, run))
-    assert mine.keys() == theirs.keys()
-    assert max((mine[k] - theirs[k]).abs().max().item() for k in mine) < WEIGHT_TOLERANCE
+    _assert_same_training(alone, run, "model.safetensors")
 
 
 def test_one_embedding_module_keeps_the_function():
@@ -317,7 +318,6 @@ def test_zero3_trains_the_gemma_recipes_lora_with_its_item_rows(tmp_path, monkey
     """The recipe's own LoRA (the item rows trained as peft's trainable tokens on the tied
     embedding), which FSDP cannot shard (next test), under ZeRO-3 against one process."""
     import torch
-    from safetensors.torch import load_file
 
     from promptrec.pipeline import JobConfig, run_job
 
@@ -336,14 +336,9 @@ def test_zero3_trains_the_gemma_recipes_lora_with_its_item_rows(tmp_path, monkey
     run_job(JobConfig.load(job), alone, progress=False)
     monkeypatch.setenv("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
     _run(["-m", "promptrec.cli", "train", "-c", str(job), "-o", str(run)], 2, config=_zero3_config(tmp_path, 8))
-    one, sharded = (json.loads((d / "metrics.json").read_text())["model"] for d in (alone, run))
-    assert sharded["processes"] == 2 and sharded["steps"] == one["steps"] > 1
-    assert sharded["train_loss"] == pytest.approx(one["train_loss"], rel=LOSS_TOLERANCE)
-    assert sharded["NDCG@10"] == pytest.approx(one["NDCG@10"], abs=1e-6)
-    name = "adapter/adapter_model.safetensors"  # the adapter holds the trained item rows
-    mine, theirs = (load_file(str(d / "model" / name)) for d in (alone, run))
-    assert mine.keys() == theirs.keys() and any("trainable_tokens" in k for k in mine)
-    assert max((mine[k] - theirs[k]).abs().max().item() for k in mine) < WEIGHT_TOLERANCE
+    # the adapter holds the trained item rows
+    saved = _assert_same_training(alone, run, "adapter/adapter_model.safetensors")
+    assert any("trainable_tokens" in k for k in saved)
 
 
 def test_fsdp_refuses_trainable_tokens_on_a_tied_embedding(tmp_path):
