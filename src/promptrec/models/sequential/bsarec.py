@@ -25,7 +25,7 @@ example whose last hidden state predicts the next item (full softmax cross-entro
 are Xavier-normal with zero biases, embeddings normal with std 0.02. Dropout is
 :class:`RandDropout` (torch's own on a CPU spends more on drawing its mask than the block's
 matmuls take): with the matrix filter and projecting only the queries that attend, a Beauty epoch
-takes 0.67-0.75 of the time it took on one CPU thread.
+takes 0.67-0.83 of the time it took on one CPU thread.
 
 Defaults are the reference run on Beauty (MTandHJ/RecBoard, ``BSARec`` on
 ``Amazon2014Beauty_550_LOU``): d 64, 2 blocks, 1 head, dropout 0.5, alpha 0.7, c 5, Adam lr 1e-4,
