@@ -131,6 +131,39 @@ def test_two_processes_resume_from_their_checkpoint(runs):
     assert resumed["steps"] == first["steps"] * 3 // 2
 
 
+def test_two_machines_train_the_one_process_recipe(runs, tmp_path):
+    """The several-node launch line, both nodes on loopback with one process each: every process
+    is local rank 0 of its node, so anything that took the local rank for the global one would
+    write twice or train a different recipe here."""
+    tmp, events = runs
+    job = tmp / "job.yaml"
+    run = tmp_path / "m2"
+    port = str(_free_port())
+    launches = [
+        subprocess.Popen(
+            [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+             "--num_machines", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
+             "--main_process_port", port, "--mixed_precision", "no", "--dynamo_backend", "no",
+             "-m", "promptrec.cli", "train", "-c", str(job), "--loader", "tabular", "--data", str(events),
+             "-o", str(run)],
+            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [launch.communicate(timeout=300) for launch in launches]
+    for launch, (_, err) in zip(launches, outputs):
+        assert launch.returncode == 0, err[-3000:]
+    one = json.loads((tmp / "p1" / "metrics.json").read_text())
+    two = json.loads((run / "metrics.json").read_text())
+    for name, steps in (("model", "steps"), ("sasrec", "epochs_run")):
+        assert two[name]["processes"] == 2
+        assert two[name][steps] == one[name][steps]
+        assert two[name]["train_loss"] == pytest.approx(one[name]["train_loss"], rel=LOSS_TOLERANCE)
+        assert two[name]["NDCG@10"] == pytest.approx(one[name]["NDCG@10"], abs=1e-6)
+    # Only the global rank 0 (on machine 0) reports.
+    assert "model saved to" in outputs[0][0] and "model saved to" not in outputs[1][0]
+
+
 def test_fsdp_full_sharding_trains_the_one_process_recipe(runs):
     """The LM under FSDP2 full sharding, each process holding half of every weight: the recipe of
     one process, validation on the gathered weights, and a saved model that one process loads."""
