@@ -139,6 +139,9 @@ def test_two_machines_train_the_one_process_recipe(runs, tmp_path):
     job = tmp / "job.yaml"
     run = tmp_path / "m2"
     port = str(_free_port())
+    # Each launch writes to files: with pipes, one launch could block on a full pipe while the
+    # test waits on the other, and the pair would wait on each other's collectives for ever.
+    logs = [(open(tmp_path / f"out{r}", "w+"), open(tmp_path / f"err{r}", "w+")) for r in (0, 1)]
     launches = [
         subprocess.Popen(
             [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
@@ -146,13 +149,25 @@ def test_two_machines_train_the_one_process_recipe(runs, tmp_path):
              "--main_process_port", port, "--mixed_precision", "no", "--dynamo_backend", "no",
              "-m", "promptrec.cli", "train", "-c", str(job), "--loader", "tabular", "--data", str(events),
              "-o", str(run)],
-            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=logs[rank][0], stderr=logs[rank][1],
         )
         for rank in (0, 1)
     ]
-    outputs = [launch.communicate(timeout=300) for launch in launches]
-    for launch, (_, err) in zip(launches, outputs):
-        assert launch.returncode == 0, err[-3000:]
+    try:
+        for launch in launches:
+            launch.wait(timeout=300)
+    finally:
+        for launch in launches:  # a failed or hung node must not outlive the test
+            if launch.poll() is None:
+                launch.kill()
+    outputs = []
+    for launch, (out, err) in zip(launches, logs):
+        out.seek(0)
+        err.seek(0)
+        outputs.append((out.read(), err.read()))
+        out.close()
+        err.close()
+        assert launch.returncode == 0, outputs[-1][1][-3000:]
     one = json.loads((tmp / "p1" / "metrics.json").read_text())
     two = json.loads((run / "metrics.json").read_text())
     for name, steps in (("model", "steps"), ("sasrec", "epochs_run")):
