@@ -53,12 +53,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _launch_env() -> dict[str, str]:
+    # Read at each launch: tests set variables (monkeypatch) that the launched processes need.
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _multi_gpu_launch(processes: int, port: str, machines: int = 1, machine_rank: int = 0) -> list[str]:
+    """``accelerate launch --multi_gpu`` for ``processes`` processes in all over ``machines``
+    machines (all on loopback), before the script and its arguments."""
+    return [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+        "--num_machines", str(machines), "--machine_rank", str(machine_rank), "--main_process_ip", "127.0.0.1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port,
+    ]
+
+
 def _run(args: list[str], processes: int, config: Path | None = None) -> subprocess.CompletedProcess:
     """``args`` run by python, or by ``accelerate launch`` as ``processes`` processes, with the
     accelerate ``config`` file if given. accelerate starts N CPU processes under ``--cpu`` only
     through MPI; ``--multi_gpu`` (or a config file without ``use_cpu``) starts them through torchrun
     on any machine, and promptrec opens a gloo group between them when there is no GPU."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if processes == 1:
         command = [sys.executable, *args]
     elif config is not None:
@@ -67,12 +81,8 @@ def _run(args: list[str], processes: int, config: Path | None = None) -> subproc
             "--num_processes", str(processes), "--main_process_port", str(_free_port()), *args,
         ]
     else:
-        command = [
-            sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_port", str(_free_port()), *args,
-        ]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
+        command = [*_multi_gpu_launch(processes, str(_free_port())), *args]
+    done = subprocess.run(command, env=_launch_env(), capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -144,12 +154,10 @@ def test_two_machines_train_the_one_process_recipe(runs, tmp_path):
     logs = [(open(tmp_path / f"out{r}", "w+"), open(tmp_path / f"err{r}", "w+")) for r in (0, 1)]
     launches = [
         subprocess.Popen(
-            [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-             "--num_machines", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
-             "--main_process_port", port, "--mixed_precision", "no", "--dynamo_backend", "no",
+            [*_multi_gpu_launch(2, port, machines=2, machine_rank=rank),
              "-m", "promptrec.cli", "train", "-c", str(job), "--loader", "tabular", "--data", str(events),
              "-o", str(run)],
-            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=logs[rank][0], stderr=logs[rank][1],
+            env=_launch_env(), stdout=logs[rank][0], stderr=logs[rank][1],
         )
         for rank in (0, 1)
     ]
