@@ -124,8 +124,12 @@ def run_one(
     start = time.perf_counter()
     rss_before = peak_rss_mb()
     model = make_model(name, params, progress=not args.no_progress)
+    run_dir = Path(args.runs) / f"{dataset}_{name}"
     t0 = time.perf_counter()
-    model.fit(split)
+    # The torch models write a checkpoint to run_dir/checkpoint after every epoch; --resume
+    # continues a cut run from it (train_seconds then counts this process's part; the fit info's
+    # train_seconds_total counts every epoch's).
+    model.fit_with_checkpoints(split, run_dir, resume=args.resume)
     train_seconds = time.perf_counter() - t0
     summary, per_user = evaluate_rankings(
         model, split, stage="test", k=K, beyond=True, progress=not args.no_progress
@@ -146,7 +150,6 @@ def run_one(
         )
         pop_summary["train_seconds"] = pop_train
 
-    run_dir = Path(args.runs) / f"{dataset}_{name}"
     model.save_pretrained(run_dir / "model")
     fit_info = getattr(model, "fit_info_", None)
     info = {
@@ -207,6 +210,7 @@ def main() -> None:
     ap.add_argument("--runs", default=str(ROOT / "runs" / "baselines"), help="where run directories go")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's, i.e. OMP_NUM_THREADS)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ap.add_argument("--resume", action="store_true", help="continue each torch model's fit from RUNS/<dataset>_<model>/checkpoint")
     args = ap.parse_args()
     # per-epoch training lines (loss, validation score, seconds) from the models' logger
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")

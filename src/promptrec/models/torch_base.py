@@ -14,8 +14,9 @@ its own slice of it; the gradients are summed across processes and divided by th
 number of examples (or targets), which is the gradient of the one-process batch. ``batch_size``
 is thus the global batch and the learning rate means the same for any N. Validation by ranking
 is sharded like any evaluation (biased MF's RMSE is computed by every process alike), rank 0's
-score decides early stopping for all, and only rank 0 shows progress and logs. The baselines
-keep no checkpoints: ``--resume`` fits them again.
+score decides early stopping for all, and only rank 0 shows progress and logs. Through
+``fit_with_checkpoints`` (``promptrec train -o OUT``, ``--resume``) the loop writes a checkpoint
+after every epoch and continues from it (:mod:`.torch_checkpoint`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from ..core import distributed
 from ..core.recommender import STAGES, ScoringRecommender
 from ..data.split import Split
 from ..evaluation.ranking import evaluate_rankings
+from .torch_checkpoint import Checkpoint, LoopState
 
 log = logging.getLogger("promptrec")
 
@@ -66,6 +68,8 @@ class Training:
             "stopped_by": self.stopped_by,
             "processes": self.processes,
             "train_loss": self.loss,
+            # every epoch's, a resumed fit's included (validation excluded)
+            "train_seconds_total": round(sum(self.train_seconds), 2),
         }
 
 
@@ -208,9 +212,12 @@ class TorchRecommender(ScoringRecommender):
         train_epoch: Callable[[], float],
         validate: Callable[[], float] | None,
         metric: str,
+        *,
+        optimiser: torch.optim.Optimizer,
         lower_is_better: bool = False,
         eval_every: int = 1,
         time_limit: float | None = None,
+        numpy_rng: np.random.Generator | None = None,
     ) -> Training:
         """Up to ``epochs`` calls of ``train_epoch`` (one pass over the data, ``net_`` in train
         mode; returns the mean loss), early-stopped on ``validate``.
@@ -221,39 +228,51 @@ class TorchRecommender(ScoringRecommender):
         weights are restored and ``net_`` is left in eval mode. With ``validate=None`` there is
         nothing to stop on: every epoch is trained and the last weights are kept.
 
-        ``time_limit`` (seconds since the first epoch began) starts no epoch once it has passed;
-        the epoch that crosses it is validated, so a time-cut run still keeps its best weights
-        and says so in ``stopped_by``.
+        ``time_limit`` (seconds since the first epoch began, over resumes) starts no epoch once
+        it has passed; the epoch that crosses it is validated, so a time-cut run still keeps its
+        best weights and says so in ``stopped_by``.
+
+        Under :meth:`fit_with_checkpoints` a checkpoint is written after every epoch
+        (:mod:`.torch_checkpoint`): ``optimiser`` and ``numpy_rng`` (the generator ``train_epoch``
+        draws orders or negatives from, if any) are saved and restored with the network.
         """
         net = self.net_
         main = distributed.is_main()
         self._order_rng = torch.Generator().manual_seed(self.seed)
-        if distributed.world_size() > 1:
+        several = distributed.world_size() > 1
+        if several:
             # One starting point for all (the seeded initialisation is the same everywhere, but
             # this does not rest on it), then each process its own dropout and negative draws.
             for tensor in net.state_dict().values():
                 torch.distributed.broadcast(tensor, src=0)
             torch.manual_seed(int(np.random.SeedSequence([self.seed, distributed.rank()]).generate_state(1)[0]))
-        best = np.inf if lower_is_better else -np.inf
-        best_epoch, best_state, bad = 0, None, 0
-        train_seconds: list[float] = []
+        checkpoint: Checkpoint | None = getattr(self, "_checkpoint", None)
+        loop, best_state = LoopState(), None
+        restored = checkpoint.load(self, optimiser, self._order_rng, numpy_rng, not several) if checkpoint else None
+        if restored is not None:
+            loop, best_state = restored.loop, restored.best_state
+            if several:  # the file holds one process's dropout generator: draw afresh, per process
+                torch.manual_seed(int(np.random.SeedSequence([self.seed, distributed.rank(), loop.epoch]).generate_state(1)[0]))
+            if main:
+                log.info("%s resumed after epoch %d from %s", self.name, loop.epoch, checkpoint.path)
+        best = loop.best if loop.best is not None else (np.inf if lower_is_better else -np.inf)
         postfix = metric.lower().replace("@", "")  # "rmse", "ndcg10"
-        stopped_by = "epochs"
-        epochs = range(1, self.epochs + 1)
+        epochs = range(loop.epoch + 1, self.epochs + 1) if loop.stopped_by is None else range(0)
         bar = tqdm(epochs, desc=self.name, unit="epoch", disable=not (self.progress and main))
-        start = time.perf_counter()
+        start = time.perf_counter() - loop.elapsed
         for epoch in bar:
             epoch_start = time.perf_counter()
             net.train()
             loss = train_epoch()
-            train_seconds.append(time.perf_counter() - epoch_start)
+            loop.train_seconds.append(time.perf_counter() - epoch_start)
             # Clocks differ between processes: rank 0's decides for all.
             out_of_time = distributed.broadcast(time_limit is not None and time.perf_counter() - start >= time_limit)
+            stopped_by = "time_limit" if out_of_time else ("epochs" if epoch == self.epochs else None)
             if validate is None or (epoch % eval_every and epoch != self.epochs and not out_of_time):
                 if main:
                     log.info(
                         "%s epoch %d/%d: loss %.4f (%.1fs)",
-                        self.name, epoch, self.epochs, loss, train_seconds[-1],
+                        self.name, epoch, self.epochs, loss, loop.train_seconds[-1],
                     )
             else:
                 # Every process validates (sharded) and gets the same score; rank 0's is used all
@@ -261,32 +280,46 @@ class TorchRecommender(ScoringRecommender):
                 score = distributed.broadcast(validate())
                 improved = score < best if lower_is_better else score > best
                 if improved:
-                    best, best_epoch, bad = score, epoch, 0
+                    best, loop.best, loop.best_epoch, loop.bad = score, score, epoch, 0
                     best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
                 else:
-                    bad += 1
+                    loop.bad += 1
                 bar.set_postfix({"loss": f"{loss:.4f}", postfix: f"{score:.4f}"}, refresh=False)
                 if main:
                     log.info(
                         "%s epoch %d/%d: loss %.4f, valid %s %.4f%s (train %.1fs, total %.1fs)",
                         self.name, epoch, self.epochs, loss, metric, score, " *" if improved else "",
-                        train_seconds[-1], time.perf_counter() - epoch_start,
+                        loop.train_seconds[-1], time.perf_counter() - epoch_start,
                     )
-                if bad >= self.patience:
+                if loop.bad >= self.patience:
                     stopped_by = "patience"
-                    break
-            if out_of_time:
-                stopped_by = "time_limit"
+            loop.epoch, loop.loss, loop.stopped_by = epoch, loss, stopped_by
+            loop.elapsed = time.perf_counter() - start
+            if checkpoint is not None and main:
+                checkpoint.save(self, optimiser, self._order_rng, numpy_rng, loop, best_state)
+            if stopped_by is not None:
                 break
         bar.close()
         if best_state is not None:
             net.load_state_dict(best_state)
         else:
-            best_epoch = epoch
+            loop.best_epoch = loop.epoch
         net.eval()
         del self._order_rng  # a run's own: not part of the fitted model
-        kept = best if best_state is not None else None
-        return Training(metric, epoch, best_epoch, kept, train_seconds, stopped_by, distributed.world_size(), loss)
+        kept = loop.best if best_state is not None else None
+        return Training(
+            metric, loop.epoch, loop.best_epoch, kept, loop.train_seconds, loop.stopped_by or "epochs",
+            distributed.world_size(), loop.loss,
+        )
+
+    def fit_with_checkpoints(self, split: Split, directory: str | Path, resume: bool = False) -> Self:
+        """``fit`` writing a checkpoint to ``directory/checkpoint`` after every epoch; with
+        ``resume``, a fit continued from the checkpoint there (:mod:`.torch_checkpoint`)."""
+        self._checkpoint = Checkpoint(Path(directory) / "checkpoint", resume)
+        try:
+            return self.fit(split)
+        finally:
+            del self._checkpoint
 
     def _valid_ndcg(self, split: Split, users: list[str]) -> float:
         """NDCG@10 of the ``"valid"`` stage on ``users``."""

@@ -195,7 +195,9 @@ class BiasedMF(TorchRecommender):
 
         # Without validation ratings there is nothing to stop on (the last weights are kept).
         validate = None if valid.empty else valid_rmse
-        training = self._train_epochs(train_epoch, validate, "RMSE", lower_is_better=True)
+        training = self._train_epochs(
+            train_epoch, validate, "RMSE", optimiser=optimiser, lower_is_better=True, numpy_rng=rng
+        )
         self.fit_info_ = {
             **training.fit_info(),
             "train_ratings": len(ratings),

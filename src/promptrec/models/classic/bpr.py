@@ -167,7 +167,9 @@ class BPR(TorchRecommender):
             return self._minibatch_epoch(len(users), batch_loss, optimiser, order)
 
         validate = (lambda: self._valid_ndcg(split, sample)) if sample else None
-        training = self._train_epochs(train_epoch, validate, "NDCG@10", eval_every=self.eval_every)
+        training = self._train_epochs(
+            train_epoch, validate, "NDCG@10", optimiser=optimiser, eval_every=self.eval_every, numpy_rng=rng
+        )
         self.fit_info_ = training.fit_info()
 
     def _build_index(self) -> None:

@@ -483,7 +483,8 @@ class SASRec(TorchRecommender):
 
         validate = (lambda: self._valid_ndcg(split, sample)) if sample else None
         training = self._train_epochs(
-            train_epoch, validate, "NDCG@10", eval_every=self.eval_every, time_limit=self.time_limit
+            train_epoch, validate, "NDCG@10", optimiser=optimiser, eval_every=self.eval_every,
+            time_limit=self.time_limit,
         )
         del self._cross_entropy  # its buffer holds (batch positions x items) floats
         self.fit_info_ = {
