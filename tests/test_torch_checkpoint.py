@@ -42,6 +42,14 @@ def _cut_after(model, epochs: int) -> None:
     model._minibatch_epoch = counted
 
 
+def _cut_fit(name: str, params: dict, split, directory: Path, epochs: int) -> None:
+    """A fit into ``directory`` killed after ``epochs`` epochs (their checkpoints written)."""
+    cut = build_recommender(name, **params)
+    _cut_after(cut, epochs)
+    with pytest.raises(Cut):
+        cut.fit_with_checkpoints(split, directory)
+
+
 def _weights(model) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.net_.state_dict().items()}
 
@@ -52,10 +60,7 @@ def test_a_cut_fit_resumed_ends_as_the_uncut_one(name: str, cyclic_split, tmp_pa
     whole = build_recommender(name, **params).fit_with_checkpoints(cyclic_split, tmp_path / "whole")
     assert (tmp_path / "whole" / "checkpoint" / FILENAME).exists()
 
-    cut = build_recommender(name, **params)
-    _cut_after(cut, 2)
-    with pytest.raises(Cut):
-        cut.fit_with_checkpoints(cyclic_split, tmp_path / "cut")
+    _cut_fit(name, params, cyclic_split, tmp_path / "cut", 2)
     resumed = build_recommender(name, **params)
     runs = []
     original = resumed._minibatch_epoch
@@ -93,10 +98,7 @@ def test_a_finished_fit_resumed_trains_nothing_and_more_epochs_go_on(cyclic_spli
 
 def test_a_cut_fit_given_more_epochs_goes_on_to_the_new_cap(cyclic_split, tmp_path: Path) -> None:
     params = CASES["sasrec"]
-    cut = build_recommender("sasrec", **params)
-    _cut_after(cut, 2)
-    with pytest.raises(Cut):
-        cut.fit_with_checkpoints(cyclic_split, tmp_path)
+    _cut_fit("sasrec", params, cyclic_split, tmp_path, 2)
     longer = build_recommender("sasrec", **{**params, "epochs": 7})
     longer.fit_with_checkpoints(cyclic_split, tmp_path, resume=True)
     assert longer.fit_info_["epochs_run"] == 7
@@ -106,10 +108,7 @@ def test_a_cut_fit_given_more_epochs_goes_on_to_the_new_cap(cyclic_split, tmp_pa
 
 def test_a_checkpoint_of_other_parameters_or_data_is_refused(cyclic_split, tmp_path: Path) -> None:
     params = CASES["sasrec"]
-    cut = build_recommender("sasrec", **params)
-    _cut_after(cut, 1)
-    with pytest.raises(Cut):
-        cut.fit_with_checkpoints(cyclic_split, tmp_path)
+    _cut_fit("sasrec", params, cyclic_split, tmp_path, 1)
     with pytest.raises(ValueError, match=r"written with lr=0\.0005, this run has 0\.01"):
         build_recommender("sasrec", **{**params, "lr": 0.01}).fit_with_checkpoints(cyclic_split, tmp_path, resume=True)
     with pytest.raises(ValueError, match="of a 'sasrec' model, not 'bsarec'"):
