@@ -100,7 +100,6 @@ def test_unfitted_and_bad_params(name: str) -> None:
         ("sasrec", {"time_limit": 0}),
         ("bsarec", {"alpha": 1.5}),
         ("bsarec", {"c": -1}),
-        ("bsarec", {"attn_dropout": 1.0}),
         ("bsarec", {"hidden": 10, "heads": 3}),
     ],
 )
@@ -377,9 +376,7 @@ def test_bsarec_prefix_examples_and_causal_state() -> None:
     # an earlier item changes the state after the last one (the filter and attention see it);
     # rows stay independent; the last-position shortcut gives the full pass's last state
     torch.manual_seed(0)
-    net = BSARecNet(
-        n_items=30, hidden=16, blocks=2, heads=2, dropout=0.0, max_len=6, alpha=0.7, c=3, attn_dropout=0.0
-    ).eval()
+    net = BSARecNet(n_items=30, hidden=16, blocks=2, heads=2, dropout=0.0, max_len=6, alpha=0.7, c=3).eval()
     seqs = torch.tensor([[0, 0, 3, 4, 5, 6], [0, 0, 0, 0, 0, 7]])
     changed = seqs.clone()
     changed[0, 2] = 9
@@ -392,15 +389,6 @@ def test_bsarec_prefix_examples_and_causal_state() -> None:
         last = net(seqs, last_only=True)
     assert last.shape == (2, 1, 16)
     torch.testing.assert_close(last[:, 0], out[:, -1], rtol=1e-5, atol=1e-5)
-
-    # attn_dropout reaches the attention weights alone: with every other dropout at 0, training
-    # mode is deterministic without it and random with it
-    net.train()
-    assert torch.equal(net(seqs), net(seqs))
-    for block in net.blocks:
-        block.attn.dropout.p = 0.5
-    assert not torch.equal(net(seqs), net(seqs))
-    assert BSARecNet(30, 16, 2, 2, 0.1, 6, 0.7, 3, attn_dropout=0.0).blocks[0].attn.dropout.p == 0.0
 
 
 def test_sasrec_padding_keys_are_one_key_weighted_by_their_count() -> None:

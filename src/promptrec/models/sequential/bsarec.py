@@ -156,13 +156,11 @@ class Attention(nn.Module):
 class BSARecBlock(nn.Module):
     """``alpha * filter + (1 - alpha) * attention``, then the feed-forward (module doc)."""
 
-    def __init__(
-        self, hidden: int, heads: int, dropout: float, alpha: float, c: int, attn_dropout: float
-    ) -> None:
+    def __init__(self, hidden: int, heads: int, dropout: float, alpha: float, c: int) -> None:
         super().__init__()
         self.alpha = alpha
         self.filter = FrequencyFilter(hidden, c, dropout)
-        self.attn = Attention(hidden, heads, attn_dropout)
+        self.attn = Attention(hidden, heads, dropout)
         self.attn_dropout = RandDropout(dropout)
         self.attn_norm = nn.LayerNorm(hidden, eps=1e-12)
         self.ffn = nn.Sequential(
@@ -196,7 +194,6 @@ class BSARecNet(nn.Module):
         max_len: int,
         alpha: float,
         c: int,
-        attn_dropout: float,
     ) -> None:
         super().__init__()
         self.item_emb = nn.Embedding(n_items + 1, hidden, padding_idx=0)
@@ -204,7 +201,7 @@ class BSARecNet(nn.Module):
         self.norm = nn.LayerNorm(hidden, eps=1e-12)
         self.dropout = RandDropout(dropout)
         self.blocks = nn.ModuleList(
-            BSARecBlock(hidden, heads, dropout, alpha, c, attn_dropout) for _ in range(blocks)
+            BSARecBlock(hidden, heads, dropout, alpha, c) for _ in range(blocks)
         )
         for module in self.modules():
             if isinstance(module, nn.Linear):
@@ -243,8 +240,7 @@ class BSARec(SASRec):
         hidden: embedding and hidden size d.
         blocks: BSARec blocks.
         heads: attention heads (must divide ``hidden``).
-        dropout: on embeddings and every branch's output.
-        attn_dropout: on the attention weights.
+        dropout: on embeddings, attention weights and every branch's output.
         alpha: weight of the filter branch (1 - alpha: the attention branch), in [0, 1].
         c: the filter keeps the ``c // 2 + 1`` lowest frequencies as its low-pass part.
         max_len: sequence length seen by the model (the last ``max_len`` items).
@@ -269,7 +265,6 @@ class BSARec(SASRec):
         blocks: int = 2,
         heads: int = 1,
         dropout: float = 0.5,
-        attn_dropout: float = 0.5,
         alpha: float = 0.7,
         c: int = 5,
         max_len: int = 50,
@@ -295,16 +290,13 @@ class BSARec(SASRec):
             raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
         if isinstance(c, bool) or not isinstance(c, int) or c < 0:
             raise ValueError(f"c must be a non-negative integer, got {c!r}")
-        if not 0 <= attn_dropout < 1:
-            raise ValueError(f"attn_dropout must be in [0, 1), got {attn_dropout!r}")
-        self.attn_dropout = float(attn_dropout)
         self.alpha = float(alpha)
         self.c = c
 
     def _new_net(self) -> BSARecNet:
         return BSARecNet(
             len(self.items_), self.hidden, self.blocks, self.heads, self.dropout, self.max_len,
-            self.alpha, self.c, self.attn_dropout,
+            self.alpha, self.c,
         )
 
     def _examples(self, sequences: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
