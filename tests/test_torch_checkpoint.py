@@ -106,6 +106,28 @@ def test_a_cut_fit_given_more_epochs_goes_on_to_the_new_cap(cyclic_split, tmp_pa
     torch.testing.assert_close(_weights(longer), _weights(whole), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("stop", [{"patience": 1}, {"time_limit": 1e-9}])
+def test_a_fit_ended_by_patience_or_time_goes_on_when_given_more(stop: dict, cyclic_split, tmp_path: Path) -> None:
+    # A rate this high makes validation fall back at once, so patience 1 ends the fit early.
+    params = {**CASES["sasrec"], "epochs": 6, "lr": 0.3, **stop}
+    ended = build_recommender("sasrec", **params).fit_with_checkpoints(cyclic_split, tmp_path)
+    reason = "patience" if "patience" in stop else "time_limit"
+    assert ended.fit_info_["stopped_by"] == reason and ended.fit_info_["epochs_run"] < 6
+
+    # the same limit again: done, nothing trained
+    same = build_recommender("sasrec", **params)
+    same._minibatch_epoch = lambda *a, **k: pytest.fail("a finished fit was trained again")
+    same.fit_with_checkpoints(cyclic_split, tmp_path, resume=True)
+
+    # more patience (or no time limit): it goes on, and ends as a fit given that from the start
+    more = {**params, "patience": 10, "time_limit": None}
+    resumed = build_recommender("sasrec", **more).fit_with_checkpoints(cyclic_split, tmp_path, resume=True)
+    whole = build_recommender("sasrec", **more).fit(cyclic_split)
+    assert resumed.fit_info_["epochs_run"] == whole.fit_info_["epochs_run"] == 6
+    assert resumed.fit_info_["best_epoch"] == whole.fit_info_["best_epoch"]
+    torch.testing.assert_close(_weights(resumed), _weights(whole), rtol=0, atol=0)
+
+
 def test_a_checkpoint_of_other_parameters_or_data_is_refused(cyclic_split, tmp_path: Path) -> None:
     params = CASES["sasrec"]
     _cut_fit("sasrec", params, cyclic_split, tmp_path, 1)

@@ -253,6 +253,13 @@ class TorchRecommender(ScoringRecommender):
             loop, best_state = restored.loop, restored.best_state
             if several:  # the file holds one process's dropout generator: draw afresh, per process
                 torch.manual_seed(int(np.random.SeedSequence([self.seed, distributed.rank(), loop.epoch]).generate_state(1)[0]))
+            # A fit that patience or the time limit ended goes on when the resume allows more of
+            # either: stopping changes nothing before it, so it continues as a fit given the new
+            # value from the start would have. (One that reached its epoch cap stays done.)
+            if (loop.stopped_by == "patience" and loop.bad < self.patience) or (
+                loop.stopped_by == "time_limit" and (time_limit is None or loop.elapsed < time_limit)
+            ):
+                loop.stopped_by = None
             if main:
                 log.info("%s resumed after epoch %d from %s", self.name, loop.epoch, checkpoint.path)
         best = loop.best if loop.best is not None else (np.inf if lower_is_better else -np.inf)

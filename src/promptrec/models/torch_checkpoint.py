@@ -13,7 +13,8 @@ A resumed single-process fit continues exactly where the checkpoint left it and 
 weights an uninterrupted fit would have (``tests/test_torch_checkpoint.py``). The parameters
 that shape the training must be the ones the checkpoint was written with; ``epochs``,
 ``patience``, ``time_limit``, ``device`` and ``progress`` may change (a resumed run may be
-given more epochs or more time).
+given more epochs or more time, and a fit that patience or the time limit ended goes on when
+given more of it).
 """
 
 from __future__ import annotations
