@@ -50,6 +50,11 @@ def _cut_fit(name: str, params: dict, split, directory: Path, epochs: int) -> No
         cut.fit_with_checkpoints(split, directory)
 
 
+def _forbid_training(model) -> None:
+    """Make any epoch of ``model`` fail the test: a finished fit resumed must not train."""
+    model._minibatch_epoch = lambda *a, **k: pytest.fail("a finished fit was trained again")
+
+
 def _weights(model) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.net_.state_dict().items()}
 
@@ -83,7 +88,7 @@ def test_a_finished_fit_resumed_trains_nothing_and_more_epochs_go_on(cyclic_spli
     params = CASES["sasrec"]
     done = build_recommender("sasrec", **params).fit_with_checkpoints(cyclic_split, tmp_path)
     again = build_recommender("sasrec", **params)
-    again._minibatch_epoch = lambda *a, **k: pytest.fail("a finished fit was trained again")
+    _forbid_training(again)
     again.fit_with_checkpoints(cyclic_split, tmp_path, resume=True)
     torch.testing.assert_close(_weights(again), _weights(done), rtol=0, atol=0)
     assert again.fit_info_["epochs_run"] == params["epochs"]
@@ -91,7 +96,7 @@ def test_a_finished_fit_resumed_trains_nothing_and_more_epochs_go_on(cyclic_spli
     # A run that ended at its epoch cap is done, whatever cap the resume is given: its best
     # weights are kept and nothing is trained (the cap is a parameter a resume may change).
     longer = build_recommender("sasrec", **{**params, "epochs": params["epochs"] + 2})
-    longer._minibatch_epoch = lambda *a, **k: pytest.fail("a finished fit was trained again")
+    _forbid_training(longer)
     longer.fit_with_checkpoints(cyclic_split, tmp_path, resume=True)
     torch.testing.assert_close(_weights(longer), _weights(done), rtol=0, atol=0)
 
@@ -116,7 +121,7 @@ def test_a_fit_ended_by_patience_or_time_goes_on_when_given_more(stop: dict, cyc
 
     # the same limit again: done, nothing trained
     same = build_recommender("sasrec", **params)
-    same._minibatch_epoch = lambda *a, **k: pytest.fail("a finished fit was trained again")
+    _forbid_training(same)
     same.fit_with_checkpoints(cyclic_split, tmp_path, resume=True)
 
     # more patience (or no time limit): it goes on, and ends as a fit given that from the start
