@@ -1,6 +1,7 @@
 """The BSARec-style frequency branch in a decoder-only LM (``model.frequency_filter``): BSARec's
 filter at every position, causal, blind to padding, trained, and saved with the model."""
 
+import numpy as np
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
@@ -104,3 +105,16 @@ def test_needs_a_decoder_and_full_tuning(split):
     with pytest.raises(ValueError, match="decoder-only"):
         P5Recommender(config(**{"model.backbone": "t5", "model.templates": "p5", "model.prompt_eos": True,
                                 "train.history_loss": False})).build(split)
+
+
+def test_served_on_onnx_runtime_as_in_torch(split, tmp_path):
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed (pip install 'promptrec[onnx]')")
+    rec = P5Recommender(config()).build(split)
+    users = sorted(rec.train_history)[:12]
+    # Histories of different lengths, so the batch is left-padded and the branch must ignore it.
+    histories = {u: rec.history(u)[-(2 + n % 6):] for n, u in enumerate(users)}
+    before = rec.recommend(users, k=10, histories=histories)
+    rec.use_runtime("onnx", cache_dir=tmp_path)
+    after = rec.recommend(users, k=10, histories=histories)
+    assert after["item_id"].tolist() == before["item_id"].tolist()
+    np.testing.assert_allclose(after["score"], before["score"], atol=1e-4)
