@@ -321,7 +321,8 @@ def test_frequency_mix_known_answers() -> None:
 
 
 def test_low_pass_matrix_is_the_fft_filter() -> None:
-    from promptrec.models.sequential.bsarec import frequency_mix, low_pass_matrix
+    from promptrec.backbones.frequency import low_pass_matrix
+    from promptrec.models.sequential.bsarec import frequency_mix
 
     torch.manual_seed(0)
     x = torch.randn(3, 50, 4, dtype=torch.float64)

@@ -52,6 +52,13 @@ class ModelConfig(_Strict):
         "(all-minilm-l6-v2, gemma-3-270m; `promptrec models list`); empty = all-minilm-l6-v2",
     )
     max_history: int = Field(20, ge=1, description="most recent items shown in a prompt")
+    # BSARec's inductive bias (a low-pass view of the sequence beside attention), causal so that
+    # every position of a prompt can still be learned at once; see backbones/frequency.py.
+    frequency_filter: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="weight alpha of a BSARec-style frequency branch beside each self-attention of a decoder-only "
+        "backbone (c 5, a max_history window); 0 = none",
+    )
     max_words: int = Field(5000, ge=10, description="word vocabulary size (template + item text)")
     templates: str | None = Field(None, description="template YAML file, or a shipped set by name (p5, history_last); empty = p5")
     # A causal LM trained with train.history_loss learns each history item right after the one

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from ... import __version__
 from ...backbones.builders import BACKBONES, load_pretrained
+from ...backbones.frequency import add_frequency_filter
 from ...backbones.tokenization import add_tokens, build_tokenizer
 from ...pretrained import PACKAGED, resolve_model
 from ...backbones.tuning import apply_tuning, is_peft, load_tuned, save_tuned, trainable_parameters, unwrap
@@ -124,6 +125,10 @@ class P5Recommender(Recommender):
                 pad_token_id=self.tokenizer.pad_token_id,
                 eos_token_id=self.tokenizer.eos_token_id,
             )
+        if cfg.model.frequency_filter:
+            if is_peft(cfg.model.tuning):
+                raise ValueError("model.frequency_filter trains a branch of the base model: it needs model.tuning.method=full")
+            _add_filter(base, cfg.model)
         if cfg.model.item_init == "text":
             self._init_items_from_text(base, split, progress)
         if not cfg.model.prompt_eos and self.tokenizer("x")["input_ids"][-1] == self.tokenizer.eos_token_id:
@@ -726,6 +731,8 @@ class P5Recommender(Recommender):
             bconf = AutoConfig.from_pretrained(str(d / "backbone"))
             auto = AutoModelForSeq2SeqLM if getattr(bconf, "is_encoder_decoder", False) else AutoModelForCausalLM
             obj.model = auto.from_config(bconf)
+            if config.model.frequency_filter:
+                _add_filter(obj.model, config.model)
             state = load_file(str(d / WEIGHTS))
             missing, unexpected = obj.model.load_state_dict(state, strict=False)
             obj.model.tie_weights()
@@ -748,6 +755,11 @@ class P5Recommender(Recommender):
         obj._build_trie()
         return obj
 
+
+
+def _add_filter(model, cfg) -> None:
+    # BSARec's reference settings: c 5 (3 frequencies kept) over a window of the history length.
+    add_frequency_filter(model, cfg.frequency_filter, keep=5 // 2 + 1, window=cfg.max_history, dropout=cfg.dropout)
 
 
 def fingerprint(directory: Path) -> str:

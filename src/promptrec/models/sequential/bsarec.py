@@ -38,19 +38,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ...backbones.frequency import low_pass_matrix
 from ...core.recommender import RECOMMENDERS
 from .sasrec import SASRec, _left_pad
-
-
-def low_pass_matrix(length: int, keep: int) -> torch.Tensor:
-    """(length, length) float64 ``P`` with ``P @ x`` = the ``keep`` lowest frequencies of ``x``.
-
-    Zeroing frequencies of the orthonormal real FFT is linear along the sequence axis: ``P`` is
-    that filter applied to the identity, a projection of rank ``2 * keep - 1`` (at most).
-    """
-    spectrum = torch.fft.rfft(torch.eye(length, dtype=torch.float64), dim=0, norm="ortho")
-    spectrum[keep:] = 0
-    return torch.fft.irfft(spectrum, n=length, dim=0, norm="ortho")
 
 
 def frequency_mix(
