@@ -44,13 +44,17 @@ def causal_low_pass_kernel(window: int, keep: int) -> torch.Tensor:
     return low_pass_matrix(window, keep)[-1].flip(0)
 
 
+def causal_low_pass_matrix(length: int, kernel: torch.Tensor) -> torch.Tensor:
+    """(length, length) lower-triangular band: row t holds ``kernel[t - j]`` at column j (lags < window)."""
+    steps = torch.arange(length, device=kernel.device)
+    lag = steps[:, None] - steps[None, :]  # query minus key position
+    inside = (lag >= 0) & (lag < kernel.shape[0])
+    return torch.where(inside, kernel[lag.clamp(0, kernel.shape[0] - 1)], torch.zeros((), dtype=kernel.dtype))
+
+
 def causal_low_pass(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     """(B, T, d) -> (B, T, d): position t gets ``sum_lag kernel[lag] * x[t - lag]`` (lags < window)."""
-    steps = torch.arange(x.shape[1], device=x.device)
-    lag = steps[:, None] - steps[None, :]  # (T, T): query minus key position
-    inside = (lag >= 0) & (lag < kernel.shape[0])
-    toeplitz = torch.where(inside, kernel[lag.clamp(0, kernel.shape[0] - 1)], torch.zeros((), dtype=x.dtype))
-    return toeplitz @ x
+    return causal_low_pass_matrix(x.shape[1], kernel.to(x)) @ x
 
 
 def _attention_modules(body: nn.Module) -> list[nn.Module]:
@@ -70,27 +74,32 @@ def add_frequency_filter(model: Any, alpha: float, keep: int, window: int, dropo
         raise ValueError("model.frequency_filter is for decoder-only backbones (gpt2, llama, qwen2)")
     body = model.base_model
     hidden = model.config.hidden_size
-    mask: dict[str, torch.Tensor | None] = {"current": None}
+    attentions = _attention_modules(body)
+    # Per forward pass, shared by every layer: the attention mask and the band matrix of its length.
+    state: dict[str, torch.Tensor | None] = {"mask": None, "band": None}
 
     def record_mask(module, args, kwargs):
-        mask["current"] = kwargs.get("attention_mask")
+        state["mask"] = kwargs.get("attention_mask")
+        state["band"] = None  # built by the first layer, which knows the length and the dtype
 
     def mix(module, args, kwargs, output):
         x = args[0] if args else kwargs["hidden_states"]
         attended = output[0] if isinstance(output, tuple) else output
-        valid = mask["current"]
+        valid = state["mask"]
         if valid is not None and valid.dim() == 2 and valid.shape[1] == x.shape[1]:
             x_in = x * valid[..., None].to(x.dtype)
         else:  # no mask (no padding), or a cache step the branch does not see whole
             x_in = x
-        low = causal_low_pass(x_in, module.filter_kernel.to(x.dtype))
+        if state["band"] is None or state["band"].shape[0] != x.shape[1]:
+            state["band"] = causal_low_pass_matrix(x.shape[1], module.filter_kernel.to(x))
+        low = state["band"] @ x_in
         branch = low + module.filter_beta**2 * (x_in - low)
         branch = nn.functional.dropout(branch, dropout, module.training)
         out = alpha * branch + (1 - alpha) * attended
         return (out, *output[1:]) if isinstance(output, tuple) else out
 
     body.register_forward_pre_hook(record_mask, with_kwargs=True)
-    for attention in _attention_modules(body):
+    for attention in attentions:
         # BSARec draws sqrt(beta) from a standard normal, one per channel.
         attention.register_parameter("filter_beta", nn.Parameter(torch.randn(hidden)))
         attention.register_buffer("filter_kernel", causal_low_pass_kernel(window, keep).float(), persistent=False)
