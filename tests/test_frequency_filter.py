@@ -118,3 +118,28 @@ def test_served_on_onnx_runtime_as_in_torch(split, tmp_path):
     after = rec.recommend(users, k=10, histories=histories)
     assert after["item_id"].tolist() == before["item_id"].tolist()
     np.testing.assert_allclose(after["score"], before["score"], atol=1e-4)
+
+
+def test_decoding_with_a_generation_cache_is_refused():
+    # A cache step feeds only the new token, which the branch cannot filter as it was trained.
+    model = _tiny_gpt2()
+    ids = torch.randint(3, 30, (1, 6))
+    with torch.no_grad():
+        model.generate(ids, max_new_tokens=1, do_sample=False)  # one step: the whole prompt, allowed
+        with pytest.raises(ValueError, match="generation cache"):
+            model.generate(ids, max_new_tokens=3, do_sample=False)
+
+
+def test_items_of_several_tokens_are_refused(split):
+    with pytest.raises(ValueError, match="one token per item"):
+        P5Recommender(config(**{"index.params": {"levels": 2}})).build(split)
+
+
+def test_export_for_a_chat_server_is_refused(split, tmp_path):
+    # A plain transformers GPT-2 would load the weights and silently drop the branch.
+    from promptrec.models.p5.export import export_chat_model
+
+    rec = P5Recommender(config()).build(split)
+    rec.save_pretrained(tmp_path / "m")
+    with pytest.raises(ValueError, match="frequency branch"):
+        export_chat_model(tmp_path / "m", tmp_path / "chat")

@@ -76,19 +76,28 @@ def add_frequency_filter(model: Any, alpha: float, keep: int, window: int, dropo
     hidden = model.config.hidden_size
     attentions = _attention_modules(body)
     # Per forward pass, shared by every layer: the attention mask and the band matrix of its length.
-    state: dict[str, torch.Tensor | None] = {"mask": None, "band": None}
+    state: dict[str, Any] = {"mask": None, "band": None, "cached": False}
 
     def record_mask(module, args, kwargs):
         state["mask"] = kwargs.get("attention_mask")
         state["band"] = None  # built by the first layer, which knows the length and the dtype
+        past = kwargs.get("cache", kwargs.get("past_key_values"))  # transformers 5 names it ``cache``
+        # A generation-cache step feeds only the new tokens: the branch would filter them without
+        # the prompt before them and answer something else than the whole-prompt pass it learned.
+        state["cached"] = past is not None and past.get_seq_length() > 0
 
     def mix(module, args, kwargs, output):
+        if state["cached"]:
+            raise ValueError(
+                "model.frequency_filter filters whole prompts and cannot decode with a generation cache: "
+                "use one token per item (index levels: 1) and one-token ranking"
+            )
         x = args[0] if args else kwargs["hidden_states"]
         attended = output[0] if isinstance(output, tuple) else output
         valid = state["mask"]
-        if valid is not None and valid.dim() == 2 and valid.shape[1] == x.shape[1]:
+        if valid is not None and valid.dim() == 2:
             x_in = x * valid[..., None].to(x.dtype)
-        else:  # no mask (no padding), or a cache step the branch does not see whole
+        else:  # no mask: no padding
             x_in = x
         if state["band"] is None or state["band"].shape[0] != x.shape[1]:
             state["band"] = causal_low_pass_matrix(x.shape[1], module.filter_kernel.to(x))

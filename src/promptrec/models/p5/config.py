@@ -57,7 +57,8 @@ class ModelConfig(_Strict):
     frequency_filter: float = Field(
         0.0, ge=0.0, le=1.0,
         description="weight alpha of a BSARec-style frequency branch beside each self-attention of a decoder-only "
-        "backbone (c 5, a max_history window); 0 = none",
+        "backbone (c 5, a max_history window); 0 = none. It filters whole prompts: one token per item "
+        "(index levels 1) and one-token ranking only",
     )
     max_words: int = Field(5000, ge=10, description="word vocabulary size (template + item text)")
     templates: str | None = Field(None, description="template YAML file, or a shipped set by name (p5, history_last); empty = p5")

@@ -33,6 +33,11 @@ def export_chat_model(model_dir: str | Path, output: str | Path) -> Path:
             f"{model_dir} holds an encoder-decoder ({rec.config.model.backbone}); chat servers "
             "serve decoder-only models: train with model.backbone gpt2, llama or qwen2"
         )
+    if rec.config.model.frequency_filter:
+        raise ValueError(
+            f"{model_dir} has a frequency branch (model.frequency_filter), which a plain transformers "
+            "model does not have: it cannot be exported for a chat server"
+        )
     model = rec.model
     if hasattr(model, "merge_and_unload"):  # peft: one plain model, as servers expect
         model = model.merge_and_unload()

@@ -227,6 +227,11 @@ class P5Recommender(Recommender):
                 "so decoding must stop at the code length"
             )
         self.search = self._decoding()
+        if self.config.model.frequency_filter and self.search != "one_token":
+            raise ValueError(
+                "model.frequency_filter needs one token per item and one-token ranking "
+                f"(index levels: 1, eval.search auto); this model would decode with {self.search!r}"
+            )
         self.item_token_ids = frozenset(t for code in codes for t in code)
         self.trie_first_tokens = torch.tensor([code[0] for code in codes])
         self.titles = (
