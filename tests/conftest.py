@@ -76,6 +76,21 @@ def cyclic_data(n_users: int = 40, n_items: int = 30, length: int = 8, seed: int
     return InteractionData(pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]), items)
 
 
+@pytest.fixture(scope="session")
+def tiny_text_encoder(tmp_path_factory) -> Path:
+    """A random-init word-level BERT saved as a local encoder directory (stands in for MiniLM)."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    directory = tmp_path_factory.mktemp("encoder")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ":", ";", "title", "item", "film", "thing", "number",
+             *map(str, range(50))]
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(directory / "vocab.txt")).save_pretrained(directory)
+    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(directory)
+    return directory
+
+
 @pytest.fixture
 def cyclic_split():
     return leave_one_out(cyclic_data())

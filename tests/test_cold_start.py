@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import cyclic_data
-from transformers import BertConfig, BertModel, BertTokenizerFast
 
 from promptrec.data import InteractionData, cold_item_split, leave_one_out
 from promptrec.models.cold_start import evaluate_cold_start, random_expected, target_groups
@@ -131,26 +130,14 @@ def test_cold_and_warm_users_are_reported_apart() -> None:
     assert again["models"]["random"] == res["models"]["random"]
 
 
-@pytest.fixture(scope="module")
-def encoder(tmp_path_factory):
-    """A random-init word-level BERT saved as a local encoder directory (stands in for MiniLM)."""
-    directory = tmp_path_factory.mktemp("encoder")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ":", ";", "title", "item", "film", *map(str, range(50))]
-    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab_file=str(directory / "vocab.txt")).save_pretrained(directory)
-    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=32)).save_pretrained(directory)
-    return directory
-
-
-def test_a_semantic_id_model_can_decode_cold_items(encoder) -> None:
+def test_a_semantic_id_model_can_decode_cold_items(tiny_text_encoder) -> None:
     from promptrec.models.p5.config import RunConfig
     from promptrec.models.p5.model import P5Recommender
 
     split = cold_item_split(random_data(n_users=80, seed=3), fraction=0.2, seed=0)
     config = RunConfig().update({
         "model.preset": "tiny", "index.method": "semantic",
-        "index.params": {"encoder": str(encoder), "levels": 2, "codebook": 4},
+        "index.params": {"encoder": str(tiny_text_encoder), "levels": 2, "codebook": 4},
         "train.epochs": 1, "train.batch_size": 32, "train.val_users": 10,
     })
     model = P5Recommender(config).fit(split, progress=False)

@@ -43,7 +43,6 @@ PARAMS = {
 # encoder; each has its own contract test there.
 ELSEWHERE = {
     "llm": "needs an OpenAI-compatible chat endpoint: tests/test_llm.py runs the contract against a local one",
-    "cold_prefix": "wraps a semantic-id P5 model (MiniLM codes): tests/test_cold_start.py",
     "cross_encoder": "fine-tunes a pretrained text encoder: tests/test_cross_encoder.py runs the contract on a tiny BERT",
 }
 
@@ -54,7 +53,7 @@ def test_this_file_covers_the_whole_registry() -> None:
         [sys.executable, "-c", "from promptrec.core.recommender import recommender_names; print(*recommender_names())"],
         capture_output=True, text=True, check=True,
     ).stdout.split()
-    covered = {name.split("-")[0] for name in PARAMS} | set(ELSEWHERE)
+    covered = {name.split("-")[0] for name in PARAMS} | set(ELSEWHERE) | {"cold_prefix"}  # the test below
     assert covered == set(listed)
     assert all(name in RECOMMENDER_HELP for name in listed)  # what `promptrec train --help` lists
 
@@ -125,6 +124,14 @@ def check_every_command(run: Path, tmp: Path, env: dict[str, str] | None = None)
 @pytest.mark.parametrize("name", sorted(PARAMS))
 def test_train_evaluate_recommend_serve(name, dataset, tmp_path) -> None:
     check_every_command(train(tmp_path, dataset, name, PARAMS[name]), tmp_path)
+
+
+def test_the_cold_start_wrapper_through_every_command(dataset, tiny_text_encoder, tmp_path) -> None:
+    # It wraps a semantic-id P5 model (codes from a text encoder: a tiny random one stands in for MiniLM).
+    base = {**TINY_LM, "index": {"method": "semantic",
+                                 "params": {"encoder": str(tiny_text_encoder), "levels": 2, "codebook": 4}}}
+    check_every_command(train(tmp_path, dataset, "cold_prefix", {"share": 0.2, "base": {"recommender": "p5",
+                                                                                           "params": base}}), tmp_path)
 
 
 def test_a_lora_model_is_served_and_found_after_its_base_moved(dataset, tmp_path) -> None:
