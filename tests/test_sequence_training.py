@@ -118,6 +118,51 @@ def test_single_token_ids_rank_every_item_exactly(split):
         assert {i for i, _ in row} == set(rec.catalogue()[:3])
 
 
+@pytest.mark.parametrize("stride", [1, 3, 5])
+def test_windows_ending_stride_apart_learn_every_position_once_after_enough_history(stride):
+    from promptrec.prompts.tasks import TaskContext
+
+    window, length = 5, 23
+    seqs = [[str(i) for i in range(length)], ["a", "b", "c"]]
+    ctx = TaskContext(
+        sequences=seqs, users=["u0", "u1"], catalogue=sorted({i for s in seqs for i in s}),
+        item_text=lambda i: f"<{i}>", user_text=lambda u: u, max_history=window, window_stride=stride,
+    )
+    fam = TASKS.get("sequence")(ctx)
+    learned = []  # (position, items of the user's history before it in the example's prompt)
+    for i in range(fam.size()):
+        ex = fam.example(i, np.random.default_rng(i))
+        if ex["user"] != "u0":
+            assert ex["history"] == "<a> <b>" and fam.first_target(i) == 0  # short: as without windows
+            continue
+        shown = [int(t.strip("<>")) for t in ex["history"].split()]
+        assert shown == list(range(shown[0], shown[0] + len(shown))) and len(shown) == min(window, shown[-1] + 1)
+        learned += [(p, j) for j, p in enumerate(shown) if j >= fam.first_target(i)]
+        learned.append((int(ex["target"].strip("<>")), len(shown)))
+    positions = sorted(p for p, _ in learned)
+    assert positions == list(range(length))  # every item a target once per epoch
+    # Past the first window, every target reads at least window - stride + 1 items before it.
+    assert all(context >= min(p, window - stride + 1) for p, context in learned)
+
+
+def test_history_from_leaves_the_first_history_items_out_of_the_loss(split):
+    rec = P5Recommender(config()).build(split)
+    prompt, answer = "history : <a_1> <a_3> <a_2> <a_5> next item :", "<a_7>"
+    batch = rec.training_batch([prompt, prompt], [answer, answer], history=[True, True], history_from=[0, 2])
+    learned = [[t for t in row if t != -100] for row in batch["targets"].tolist()]
+    tok = rec.tokenizer
+    items = tok.convert_tokens_to_ids(["<a_1>", "<a_3>", "<a_2>", "<a_5>", "<a_7>"])
+    assert learned[0] == [*items, tok.eos_token_id]
+    assert learned[1] == [*items[2:], tok.eos_token_id]
+
+
+def test_window_stride_needs_history_loss_and_fits_the_window():
+    with pytest.raises(ValueError, match="history_loss"):
+        config(**{"tasks.window_stride": 2})
+    with pytest.raises(ValueError, match="at most model.max_history"):
+        config(**{"tasks.window_stride": 30, "model.max_history": 20, "train.history_loss": True})
+
+
 def test_whole_sequence_training_learns_the_cycle():
     """A known answer, as for the per-position recipe, from one example per user and epoch.
 

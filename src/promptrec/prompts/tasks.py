@@ -30,6 +30,7 @@ class TaskContext:
     ratings: list[list[float]] | None = None  # aligned with ``sequences``; None without ratings
     max_history: int = 20
     train_candidates: int = 20  # list size for the choose family during training
+    window_stride: int = 0  # the sequence family's windows over long histories (0: one random window)
 
     def history_text(self, items: Sequence[str]) -> str:
         return " ".join(self.item_text(i) for i in items[-self.max_history :]) if items else "none"
@@ -75,6 +76,11 @@ class TaskFamily:
 
     def length(self, i: int) -> int:
         """A cheap proxy for the prompt length of example ``i`` (used to batch similar lengths)."""
+        return 0
+
+    def first_target(self, i: int) -> int:
+        """History-only families: the first item of example ``i``'s prompt that is a target under
+        ``train.history_loss`` (the items before it are learned in another example)."""
         return 0
 
 
@@ -124,6 +130,12 @@ class WholeSequence(TaskFamily):
     it, so one example carries what ``sequential`` spreads over one example per position, and an
     epoch is one pass over users instead of positions. A sequence longer than the window ends at
     a random position, so over the epochs every item is a target.
+
+    With ``window_stride`` s, a sequence longer than the window is instead cut into windows of
+    ``max_history`` items ending s items apart (from its last item back, the first one at the
+    start): the first window learns all of its items, every later one only the s it adds, so each
+    position is a target once per epoch and, past the first window, after at least
+    ``max_history - s`` items of its history, close to what prediction reads.
     """
 
     name = "sequence"
@@ -133,20 +145,38 @@ class WholeSequence(TaskFamily):
 
     def __init__(self, ctx: TaskContext) -> None:
         super().__init__(ctx)
-        self.rows = [u for u, s in enumerate(ctx.sequences) if len(s) >= 2]
+        # (user row, index of the target or None for a random one, first history item learned)
+        self.rows: list[tuple[int, int | None, int]] = []
+        window, stride = ctx.max_history, ctx.window_stride
+        for u, seq in enumerate(ctx.sequences):
+            last = len(seq) - 1
+            if last < 1:
+                continue
+            if not stride or last <= window:
+                self.rows.append((u, None, 0))
+                continue
+            for end in range(last, window, -stride):
+                # Positions up to the previous window's end (at least the first window's) are learned there.
+                before = max(end - stride, window)
+                self.rows.append((u, end, before - (end - window) + 1))
+            self.rows.append((u, window, 0))
 
     def size(self) -> int:
         return len(self.rows)
 
     def length(self, i: int) -> int:
-        return min(len(self.ctx.sequences[self.rows[i]]) - 1, self.ctx.max_history)
+        return min(len(self.ctx.sequences[self.rows[i][0]]) - 1, self.ctx.max_history)
+
+    def first_target(self, i: int) -> int:
+        return self.rows[i][2]
 
     def example(self, i: int, rng: np.random.Generator) -> dict[str, str]:
-        u = self.rows[i]
+        u, t, _ = self.rows[i]
         seq = self.ctx.sequences[u]
-        t = len(seq) - 1
-        if t > self.ctx.max_history:
-            t = int(rng.integers(self.ctx.max_history, t + 1))
+        if t is None:
+            t = len(seq) - 1
+            if t > self.ctx.max_history:
+                t = int(rng.integers(self.ctx.max_history, t + 1))
         return {
             "user": self.ctx.user_text(self.ctx.users[u]),
             "history": self.ctx.history_text(seq[:t]),

@@ -76,6 +76,15 @@ class TaskConfig(_Strict):
         description="task family -> sampling weight: sequential, sequence, yesno, choose, rating",
     )
     train_candidates: int = Field(20, ge=2, description="candidate list size for 'choose' in training")
+    # One random window of a long history per epoch trains its early items from a few items of
+    # context, while prediction always reads the last max_history; windows ending `stride` items
+    # apart let every training position be a target once per epoch, each read after at least
+    # max_history - stride items of its history (bench/README.md, "Long histories").
+    window_stride: int = Field(
+        0, ge=0,
+        description="'sequence' family: histories longer than model.max_history become windows ending this many "
+        "items apart, each learning only the items the window before it did not (0 = one random window per epoch)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "TaskConfig":
@@ -187,6 +196,13 @@ class RunConfig(FileConfig):
             raise ValueError("model.random_weights=true re-initialises model.pretrained's architecture: set model.pretrained")
         if self.model.item_init == "lm" and not self.model.pretrained:
             raise ValueError("model.item_init=lm reads item titles with a pretrained LM's own embeddings: set model.pretrained")
+        if self.tasks.window_stride:
+            if not self.train.history_loss:
+                raise ValueError("tasks.window_stride splits long histories into windows that learn their history items: "
+                                 "it needs train.history_loss=true")
+            if self.tasks.window_stride > self.model.max_history:
+                raise ValueError(f"tasks.window_stride ({self.tasks.window_stride}) must be at most model.max_history "
+                                 f"({self.model.max_history}), or items between windows would never be targets")
         if self.train.softmax == "items":
             other = sorted(n for n, w in self.tasks.weights.items() if w > 0 and n not in ITEM_ANSWER_TASKS)
             if other:

@@ -33,6 +33,7 @@ class LMKind(ABC):
         history: Sequence[bool] | None,
         item_tokens: Container[int],
         answer_eos: bool,
+        history_from: Sequence[int] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Model inputs plus ``targets``: the token to predict at each of the last positions of
         the logits (-100 where nothing is), so that :meth:`loss` serves both kinds."""
@@ -121,7 +122,7 @@ class EncoderDecoder(LMKind):
     peft_task = "SEQ_2_SEQ_LM"
     padding_side = "right"  # the encoder reads each prompt whole
 
-    def training_batch(self, model, tokenizer, inputs, targets, history, item_tokens, answer_eos):
+    def training_batch(self, model, tokenizer, inputs, targets, history, item_tokens, answer_eos, history_from=None):
         if history is not None and any(history):
             raise ValueError("history targets need a causal LM")
         enc = tokenizer(inputs, padding=True, return_tensors="pt", return_token_type_ids=False)
@@ -150,9 +151,10 @@ class DecoderOnly(LMKind):
     # position.
     padding_side = "left"
 
-    def training_batch(self, model, tokenizer, inputs, targets, history, item_tokens, answer_eos):
+    def training_batch(self, model, tokenizer, inputs, targets, history, item_tokens, answer_eos, history_from=None):
         """history: per example, whether the item tokens inside its prompt (its history, in
-        order) are targets too: each is then learned from the tokens before it."""
+        order) are targets too: each is then learned from the tokens before it; history_from:
+        per example, the first of them that is (the ones before were learned elsewhere)."""
         prompts = tokenizer(inputs, return_token_type_ids=False)["input_ids"]
         # The answer continues the prompt: no second <bos> (pretrained tokenizers add one to
         # every text); its </s> is added below where one is wanted.
@@ -170,6 +172,15 @@ class DecoderOnly(LMKind):
             # and, for history examples, the item tokens of the prompt.
             if history is not None and history[r]:
                 lead = [t if t in item_tokens else -100 for t in p[1:]]
+                skip = history_from[r] if history_from is not None else 0
+                if skip:
+                    # p[0] is never a target: the k-th item token of p is learned iff k >= skip.
+                    k = int(p[0] in item_tokens)
+                    for j, t in enumerate(p[1:]):
+                        if t in item_tokens:
+                            if k < skip:
+                                lead[j] = -100
+                            k += 1
             else:
                 lead = [-100] * (len(p) - 1)
             tgts.append(lead + a + [-100])

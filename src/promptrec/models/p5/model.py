@@ -267,6 +267,7 @@ class P5Recommender(Recommender):
             ratings=ratings,
             max_history=self.config.model.max_history,
             train_candidates=self.config.tasks.train_candidates,
+            window_stride=self.config.tasks.window_stride,
         )
 
     @classmethod
@@ -408,16 +409,22 @@ class P5Recommender(Recommender):
         return {k: v.to(device) for k, v in enc.items()}
 
     def training_batch(
-        self, inputs: list[str], targets: list[str], history: Sequence[bool] | None = None
+        self,
+        inputs: list[str],
+        targets: list[str],
+        history: Sequence[bool] | None = None,
+        history_from: Sequence[int] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Model inputs plus ``targets``: the token to predict at each of the last positions of
         the logits (-100 where nothing is), so one loss serves both kinds of LM.
 
         history: per example, whether the item tokens inside its prompt (its history, in order)
         are targets too (causal LMs only): each is then learned from the tokens before it.
+        history_from: per example, the first of those item tokens that is a target (default 0).
         """
         return self.lm.training_batch(
-            self.model, self.tokenizer, inputs, targets, history, self.item_token_ids, self.config.model.prompt_eos
+            self.model, self.tokenizer, inputs, targets, history, self.item_token_ids, self.config.model.prompt_eos,
+            history_from,
         )
 
     def _sequential_template(self, template: str | None = None):

@@ -153,7 +153,7 @@ def train(
     templates = {name: rec.templates.family(f.template_family or name, seen=True) for name, f in families.items()}
 
     def collate(batch: list[tuple[int, str, int]]) -> dict[str, torch.Tensor]:
-        inputs, targets, dense = [], [], []
+        inputs, targets, dense, first = [], [], [], []
         for ex_seed, fam, i in batch:
             rng = np.random.default_rng(ex_seed)
             fields = families[fam].example(i, rng)
@@ -162,7 +162,9 @@ def train(
             inputs.append(src)
             targets.append(tgt)
             dense.append(cfg.history_loss and families[fam].history_only)
-        return rec.training_batch(inputs, targets, history=dense if any(dense) else None)
+            first.append(families[fam].first_target(i))
+        return rec.training_batch(inputs, targets, history=dense if any(dense) else None,
+                                  history_from=first if any(first) else None)
 
     def epoch_batches(epoch: int) -> tuple[Iterable[tuple[bool, dict[str, torch.Tensor]]], int]:
         rng = np.random.default_rng([cfg.seed, epoch])
