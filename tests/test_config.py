@@ -53,9 +53,11 @@ def test_shipped_recipes_load_by_name(name):
     if job.recommender == "p5":
         RunConfig.model_validate(job.params)  # the parameters are a valid run config
     if name == "sequence_lm":
-        # The best recipe: SASRec's shape, text-initialised and anchored item tokens, random batches.
+        # The best recipe: SASRec's shape, text-initialised and anchored item tokens, random batches,
+        # long histories in windows.
         cfg = RunConfig.load(name)
         assert (cfg.model.preset, cfg.model.item_init, cfg.train.item_anchor, cfg.train.length_window) == ("micro", "text", 0.5, 1)
+        assert cfg.tasks.window_stride == 10
         assert RunConfig.model_validate(job.params) == cfg
     if name == "quickstart":
         assert [c.recommender for c in job.compare] == ["sasrec", "popularity"]
