@@ -59,9 +59,9 @@ def test_fit_never_sees_validation_or_test_items(monkeypatch: pytest.MonkeyPatch
     batches: list[tuple[list[str], list[str]]] = []
     original_batch = P5Recommender.training_batch
 
-    def spy_batch(self, inputs, targets, history=None):
+    def spy_batch(self, inputs, targets, history=None, history_from=None):
         batches.append((list(inputs), list(targets)))
-        return original_batch(self, inputs, targets, history)
+        return original_batch(self, inputs, targets, history, history_from)
 
     monkeypatch.setattr(P5Recommender, "training_batch", spy_batch)
 
