@@ -6,10 +6,20 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from promptrec.backbones.frequency import add_frequency_filter, causal_low_pass, causal_low_pass_kernel, low_pass_matrix
+from promptrec.backbones.frequency import (
+    add_frequency_filter,
+    causal_low_pass_kernel,
+    causal_low_pass_matrix,
+    low_pass_matrix,
+)
 from promptrec.data import leave_one_out
 from promptrec.models.p5.config import RunConfig
 from promptrec.models.p5.model import P5Recommender
+
+
+def causal_low_pass(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """(B, T, d) -> (B, T, d) through the band matrix the hooks apply."""
+    return causal_low_pass_matrix(x.shape[1], kernel.to(x)) @ x
 
 
 def test_each_position_is_filtered_as_bsarec_filters_the_last_of_its_window():

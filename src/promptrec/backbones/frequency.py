@@ -52,11 +52,6 @@ def causal_low_pass_matrix(length: int, kernel: torch.Tensor) -> torch.Tensor:
     return torch.where(inside, kernel[lag.clamp(0, kernel.shape[0] - 1)], torch.zeros((), dtype=kernel.dtype))
 
 
-def causal_low_pass(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """(B, T, d) -> (B, T, d): position t gets ``sum_lag kernel[lag] * x[t - lag]`` (lags < window)."""
-    return causal_low_pass_matrix(x.shape[1], kernel.to(x)) @ x
-
-
 def _attention_modules(body: nn.Module) -> list[nn.Module]:
     layers = getattr(body, "h", None) or getattr(body, "layers", None)
     if layers is None:

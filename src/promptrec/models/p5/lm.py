@@ -171,16 +171,13 @@ class DecoderOnly(LMKind):
             # Position t predicts token t + 1: only answer tokens are targets (loss on the target),
             # and, for history examples, the item tokens of the prompt.
             if history is not None and history[r]:
-                lead = [t if t in item_tokens else -100 for t in p[1:]]
+                # p[0] is never a target; the k-th item token of p is one iff k >= skip.
                 skip = history_from[r] if history_from is not None else 0
-                if skip:
-                    # p[0] is never a target: the k-th item token of p is learned iff k >= skip.
-                    k = int(p[0] in item_tokens)
-                    for j, t in enumerate(p[1:]):
-                        if t in item_tokens:
-                            if k < skip:
-                                lead[j] = -100
-                            k += 1
+                lead, k = [], int(p[0] in item_tokens)
+                for t in p[1:]:
+                    item = t in item_tokens
+                    lead.append(t if item and k >= skip else -100)
+                    k += item
             else:
                 lead = [-100] * (len(p) - 1)
             tgts.append(lead + a + [-100])
