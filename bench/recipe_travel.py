@@ -26,14 +26,15 @@ DATA = {
     "ml-100k": ("ml-100k", "ml-100k"),
     "ml-latest-small": ("movielens", "ml-latest-small"),
 }
+# SASRec-CE's reference recipe (its defaults), 200 epochs validated every 5: on MovieLens
+# its validation stalls for tens of epochs before it climbs again.
+SASREC = ["--model", "sasrec", "--set", "eval_every=5", "--set", "patience=40"]
 MODELS = {
     "lm": ["--config", "sequence_lm"],
-    # SASRec-CE's reference recipe (its defaults), 200 epochs validated every 5: on MovieLens
-    # its validation stalls for tens of epochs before it climbs again.
-    "sas": ["--model", "sasrec", "--set", "eval_every=5", "--set", "patience=40"],
+    "sas": SASREC,
     # The same, left to choose its own length (200 epochs without a validation gain end it): on
     # MovieLens-100K validation still rises at epoch 200 and peaks near 450-500.
-    "sas1000": ["--model", "sasrec", "--set", "eval_every=5", "--set", "patience=40", "--set", "epochs=1000"],
+    "sas1000": [*SASREC, "--set", "epochs=1000"],
     # BSARec-CE at the rate of its Beauty and Sports runs here (RecBoard's Sports rate), validated
     # every epoch: an epoch is every prefix of every history, about 20x SASRec's.
     "bsa": ["--model", "bsarec", "--set", "lr=0.0005", "--set", "patience=5"],
