@@ -244,3 +244,105 @@ def test_item_anchor_pulls_items_back_to_their_text_start(encoder, tmp_path) -> 
     assert not torch.allclose(free.model.get_input_embeddings().weight.detach()[rows], start, atol=1e-3)
     with pytest.raises(ValueError, match="needs model.item_init=text"):
         RunConfig().update({**settings, "model.item_init": "random"})
+
+
+def _text_settings(encoder: Path, lr: float) -> dict:
+    return {
+        "model.backbone": "gpt2", "model.preset": "tiny", "index.method": "random", "index.params": {"levels": 1},
+        "model.item_init": "text", "model.item_encoder": str(encoder), "tasks.weights": {"sequence": 1.0},
+        "model.templates": "history_last", "model.prompt_eos": False, "train.history_loss": True,
+        "train.epochs": 2, "train.batch_size": 8, "train.val_users": 5, "train.lr": lr, "train.schedule": "constant",
+        "train.warmup_ratio": 0.0,
+    }
+
+
+@pytest.fixture
+def spread_text(monkeypatch) -> None:
+    """Item text vectors that differ: a fixed random vector per text (the random-init encoder
+    maps these short texts to nearly one point, too close for the checks below)."""
+    import zlib
+
+    def vectors(texts, encoder, **_):
+        return np.stack([np.random.default_rng(zlib.crc32(t.encode())).normal(size=8) for t in texts]).astype(np.float32)
+
+    monkeypatch.setattr("promptrec.indexing.semantic.embed", vectors)
+
+
+def test_text_projection_computes_the_start_and_learns_the_map(encoder, spread_text) -> None:
+    import torch
+    from conftest import cyclic_data
+    from torch.nn.utils import parametrize
+
+    from promptrec.data import leave_one_out
+    from promptrec.models.p5.config import RunConfig
+    from promptrec.models.p5.item_text import add_text_projection, bake, plain_state_dict
+    from promptrec.models.p5.model import P5Recommender
+
+    split = leave_one_out(cyclic_data(n_users=20))
+    rec = P5Recommender(RunConfig().update(_text_settings(encoder, 0.01))).build(split, progress=False)
+    model, (rows, start) = rec.model, rec.item_start
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    text, projection = rec.item_text
+    free = add_text_projection(model, rows, text, projection)
+    # The same function as before: the stored rows are the start minus the text part, which the
+    # parametrization adds back on every read, for the input and the tied output layer alike.
+    emb = model.get_input_embeddings()
+    assert torch.allclose(emb.weight[rows], start, atol=1e-5)
+    assert torch.allclose(free[rows, : projection.shape[1]], start - text @ projection, atol=1e-5)
+    assert torch.equal(model.get_output_embeddings().weight, emb.weight)
+    # The loss reaches the map (one parameter, shared by both layers) and the free rows.
+    ids = torch.tensor([rows[:4].tolist()])
+    model(input_ids=ids, labels=ids).loss.backward()
+    map_param = emb.parametrizations.weight[0].projection
+    assert map_param.grad is not None and map_param.grad.abs().sum() > 0 and free.grad.abs().sum() > 0
+    assert sum(p is map_param for p in model.parameters()) == 1
+    # Saved mid-run, it is a plain model's state; baked, it is a plain model with tied weights.
+    state = plain_state_dict(model)
+    assert set(before) <= set(state) and not any("parametrizations" in k for k in state)
+    assert torch.allclose(state["transformer.wte.weight"], before["transformer.wte.weight"], atol=1e-5)
+    delta = torch.randn_like(map_param)
+    with torch.no_grad():
+        map_param.add_(delta)  # as if learned: the baked rows must carry it
+    expected = emb.weight.detach().clone()
+    assert torch.allclose(expected[rows] - start, text @ delta, atol=1e-5) and (text @ delta).abs().max() > 1e-2
+    bake(model)
+    emb = model.get_input_embeddings()
+    assert not parametrize.is_parametrized(emb) and isinstance(emb.weight, torch.nn.Parameter)
+    assert model.get_output_embeddings().weight is emb.weight
+    assert torch.equal(emb.weight.detach(), expected)
+    assert set(model.state_dict()) == set(before)
+
+
+def test_text_projection_trains_saves_plain_and_reloads(encoder, spread_text, tmp_path) -> None:
+    import torch
+    from conftest import cyclic_data
+
+    from promptrec.data import leave_one_out
+    from promptrec.models.p5.config import RunConfig
+    from promptrec.models.p5.model import P5Recommender
+    from promptrec.models.p5.training import train
+
+    split = leave_one_out(cyclic_data(n_users=20))
+    lr = 0.01
+    # lr * item_anchor = 1 at a constant rate: every step ends with the free rows back at their
+    # start, so whatever the item rows learned went through the text map alone.
+    settings = {**_text_settings(encoder, lr), "train.item_anchor": 1 / lr, "train.text_projection": True}
+    rec = P5Recommender(RunConfig().update(settings))
+    train(rec, split, output_dir=tmp_path / "run", progress=False)
+    rows, start = rec.item_start
+    text, _ = rec.item_text
+    moved = (rec.model.get_input_embeddings().weight.detach()[rows] - start).double()
+    assert moved.abs().max() > 1e-3  # the map learned
+    # ... and every item moved by its own text times one shared change of the map.
+    change = torch.linalg.lstsq(text.double(), moved).solution
+    assert torch.allclose(text.double() @ change, moved, atol=1e-5)
+    # The run's models (the checkpoint's and the final one) are plain: they load and rank alike.
+    rec.save_pretrained(tmp_path / "saved")
+    back = P5Recommender.from_pretrained(tmp_path / "saved")
+    users = list(rec.train_history)[:4]
+    assert rec.recommend(users, 5).equals(back.recommend(users, 5))
+    P5Recommender.from_pretrained(tmp_path / "run" / "checkpoint" / "model")
+    with pytest.raises(ValueError, match="cannot resume"):
+        train(P5Recommender(RunConfig().update(settings)), split, output_dir=tmp_path / "run", resume=True, progress=False)
+    with pytest.raises(ValueError, match="needs model.item_init=text"):
+        RunConfig().update({**settings, "model.item_init": "random", "train.item_anchor": 0.0})

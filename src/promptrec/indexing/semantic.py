@@ -154,13 +154,23 @@ def text_item_vectors(items: pd.DataFrame | None, catalogue: Sequence[str], trai
                       encoder: str | Path, fields: Sequence[str] = TEXT_FIELDS, progress: bool = False) -> np.ndarray:
     """(len(catalogue), k) item text embeddings reduced by PCA to k = min(dim, encoder width)
     components, the PCA fitted on the ``trained`` items only (the others are projected with it)."""
+    centred, basis = text_item_basis(items, catalogue, trained, dim, encoder, fields, progress)
+    return centred @ basis
+
+
+def text_item_basis(items: pd.DataFrame | None, catalogue: Sequence[str], trained: Iterable[str], dim: int,
+                    encoder: str | Path, fields: Sequence[str] = TEXT_FIELDS,
+                    progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """What :func:`text_item_vectors` multiplies: the (len(catalogue), width) encoder vectors
+    centred on the ``trained`` items' mean, and the (width, k) PCA basis fitted on those items."""
     vectors = embed(item_texts(items, catalogue, fields), encoder, progress=progress)
     trained = set(map(str, trained))
     fit_rows = [n for n, item in enumerate(catalogue) if str(item) in trained]
     k = min(dim, vectors.shape[1], len(fit_rows))
     if k < 1:
         raise ValueError("item text vectors: no catalogue item occurs in the training sequences")
-    return PCA(n_components=k, random_state=0).fit(vectors[fit_rows]).transform(vectors).astype(np.float32)
+    pca = PCA(n_components=k, random_state=0).fit(vectors[fit_rows])
+    return (vectors - pca.mean_).astype(np.float32), pca.components_.T.astype(np.float32)
 
 
 def residual_kmeans(train: np.ndarray, levels: int, codebook: int, seed: int) -> list[np.ndarray]:

@@ -121,6 +121,13 @@ class TrainConfig(_Strict):
     item_anchor: float = Field(
         0.0, ge=0, description="model.item_init=text: decay of item embeddings toward their text start, times lr per step (0 = off)"
     )
+    # The anchor keeps item rows near a fixed PCA of their text; this learns that map instead
+    # (models/p5/item_text.py), so every item's events teach how text becomes an embedding.
+    text_projection: bool = Field(
+        False,
+        description="model.item_init=text: item embeddings = a free row + the item's text vector times a learned map "
+        "(started as the PCA); item_anchor then pulls the free rows. Baked into plain weights when saved",
+    )
     # SASRec learns from every position of a sequence in one pass; a causal LM reading a history
     # can too, at no extra forward cost. Only for history-only families (sequential, sequence).
     history_loss: bool = Field(
@@ -192,6 +199,8 @@ class RunConfig(FileConfig):
     def _check_anchor(self) -> "RunConfig":
         if self.train.item_anchor > 0 and self.model.item_init == "random":
             raise ValueError("train.item_anchor pulls item embeddings toward their text start: it needs model.item_init=text or lm")
+        if self.train.text_projection and self.model.item_init != "text":
+            raise ValueError("train.text_projection learns the map from item text to embedding: it needs model.item_init=text")
         if self.model.random_weights and not self.model.pretrained:
             raise ValueError("model.random_weights=true re-initialises model.pretrained's architecture: set model.pretrained")
         if self.model.item_init == "lm" and not self.model.pretrained:

@@ -38,6 +38,7 @@ from ...indexing import ItemIndexer, build_indexer
 from ...prompts.tasks import TASKS, TaskContext, rating_text
 from ...prompts.templates import TemplateSet
 from .config import RunConfig
+from .item_text import plain_state_dict
 from .lm import LMKind, lm_kind
 from .generation import ItemTrie, TrieConstraint, collect_beams, fixed_length_beam_search, supports_fixed_length_search, top_items
 
@@ -69,6 +70,7 @@ class P5Recommender(Recommender):
         self.user_tokens: dict[str, str] = {}
         self.fit_info_: dict[str, Any] = {}
         self.item_start: tuple[torch.Tensor, torch.Tensor] | None = None  # (token rows, their text start)
+        self.item_text: tuple[torch.Tensor, torch.Tensor] | None = None  # (centred text vectors, their PCA map)
         self._onnx = None  # an ONNX Runtime session for next-token logits (use_runtime("onnx"))
 
     # ------------------------------------------------------------------------------- building
@@ -144,20 +146,26 @@ class P5Recommender(Recommender):
     def _init_items_from_text(self, base, split: Split, progress: bool) -> None:
         """Overwrite the item tokens' input embeddings (tied to the output ones in the built-in
         backbones) with their text vectors, scaled to the spread of the init they replace."""
-        from ...indexing.semantic import resolve_encoder, text_item_vectors
+        from ...indexing.semantic import resolve_encoder, text_item_basis
 
         codes = self._one_token_codes("model.item_init=text")
         encoder = resolve_encoder(self.config.model.item_encoder, "model.item_init=text", "model.item_encoder=DIR")
         weight = base.get_input_embeddings().weight
         catalogue = list(codes)
-        vectors = torch.from_numpy(
-            text_item_vectors(split.data.items, catalogue, split.train_items(), weight.shape[1], encoder, progress=progress)
-        )
+        text, basis = (torch.from_numpy(a) for a in text_item_basis(
+            split.data.items, catalogue, split.train_items(), weight.shape[1], encoder, progress=progress
+        ))
+        vectors = text @ basis
         rows = torch.tensor(self.tokenizer.convert_tokens_to_ids([codes[i] for i in catalogue]))
         k = vectors.shape[1]
+        scale = weight[rows, :k].std() / vectors.std()
         with torch.no_grad():
-            weight[rows, :k] = vectors.to(weight.dtype) * (weight[rows, :k].std() / vectors.std())
+            weight[rows, :k] = vectors.to(weight.dtype) * scale
         self.item_start = (rows, weight[rows].detach().clone())  # what train.item_anchor pulls toward
+        # train.text_projection learns the map from text to embedding, starting from this one
+        projection = torch.zeros(text.shape[1], weight.shape[1])
+        projection[:, :k] = basis * scale
+        self.item_text = (text, projection)
 
     def _one_token_codes(self, setting: str) -> dict[str, str]:
         codes = self.indexer.codes
@@ -714,7 +722,7 @@ class P5Recommender(Recommender):
         else:
             # Tied embeddings share storage; save one copy and let loading re-tie them.
             state, seen = {}, set()
-            for name, value in self.model.state_dict().items():
+            for name, value in plain_state_dict(self.model).items():
                 if value.data_ptr() not in seen:
                     seen.add(value.data_ptr())
                     state[name] = value.detach().cpu().contiguous()

@@ -27,11 +27,12 @@ from accelerate.utils import set_seed
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
-from ...backbones.tuning import unwrap
+from ...backbones.tuning import is_peft, unwrap
 from ...core import distributed
 from ...data.split import group_sequences
 from ...prompts.tasks import TASKS, length_batches, mixture_plan
 from ..lm_trainer import Callback, Trainer, TrainerConfig
+from .item_text import add_text_projection, bake
 from .lm import lm_kind
 
 if TYPE_CHECKING:
@@ -97,6 +98,16 @@ def train(
             raise ValueError("train.item_anchor needs the item tokens this run started from text (model.item_init=text, built here)")
 
     model = rec.model
+    anchor_start = rec.item_start[1] if rec.item_start is not None else None
+    if cfg.text_projection:
+        if resuming:
+            raise ValueError("train.text_projection cannot resume a run (its text vectors are not checkpointed): train it again")
+        if rec.item_text is None or rec.item_start is None:
+            raise ValueError("train.text_projection needs the item tokens this run started from text (model.item_init=text, built here)")
+        if is_peft(rec.config.model.tuning):
+            raise ValueError("train.text_projection trains the embedding matrix: it needs model.tuning.method=full")
+        free = add_text_projection(unwrap(model), rec.item_start[0], *rec.item_text)
+        anchor_start = free[rec.item_start[0]].detach().clone()  # the anchor pulls the free rows
     users = list(rec.train_history)
     ctx = rec.context(rec.train_history, ratings=_ratings_by_user(split, users))
     weights = {k: v for k, v in rec.config.tasks.weights.items() if v > 0}
@@ -138,15 +149,16 @@ def train(
                 "train.item_anchor pulls rows of the embedding matrix in place, which FSDP or ZeRO-3 splits "
                 "between the processes: set train.item_anchor=0, or train without sharding the weights"
             )
-        weight = raw.get_input_embeddings().weight
+        embedding = raw.get_input_embeddings()
+        weight = embedding.parametrizations.weight.original if cfg.text_projection else embedding.weight
         if not weight.requires_grad:
             raise ValueError(
                 "train.item_anchor pulls the trained item embeddings toward their start; here the embedding "
                 "matrix is frozen (LoRA trains the new tokens as adapter rows): set train.item_anchor=0"
             )
-        rows, start = rec.item_start
+        rows = rec.item_start[0]
         # Resolved here, once the engine has placed the embedding matrix.
-        trainer.callbacks.append(_ItemAnchor(weight, rows.to(weight.device), start.to(weight), cfg.item_anchor))
+        trainer.callbacks.append(_ItemAnchor(weight, rows.to(weight.device), anchor_start.to(weight), cfg.item_anchor))
     # Summed, not averaged: a step divides by the target tokens of the whole global batch.
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=-100, label_smoothing=cfg.label_smoothing, reduction="sum")
     vocabulary = rec.item_vocabulary().to(trainer.device) if cfg.softmax == "items" else None
@@ -198,6 +210,8 @@ def train(
         return rec.evaluate_users(split, val_users, stage="valid") if val_users else {"NDCG@10": 0.0, "HR@10": 0.0}
 
     trainer.fit(epoch_batches, step_loss, validate, resume=resuming)
+    if cfg.text_projection:
+        bake(raw)  # from here on a plain model: evaluation, saving and serving need no text vectors
     state = trainer.state
     rec.fit_info_ = {
         "train_seconds": round(state["train_seconds"], 2),

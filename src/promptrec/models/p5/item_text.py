@@ -1,0 +1,95 @@
+"""Item embeddings that keep a learned map of the item's text (``train.text_projection``).
+
+``model.item_init=text`` starts every item token at a PCA of its text vector, and
+``train.item_anchor`` pulls the rows back toward that start; the map from text to embedding stays
+the PCA's. Here the map is learned: during training an item row is ``free row + text @ M``, with
+``M`` (encoder width x model width) starting as the PCA map and the free rows as the start minus
+it (zero on the PCA's columns). Every item's events teach ``M``, so what the catalogue's text
+says is re-read in the directions the task needs, also for the rare items whose own rows learn
+little; the anchor then pulls the free rows toward their start.
+
+It is a ``torch.nn.utils.parametrize`` parametrization of the embedding matrix (and of the tied
+output layer, which reads the same matrix), so every reader of ``.weight`` (the forward pass, the
+item-only softmax, ranking) sees the sum. :func:`bake` writes the sum into a plain weight when
+training ends, and :func:`plain_state_dict` when a model is saved mid-run: a saved model is a
+plain transformers model that needs neither the text vectors nor this module.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+
+class TextProjection(nn.Module):
+    """``weight`` plus, on the item rows, the item text vectors times a learned map."""
+
+    def __init__(self, rows: torch.Tensor, text: torch.Tensor, projection: torch.Tensor) -> None:
+        super().__init__()
+        # Not saved with the model: a saved model has the sum baked in (module doc).
+        self.register_buffer("rows", rows, persistent=False)
+        self.register_buffer("text", text, persistent=False)
+        self.projection = nn.Parameter(projection)
+
+    def text_part(self) -> torch.Tensor:
+        return self.text @ self.projection
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight.index_add(0, self.rows, self.text_part().to(weight.dtype))
+
+
+def _tied(model: Any) -> bool:
+    out = model.get_output_embeddings()
+    return out is not None and out.weight is model.get_input_embeddings().weight
+
+
+def add_text_projection(model: Any, rows: torch.Tensor, text: torch.Tensor, projection: torch.Tensor) -> nn.Parameter:
+    """Install :class:`TextProjection` on ``model``'s embedding matrix (and its tied output layer)
+    in place; the item rows' stored values become the start minus the text part, so the model
+    computes what it did before. Returns the free matrix (what ``train.item_anchor`` pulls)."""
+    inp = model.get_input_embeddings()
+    tied = _tied(model)
+    if not tied and model.get_output_embeddings() is not None:
+        raise ValueError("train.text_projection needs input and output item embeddings tied (the built-in backbones)")
+    text_projection = TextProjection(rows.to(inp.weight.device), text.to(inp.weight), projection.to(inp.weight))
+    with torch.no_grad():
+        inp.weight.index_add_(0, text_projection.rows, -text_projection.text_part())
+    # unsafe: the map changes the values, not the shape or dtype, and the tied layer shares it
+    parametrize.register_parametrization(inp, "weight", text_projection, unsafe=True)
+    if tied:
+        parametrize.register_parametrization(model.get_output_embeddings(), "weight", text_projection, unsafe=True)
+    return inp.parametrizations.weight.original
+
+
+def _remove(model: Any) -> None:
+    tied = any(parametrize.is_parametrized(m) for m in (model.get_output_embeddings(),) if m is not None)
+    inp = model.get_input_embeddings()
+    if not parametrize.is_parametrized(inp, "weight"):
+        return
+    parametrize.remove_parametrizations(inp, "weight", leave_parametrized=True)
+    if tied:
+        out = model.get_output_embeddings()
+        parametrize.remove_parametrizations(out, "weight", leave_parametrized=False)
+        out.weight = inp.weight
+
+
+def bake(model: Any) -> None:
+    """Write the learned sum into the embedding matrix and remove the parametrization, in place."""
+    _remove(model)
+
+
+def plain_state_dict(model: Any) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` as a plain model would have it: the sum baked in, if installed."""
+    state = model.state_dict()
+    # Not a deep copy with the parametrization removed: a copy shares the class that
+    # parametrize creates for each module, and removing it from the copy removes it from the model.
+    for name, module in model.named_modules():
+        if parametrize.is_parametrized(module, "weight"):
+            prefix = f"{name}." if name else ""
+            for key in [k for k in state if k.startswith(f"{prefix}parametrizations.weight.")]:
+                del state[key]
+            state[f"{prefix}weight"] = module.weight.detach()
+    return state
