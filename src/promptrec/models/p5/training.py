@@ -143,6 +143,11 @@ def train(
     # trainer's plain copy, given the whole weights for validation); only the loss runs through
     # the engine's wrapper, whose forward exchanges gradients.
     rec.model = raw
+    if cfg.text_projection and trainer.sharded:
+        raise ValueError(
+            "train.text_projection computes the embedding matrix from the whole text map on every read, which FSDP or "
+            "ZeRO-3 splits between the processes: set train.text_projection=false, or train without sharding the weights"
+        )
     if cfg.item_anchor > 0:
         if trainer.sharded:
             raise ValueError(
