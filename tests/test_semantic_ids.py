@@ -279,7 +279,8 @@ def test_text_projection_computes_the_start_and_learns_the_map(encoder, spread_t
     from promptrec.models.p5.model import P5Recommender
 
     split = leave_one_out(cyclic_data(n_users=20))
-    rec = P5Recommender(RunConfig().update(_text_settings(encoder, 0.01))).build(split, progress=False)
+    settings = {**_text_settings(encoder, 0.01), "train.text_projection": True}
+    rec = P5Recommender(RunConfig().update(settings)).build(split, progress=False)
     model, (rows, start) = rec.model, rec.item_start
     before = {k: v.clone() for k, v in model.state_dict().items()}
     text, projection = rec.item_text

@@ -64,21 +64,15 @@ def add_text_projection(model: Any, rows: torch.Tensor, text: torch.Tensor, proj
     return inp.parametrizations.weight.original
 
 
-def _remove(model: Any) -> None:
-    tied = any(parametrize.is_parametrized(m) for m in (model.get_output_embeddings(),) if m is not None)
-    inp = model.get_input_embeddings()
+def bake(model: Any) -> None:
+    """Write the learned sum into the embedding matrix and remove the parametrization, in place."""
+    inp, out = model.get_input_embeddings(), model.get_output_embeddings()
     if not parametrize.is_parametrized(inp, "weight"):
         return
     parametrize.remove_parametrizations(inp, "weight", leave_parametrized=True)
-    if tied:
-        out = model.get_output_embeddings()
+    if out is not None and parametrize.is_parametrized(out, "weight"):  # tied: share the baked matrix again
         parametrize.remove_parametrizations(out, "weight", leave_parametrized=False)
         out.weight = inp.weight
-
-
-def bake(model: Any) -> None:
-    """Write the learned sum into the embedding matrix and remove the parametrization, in place."""
-    _remove(model)
 
 
 def plain_state_dict(model: Any) -> dict[str, torch.Tensor]:
@@ -86,10 +80,12 @@ def plain_state_dict(model: Any) -> dict[str, torch.Tensor]:
     state = model.state_dict()
     # Not a deep copy with the parametrization removed: a copy shares the class that
     # parametrize creates for each module, and removing it from the copy removes it from the model.
+    baked: dict[int, torch.Tensor] = {}  # one sum per stored matrix, so tied layers stay one tensor
     for name, module in model.named_modules():
         if parametrize.is_parametrized(module, "weight"):
             prefix = f"{name}." if name else ""
             for key in [k for k in state if k.startswith(f"{prefix}parametrizations.weight.")]:
                 del state[key]
-            state[f"{prefix}weight"] = module.weight.detach()
+            original = module.parametrizations.weight.original
+            state[f"{prefix}weight"] = baked.setdefault(id(original), module.weight.detach())
     return state

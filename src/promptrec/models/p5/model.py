@@ -162,10 +162,10 @@ class P5Recommender(Recommender):
         with torch.no_grad():
             weight[rows, :k] = vectors.to(weight.dtype) * scale
         self.item_start = (rows, weight[rows].detach().clone())  # what train.item_anchor pulls toward
-        # train.text_projection learns the map from text to embedding, starting from this one
-        projection = torch.zeros(text.shape[1], weight.shape[1])
-        projection[:, :k] = basis * scale
-        self.item_text = (text, projection)
+        if self.config.train.text_projection:  # it learns the map from text to embedding, from this one
+            projection = torch.zeros(text.shape[1], weight.shape[1])
+            projection[:, :k] = basis * scale
+            self.item_text = (text, projection)
 
     def _one_token_codes(self, setting: str) -> dict[str, str]:
         codes = self.indexer.codes
