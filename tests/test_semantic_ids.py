@@ -347,3 +347,30 @@ def test_text_projection_trains_saves_plain_and_reloads(encoder, spread_text, tm
         train(P5Recommender(RunConfig().update(settings)), split, output_dir=tmp_path / "run", resume=True, progress=False)
     with pytest.raises(ValueError, match="needs model.item_init=text"):
         RunConfig().update({**settings, "model.item_init": "random", "train.item_anchor": 0.0})
+
+
+def test_text_projection_with_the_frequency_branch_saves_and_reloads(encoder, spread_text, tmp_path) -> None:
+    """The two options together, as the Amazon runs use them: the map learns beside the branch, and
+    the saved model (baked rows and the branch's weights) reloads and ranks identically."""
+    import torch
+    from conftest import cyclic_data
+
+    from promptrec.data import leave_one_out
+    from promptrec.models.p5.config import RunConfig
+    from promptrec.models.p5.model import P5Recommender
+    from promptrec.models.p5.training import train
+
+    split = leave_one_out(cyclic_data(n_users=20))
+    settings = {**_text_settings(encoder, 0.01), "train.text_projection": True, "model.frequency_filter": 0.3,
+                "model.max_history": 8}
+    rec = P5Recommender(RunConfig().update(settings))
+    train(rec, split, output_dir=tmp_path / "run", progress=False)
+    rows, start = rec.item_start
+    assert (rec.model.get_input_embeddings().weight.detach()[rows] - start).abs().max() > 1e-3
+    betas = [layer.attn.filter_beta.detach().clone() for layer in rec.model.transformer.h]
+    rec.save_pretrained(tmp_path / "saved")
+    back = P5Recommender.from_pretrained(tmp_path / "saved")
+    for mine, theirs in zip(betas, (layer.attn.filter_beta for layer in back.model.transformer.h)):
+        torch.testing.assert_close(theirs.detach(), mine, rtol=0, atol=0)
+    users = list(rec.train_history)[:6]
+    assert rec.recommend(users, 5).equals(back.recommend(users, 5))
