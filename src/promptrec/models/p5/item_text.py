@@ -86,6 +86,8 @@ def plain_state_dict(model: Any) -> dict[str, torch.Tensor]:
             prefix = f"{name}." if name else ""
             for key in [k for k in state if k.startswith(f"{prefix}parametrizations.weight.")]:
                 del state[key]
-            original = module.parametrizations.weight.original
-            state[f"{prefix}weight"] = baked.setdefault(id(original), module.weight.detach())
+            key = id(module.parametrizations.weight.original)
+            if key not in baked:  # the sum is a full matrix product: computed once for tied layers
+                baked[key] = module.weight.detach()
+            state[f"{prefix}weight"] = baked[key]
     return state
