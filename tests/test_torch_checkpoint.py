@@ -175,3 +175,25 @@ def test_train_resume_from_the_command_line(tmp_path: Path) -> None:
     torch.testing.assert_close(load_file(str(out / "model" / "sasrec.safetensors")), first_weights, rtol=0, atol=0)
     second_metrics = json.loads((out / "metrics.json").read_text())["model"]
     assert {k: second_metrics[k] for k in ("HR@10", "NDCG@10")} == {k: first_metrics[k] for k in ("HR@10", "NDCG@10")}
+
+
+def test_a_refused_resume_leaves_the_run_directory_as_it_was(tmp_path: Path) -> None:
+    """``promptrec train --resume`` with parameters the checkpoint refuses fails before the run's
+    record changes: its config.yaml still says what the run was trained with."""
+    from conftest import cyclic_data
+
+    from promptrec.pipeline import JobConfig, run_job
+
+    events = tmp_path / "events.csv"
+    cyclic_data(n_users=20).interactions.to_csv(events, index=False)
+    job = {"recommender": "sasrec", "data": {"loader": "tabular", "path": str(events)},
+           "params": {**CASES["sasrec"], "epochs": 2}}  # fmt: skip
+    run_job(JobConfig.model_validate(job), tmp_path / "run", progress=False)
+    config = (tmp_path / "run" / "config.yaml").read_text()
+    changed = {**job, "params": {**job["params"], "lr": 0.01}}
+    with pytest.raises(ValueError, match=r"written with lr=0\.0005, this run has 0\.01"):
+        run_job(JobConfig.model_validate(changed), tmp_path / "run", resume=True, progress=False)
+    assert (tmp_path / "run" / "config.yaml").read_text() == config
+    # A resume the checkpoint accepts records its config (here the same one) as before.
+    run_job(JobConfig.model_validate(job), tmp_path / "run", resume=True, progress=False)
+    assert (tmp_path / "run" / "config.yaml").read_text() == config

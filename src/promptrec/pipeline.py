@@ -175,9 +175,14 @@ def run_job(
         raise ValueError(f"two entries share a name in {keys}: give compare entries a label")
     main = distributed.is_main()
     progress = progress and main
+    config_file = out / "config.yaml"
+    # A resume keeps the run's config until its fits have gone on: one the checkpoint refuses (other
+    # parameters, an option that cannot resume) must leave the directory as the run left it.
+    deferred = resume and config_file.exists()
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(_yaml(job.to_dict()))
+        if not deferred:
+            config_file.write_text(_yaml(job.to_dict()))
     started = time.perf_counter()
     data = load_data(job.data)
     split = leave_one_out(data)
@@ -198,6 +203,8 @@ def run_job(
         if main:
             rec.save_pretrained(directory)
         models[key] = rec
+    if main and deferred:
+        config_file.write_text(_yaml(job.to_dict()))
     return evaluate_and_write(
         models, split, out, job.evaluation, command=command, progress=progress, started=started, config=job.to_dict()
     )
