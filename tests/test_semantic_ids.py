@@ -343,10 +343,54 @@ def test_text_projection_trains_saves_plain_and_reloads(encoder, spread_text, tm
     users = list(rec.train_history)[:4]
     assert rec.recommend(users, 5).equals(back.recommend(users, 5))
     P5Recommender.from_pretrained(tmp_path / "run" / "checkpoint" / "model")
-    with pytest.raises(ValueError, match="cannot resume"):
-        train(P5Recommender(RunConfig().update(settings)), split, output_dir=tmp_path / "run", resume=True, progress=False)
     with pytest.raises(ValueError, match="needs model.item_init=text"):
         RunConfig().update({**settings, "model.item_init": "random", "train.item_anchor": 0.0})
+
+
+def test_text_projection_cut_and_resumed_ends_as_the_uncut_run(encoder, spread_text, tmp_path) -> None:
+    """A run with the text map stopped after an epoch and resumed from its checkpoint (whose model
+    is plain, the sum baked in) trains the same map and free rows as the run never stopped: the
+    checkpoint keeps the text vectors and the map's start, and the anchor pulls toward the same rows."""
+    import torch
+    from conftest import cyclic_data
+    from safetensors.torch import load_file
+
+    from promptrec.data import leave_one_out
+    from promptrec.models.p5.config import RunConfig
+    from promptrec.models.p5.item_text import add_text_projection
+    from promptrec.models.p5.model import P5Recommender
+    from promptrec.models.p5.training import train
+
+    split = leave_one_out(cyclic_data(n_users=20))
+    # Dropout on, so a resume that lost the generators' state would end elsewhere; an anchor short
+    # of a full pull, so a resume that pulled toward other rows would too.
+    settings = {**_text_settings(encoder, 0.01), "train.item_anchor": 30.0, "train.text_projection": True,
+                "model.dropout": 0.2, "train.epochs": 3}
+    whole = P5Recommender(RunConfig().update(settings))
+    train(whole, split, output_dir=tmp_path / "whole", progress=False)
+    cut = P5Recommender(RunConfig().update({**settings, "train.epochs": 1}))
+    train(cut, split, output_dir=tmp_path / "cut", progress=False)
+    assert (tmp_path / "cut" / "checkpoint" / "item_text.safetensors").is_file()
+    resumed = P5Recommender(RunConfig().update(settings))
+    train(resumed, split, output_dir=tmp_path / "cut", resume=True, progress=False)
+    assert resumed.fit_info_["epochs_run"] == whole.fit_info_["epochs_run"] == 3
+    for key, value in whole.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[key], value, rtol=0, atol=0)
+    users = list(whole.train_history)[:6]
+    assert resumed.recommend(users, 5).equals(whole.recommend(users, 5))
+    # The map's start stays the start while the map trains: it is what a resumed run's anchor uses.
+    start_map = load_file(str(tmp_path / "cut" / "checkpoint" / "item_text.safetensors"))["projection"]
+    torch.testing.assert_close(whole.item_text[1], start_map, rtol=0, atol=0)
+    # The anchor pulls toward the free rows as installed (the start less its text part), which a
+    # fresh run and a resumed one both compute from the start.
+    built = P5Recommender(RunConfig().update(settings)).build(split, progress=False)
+    (rows, start), (text, projection) = built.item_start, built.item_text
+    free = add_text_projection(built.model, rows, text, projection)
+    torch.testing.assert_close(free[rows].detach(), start - text @ projection, rtol=0, atol=0)
+    # A checkpoint without the text vectors is refused with what to do, not resumed from other ones.
+    (tmp_path / "cut" / "checkpoint" / "item_text.safetensors").unlink()
+    with pytest.raises(ValueError, match="no item_text.safetensors"):
+        train(P5Recommender(RunConfig().update({**settings, "train.epochs": 4})), split, output_dir=tmp_path / "cut", resume=True, progress=False)
 
 
 def test_text_projection_with_the_frequency_branch_saves_and_reloads(encoder, spread_text, tmp_path) -> None:

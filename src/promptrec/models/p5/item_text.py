@@ -32,7 +32,9 @@ class TextProjection(nn.Module):
         # Not saved with the model: a saved model has the sum baked in (module doc).
         self.register_buffer("rows", rows, persistent=False)
         self.register_buffer("text", text, persistent=False)
-        self.projection = nn.Parameter(projection)
+        # A copy: the map trains in place, and the start it was given (which a checkpoint keeps
+        # for a resumed run's anchor) must stay the start.
+        self.projection = nn.Parameter(projection.detach().clone())
 
     def text_part(self) -> torch.Tensor:
         return self.text @ self.projection

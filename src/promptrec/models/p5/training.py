@@ -90,24 +90,36 @@ def train(
                 f"process {distributed.rank()} built another item index than process 0: the index fit is not deterministic"
             )
 
-    if cfg.item_anchor > 0:
-        if resuming:
+    if resuming:
+        # What the run started from, which the checkpoint's plain model no longer shows: the
+        # items' text start (the anchor's target) and, with the text map, the text vectors and
+        # the map's start.
+        if (ckpt / "item_start.safetensors").exists():
             saved_start = load_file(str(ckpt / "item_start.safetensors"))
             rec.item_start = (saved_start["rows"], saved_start["start"])
-        if rec.item_start is None:
-            raise ValueError("train.item_anchor needs the item tokens this run started from text (model.item_init=text, built here)")
+        if cfg.text_projection:
+            if not (ckpt / "item_text.safetensors").exists():
+                raise ValueError(
+                    f"{ckpt} has no item_text.safetensors (the text vectors train.text_projection resumes from): train the run again"
+                )
+            saved_text = load_file(str(ckpt / "item_text.safetensors"))
+            rec.item_text = (saved_text["text"], saved_text["projection"])
+    if cfg.item_anchor > 0 and rec.item_start is None:
+        raise ValueError("train.item_anchor needs the item tokens this run started from text (model.item_init=text, built here)")
 
     model = rec.model
     anchor_start = rec.item_start[1] if rec.item_start is not None else None
     if cfg.text_projection:
-        if resuming:
-            raise ValueError("train.text_projection cannot resume a run (its text vectors are not checkpointed): train it again")
         if rec.item_text is None or rec.item_start is None:
             raise ValueError("train.text_projection needs the item tokens this run started from text (model.item_init=text, built here)")
         if is_peft(rec.config.model.tuning):
             raise ValueError("train.text_projection trains the embedding matrix: it needs model.tuning.method=full")
-        free = add_text_projection(unwrap(model), rec.item_start[0], *rec.item_text)
-        anchor_start = free[rec.item_start[0]].detach().clone()  # the anchor pulls the free rows
+        add_text_projection(unwrap(model), rec.item_start[0], *rec.item_text)
+        # The anchor pulls the free rows toward where they started: the text start less its text
+        # part. Computed from the start, not read off the model, so a resumed run (whose free rows
+        # the checkpoint then overwrites) pulls toward the same rows as the run it continues.
+        text, projection = rec.item_text
+        anchor_start = anchor_start - text @ projection
     users = list(rec.train_history)
     ctx = rec.context(rec.train_history, ratings=_ratings_by_user(split, users))
     weights = {k: v for k, v in rec.config.tasks.weights.items() if v > 0}
@@ -273,5 +285,11 @@ class _SaveModel(Callback):
         if (directory / "model").exists():
             return
         rec.save_pretrained(directory / "model")
-        if rec.item_start is not None and rec.config.train.item_anchor > 0:  # a resumed run pulls toward the same start
-            save_file({"rows": rec.item_start[0], "start": rec.item_start[1].contiguous()}, str(directory / "item_start.safetensors"))
+        cfg = rec.config.train
+        # A resumed run pulls toward the same start, and learns the same text map
+        if rec.item_start is not None and (cfg.item_anchor > 0 or cfg.text_projection):
+            start = {"rows": rec.item_start[0], "start": rec.item_start[1].contiguous()}
+            save_file(start, str(directory / "item_start.safetensors"))
+        if rec.item_text is not None and cfg.text_projection:
+            text, projection = rec.item_text
+            save_file({"text": text.contiguous(), "projection": projection.contiguous()}, str(directory / "item_text.safetensors"))
