@@ -390,7 +390,8 @@ def test_text_projection_cut_and_resumed_ends_as_the_uncut_run(encoder, spread_t
     # A checkpoint without the text vectors is refused with what to do, not resumed from other ones.
     (tmp_path / "cut" / "checkpoint" / "item_text.safetensors").unlink()
     with pytest.raises(ValueError, match="no item_text.safetensors"):
-        train(P5Recommender(RunConfig().update({**settings, "train.epochs": 4})), split, output_dir=tmp_path / "cut", resume=True, progress=False)
+        longer = P5Recommender(RunConfig().update({**settings, "train.epochs": 4}))
+        train(longer, split, output_dir=tmp_path / "cut", resume=True, progress=False)
 
 
 def test_text_projection_with_the_frequency_branch_saves_and_reloads(encoder, spread_text, tmp_path) -> None:

@@ -177,7 +177,7 @@ def run_job(
     progress = progress and main
     config_file = out / "config.yaml"
     # A resume keeps the run's config until its fits have gone on: one the checkpoint refuses (other
-    # parameters, an option that cannot resume) must leave the directory as the run left it.
+    # parameters, a checkpoint without what the resume needs) must leave the directory as the run left it.
     deferred = resume and config_file.exists()
     if main:
         out.mkdir(parents=True, exist_ok=True)

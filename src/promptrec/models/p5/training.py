@@ -100,7 +100,8 @@ def train(
         if cfg.text_projection:
             if not (ckpt / "item_text.safetensors").exists():
                 raise ValueError(
-                    f"{ckpt} has no item_text.safetensors (the text vectors train.text_projection resumes from): train the run again"
+                    f"{ckpt} has no item_text.safetensors (the text vectors train.text_projection resumes from): "
+                    "train the run again"
                 )
             saved_text = load_file(str(ckpt / "item_text.safetensors"))
             rec.item_text = (saved_text["text"], saved_text["projection"])
@@ -292,4 +293,5 @@ class _SaveModel(Callback):
             save_file(start, str(directory / "item_start.safetensors"))
         if rec.item_text is not None and cfg.text_projection:
             text, projection = rec.item_text
-            save_file({"text": text.contiguous(), "projection": projection.contiguous()}, str(directory / "item_text.safetensors"))
+            saved_text = {"text": text.contiguous(), "projection": projection.contiguous()}
+            save_file(saved_text, str(directory / "item_text.safetensors"))
