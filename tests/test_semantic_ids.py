@@ -389,8 +389,8 @@ def test_text_projection_cut_and_resumed_ends_as_the_uncut_run(encoder, spread_t
     torch.testing.assert_close(free[rows].detach(), start - text @ projection, rtol=0, atol=0)
     # A checkpoint without the text vectors is refused with what to do, not resumed from other ones.
     (tmp_path / "cut" / "checkpoint" / "item_text.safetensors").unlink()
+    longer = P5Recommender(RunConfig().update({**settings, "train.epochs": 4}))
     with pytest.raises(ValueError, match="no item_text.safetensors"):
-        longer = P5Recommender(RunConfig().update({**settings, "train.epochs": 4}))
         train(longer, split, output_dir=tmp_path / "cut", resume=True, progress=False)
 
 
