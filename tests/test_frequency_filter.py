@@ -153,3 +153,20 @@ def test_export_for_a_chat_server_is_refused(split, tmp_path):
     rec.save_pretrained(tmp_path / "m")
     with pytest.raises(ValueError, match="frequency branch"):
         export_chat_model(tmp_path / "m", tmp_path / "chat")
+
+
+def test_the_cutoff_sets_the_kernel_and_is_kept_with_the_model(split, tmp_path):
+    # BSARec's c: c // 2 + 1 frequencies of the max_history window (8) are kept.
+    rec = P5Recommender(config(**{"model.frequency_cutoff": 3, "train.epochs": 0})).build(split)
+    want = causal_low_pass_kernel(8, 2).float()
+    for layer in rec.model.transformer.h:
+        torch.testing.assert_close(layer.attn.filter_kernel, want, rtol=0, atol=0)
+    assert not torch.allclose(want, causal_low_pass_kernel(8, 5 // 2 + 1).float())  # not the default's
+    rec.save_pretrained(tmp_path / "m")
+    loaded = P5Recommender.from_pretrained(tmp_path / "m")
+    torch.testing.assert_close(loaded.model.transformer.h[0].attn.filter_kernel, want, rtol=0, atol=0)
+
+
+def test_a_cutoff_past_the_window_is_refused():
+    with pytest.raises(ValueError, match="model.frequency_cutoff"):
+        config(**{"model.frequency_cutoff": 9})

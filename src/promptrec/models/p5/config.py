@@ -57,8 +57,13 @@ class ModelConfig(_Strict):
     frequency_filter: float = Field(
         0.0, ge=0.0, le=1.0,
         description="weight alpha of a BSARec-style frequency branch beside each self-attention of a decoder-only "
-        "backbone (c 5, a max_history window); 0 = none. It filters whole prompts: one token per item "
-        "(index levels 1) and one-token ranking only",
+        "backbone (c model.frequency_cutoff, a max_history window); 0 = none. It filters whole prompts: one "
+        "token per item (index levels 1) and one-token ranking only",
+    )
+    # BSARec's c: the branch keeps the c // 2 + 1 lowest frequencies of its window. Read causally
+    # (backbones/frequency.py), c 5 averages about the last ten positions and c 9 about the last five.
+    frequency_cutoff: int = Field(
+        5, ge=1, description="model.frequency_filter: BSARec's c; the branch keeps the c // 2 + 1 lowest frequencies"
     )
     max_words: int = Field(5000, ge=10, description="word vocabulary size (template + item text)")
     templates: str | None = Field(None, description="template YAML file, or a shipped set by name (p5, history_last); empty = p5")
@@ -205,6 +210,10 @@ class RunConfig(FileConfig):
             raise ValueError("model.random_weights=true re-initialises model.pretrained's architecture: set model.pretrained")
         if self.model.item_init == "lm" and not self.model.pretrained:
             raise ValueError("model.item_init=lm reads item titles with a pretrained LM's own embeddings: set model.pretrained")
+        if self.model.frequency_cutoff > self.model.max_history:
+            # Past the window's own frequency count the "low-pass" keeps everything: no branch at all.
+            raise ValueError(f"model.frequency_cutoff ({self.model.frequency_cutoff}) keeps more frequencies than a "
+                             f"model.max_history window ({self.model.max_history}) has: use at most that")
         if self.tasks.window_stride:
             if not self.train.history_loss:
                 raise ValueError("tasks.window_stride splits long histories into windows that learn their history items: "

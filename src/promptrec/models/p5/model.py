@@ -778,8 +778,9 @@ class P5Recommender(Recommender):
 
 
 def _add_filter(model, cfg) -> None:
-    # BSARec's reference settings: c 5 (3 frequencies kept) over a window of the history length.
-    add_frequency_filter(model, cfg.frequency_filter, keep=5 // 2 + 1, window=cfg.max_history, dropout=cfg.dropout)
+    # BSARec's count: c keeps c // 2 + 1 frequencies, over a window of the history length.
+    keep = cfg.frequency_cutoff // 2 + 1
+    add_frequency_filter(model, cfg.frequency_filter, keep=keep, window=cfg.max_history, dropout=cfg.dropout)
 
 
 def fingerprint(directory: Path) -> str:
