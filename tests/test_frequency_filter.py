@@ -167,6 +167,8 @@ def test_the_cutoff_sets_the_kernel_and_is_kept_with_the_model(split, tmp_path):
     torch.testing.assert_close(loaded.model.transformer.h[0].attn.filter_kernel, want, rtol=0, atol=0)
 
 
-def test_a_cutoff_past_the_window_is_refused():
-    with pytest.raises(ValueError, match="model.frequency_cutoff"):
-        config(**{"model.frequency_cutoff": 9})
+def test_a_cutoff_that_keeps_every_frequency_is_refused():
+    config(**{"model.frequency_cutoff": 7})  # 4 of the window's 5 frequencies
+    with pytest.raises(ValueError, match="model.frequency_cutoff 8 keeps every frequency .* at most 7"):
+        config(**{"model.frequency_cutoff": 8})
+    config(**{"model.frequency_cutoff": 8, "model.frequency_filter": 0.0})  # no branch, nothing to check

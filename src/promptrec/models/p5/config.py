@@ -210,10 +210,11 @@ class RunConfig(FileConfig):
             raise ValueError("model.random_weights=true re-initialises model.pretrained's architecture: set model.pretrained")
         if self.model.item_init == "lm" and not self.model.pretrained:
             raise ValueError("model.item_init=lm reads item titles with a pretrained LM's own embeddings: set model.pretrained")
-        if self.model.frequency_cutoff > self.model.max_history:
-            # Past the window's own frequency count the "low-pass" keeps everything: no branch at all.
-            raise ValueError(f"model.frequency_cutoff ({self.model.frequency_cutoff}) keeps more frequencies than a "
-                             f"model.max_history window ({self.model.max_history}) has: use at most that")
+        m = self.model
+        if m.frequency_filter > 0 and m.frequency_cutoff // 2 >= m.max_history // 2:
+            # A window of n positions has n // 2 + 1 frequencies: keeping them all is no low-pass at all.
+            raise ValueError(f"model.frequency_cutoff {m.frequency_cutoff} keeps every frequency of a "
+                             f"model.max_history window of {m.max_history}: use at most {2 * (m.max_history // 2) - 1}")
         if self.tasks.window_stride:
             if not self.train.history_loss:
                 raise ValueError("tasks.window_stride splits long histories into windows that learn their history items: "
