@@ -172,3 +172,5 @@ def test_a_cutoff_that_keeps_every_frequency_is_refused():
     with pytest.raises(ValueError, match="model.frequency_cutoff 8 keeps every frequency .* at most 7"):
         config(**{"model.frequency_cutoff": 8})
     config(**{"model.frequency_cutoff": 8, "model.frequency_filter": 0.0})  # no branch, nothing to check
+    with pytest.raises(ValueError, match="a window of one item has nothing to filter"):
+        config(**{"model.max_history": 1})

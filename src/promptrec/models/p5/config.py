@@ -213,8 +213,10 @@ class RunConfig(FileConfig):
         m = self.model
         if m.frequency_filter > 0 and m.frequency_cutoff // 2 >= m.max_history // 2:
             # A window of n positions has n // 2 + 1 frequencies: keeping them all is no low-pass at all.
+            fix = (f"use at most {2 * (m.max_history // 2) - 1}" if m.max_history > 1
+                   else "a window of one item has nothing to filter")
             raise ValueError(f"model.frequency_cutoff {m.frequency_cutoff} keeps every frequency of a "
-                             f"model.max_history window of {m.max_history}: use at most {2 * (m.max_history // 2) - 1}")
+                             f"model.max_history window of {m.max_history}: {fix}")
         if self.tasks.window_stride:
             if not self.train.history_loss:
                 raise ValueError("tasks.window_stride splits long histories into windows that learn their history items: "
