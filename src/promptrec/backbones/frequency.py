@@ -25,6 +25,11 @@ import torch
 from torch import nn
 
 
+def kept_frequencies(c: int) -> int:
+    """How many of the lowest frequencies BSARec's cutoff ``c`` keeps, as its authors count them."""
+    return c // 2 + 1
+
+
 def low_pass_matrix(length: int, keep: int) -> torch.Tensor:
     """(length, length) float64 ``P`` with ``P @ x`` = the ``keep`` lowest frequencies of ``x``.
 

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from ...backbones.frequency import kept_frequencies
 from ...backbones.tuning import TuningConfig
 from ...core.config import DataConfig, FileConfig, _Strict
 
@@ -211,7 +212,7 @@ class RunConfig(FileConfig):
         if self.model.item_init == "lm" and not self.model.pretrained:
             raise ValueError("model.item_init=lm reads item titles with a pretrained LM's own embeddings: set model.pretrained")
         m = self.model
-        if m.frequency_filter > 0 and m.frequency_cutoff // 2 >= m.max_history // 2:
+        if m.frequency_filter > 0 and kept_frequencies(m.frequency_cutoff) >= m.max_history // 2 + 1:
             # A window of n positions has n // 2 + 1 frequencies: keeping them all is no low-pass at all.
             fix = (f"use at most {2 * (m.max_history // 2) - 1}" if m.max_history > 1
                    else "a window of one item has nothing to filter")

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from ... import __version__
 from ...backbones.builders import BACKBONES, load_pretrained
-from ...backbones.frequency import add_frequency_filter
+from ...backbones.frequency import add_frequency_filter, kept_frequencies
 from ...backbones.tokenization import add_tokens, build_tokenizer
 from ...pretrained import PACKAGED, resolve_model
 from ...backbones.tuning import apply_tuning, is_peft, load_tuned, save_tuned, trainable_parameters, unwrap
@@ -778,8 +778,8 @@ class P5Recommender(Recommender):
 
 
 def _add_filter(model, cfg) -> None:
-    # BSARec's count: c keeps c // 2 + 1 frequencies, over a window of the history length.
-    keep = cfg.frequency_cutoff // 2 + 1
+    # BSARec's filter over a window of the history length.
+    keep = kept_frequencies(cfg.frequency_cutoff)
     add_frequency_filter(model, cfg.frequency_filter, keep=keep, window=cfg.max_history, dropout=cfg.dropout)
 
 

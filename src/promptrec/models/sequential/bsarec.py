@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...backbones.frequency import low_pass_matrix
+from ...backbones.frequency import kept_frequencies, low_pass_matrix
 from ...core.recommender import RECOMMENDERS
 from .sasrec import SASRec, _left_pad
 
@@ -96,7 +96,7 @@ class FrequencyFilter(nn.Module):
 
     def __init__(self, hidden: int, c: int, dropout: float) -> None:
         super().__init__()
-        self.keep = c // 2 + 1  # low frequencies kept, as the authors count them
+        self.keep = kept_frequencies(c)
         self.sqrt_beta = nn.Parameter(torch.randn(1, 1, hidden))
         self.dropout = RandDropout(dropout)
         self.norm = nn.LayerNorm(hidden, eps=1e-12)
