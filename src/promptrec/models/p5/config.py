@@ -134,6 +134,13 @@ class TrainConfig(_Strict):
         description="model.item_init=text: item embeddings = a free row + the item's text vector times a learned map "
         "(started as the PCA); item_anchor then pulls the free rows. Baked into plain weights when saved",
     )
+    # A text vector places a brand or a category where the sentence encoder puts its name; a learned
+    # vector per attribute learns what it means for what is bought next, from all its items.
+    item_attributes: bool = Field(
+        False,
+        description="train.text_projection: also learn one vector per item category and brand (shared by two or more "
+        "items), each item row adding the mean of its own; baked into plain weights when saved",
+    )
     # SASRec learns from every position of a sequence in one pass; a causal LM reading a history
     # can too, at no extra forward cost. Only for history-only families (sequential, sequence).
     history_loss: bool = Field(
@@ -207,6 +214,8 @@ class RunConfig(FileConfig):
             raise ValueError("train.item_anchor pulls item embeddings toward their text start: it needs model.item_init=text or lm")
         if self.train.text_projection and self.model.item_init != "text":
             raise ValueError("train.text_projection learns the map from item text to embedding: it needs model.item_init=text")
+        if self.train.item_attributes and not self.train.text_projection:
+            raise ValueError("train.item_attributes adds learned attribute vectors to the text map: it needs train.text_projection=true")
         if self.model.random_weights and not self.model.pretrained:
             raise ValueError("model.random_weights=true re-initialises model.pretrained's architecture: set model.pretrained")
         if self.model.item_init == "lm" and not self.model.pretrained:

@@ -71,6 +71,7 @@ class P5Recommender(Recommender):
         self.fit_info_: dict[str, Any] = {}
         self.item_start: tuple[torch.Tensor, torch.Tensor] | None = None  # (token rows, their text start)
         self.item_text: tuple[torch.Tensor, torch.Tensor] | None = None  # (centred text vectors, their PCA map)
+        self.item_attributes: torch.Tensor | None = None  # train.item_attributes: (items, attributes), -1 padded
         self._onnx = None  # an ONNX Runtime session for next-token logits (use_runtime("onnx"))
 
     # ------------------------------------------------------------------------------- building
@@ -166,6 +167,10 @@ class P5Recommender(Recommender):
             projection = torch.zeros(text.shape[1], weight.shape[1])
             projection[:, :k] = basis * scale
             self.item_text = (text, projection)
+            if self.config.train.item_attributes:
+                from .item_text import attribute_table
+
+                self.item_attributes = attribute_table(split.data.items, catalogue)
 
     def _one_token_codes(self, setting: str) -> dict[str, str]:
         codes = self.indexer.codes

@@ -105,6 +105,10 @@ def train(
                 )
             saved_text = load_file(str(ckpt / "item_text.safetensors"))
             rec.item_text = (saved_text["text"], saved_text["projection"])
+            if cfg.item_attributes:
+                if "attributes" not in saved_text:
+                    raise ValueError(f"{ckpt} was trained without train.item_attributes: train the run again")
+                rec.item_attributes = saved_text["attributes"]
     if cfg.item_anchor > 0 and rec.item_start is None:
         raise ValueError("train.item_anchor needs the item tokens this run started from text (model.item_init=text, built here)")
 
@@ -115,7 +119,7 @@ def train(
             raise ValueError("train.text_projection needs the item tokens this run started from text (model.item_init=text, built here)")
         if is_peft(rec.config.model.tuning):
             raise ValueError("train.text_projection trains the embedding matrix: it needs model.tuning.method=full")
-        add_text_projection(unwrap(model), rec.item_start[0], *rec.item_text)
+        add_text_projection(unwrap(model), rec.item_start[0], *rec.item_text, attributes=rec.item_attributes)
         # The anchor pulls the free rows toward where they started: the text start less its text
         # part. Computed from the start, not read off the model, so a resumed run (whose free rows
         # the checkpoint then overwrites) pulls toward the same rows as the run it continues.
@@ -294,4 +298,6 @@ class _SaveModel(Callback):
         if rec.item_text is not None and cfg.text_projection:
             text, projection = rec.item_text
             saved_text = {"text": text.contiguous(), "projection": projection.contiguous()}
+            if rec.item_attributes is not None:
+                saved_text["attributes"] = rec.item_attributes.contiguous()
             save_file(saved_text, str(directory / "item_text.safetensors"))
