@@ -215,7 +215,9 @@ class RunConfig(FileConfig):
         if self.train.text_projection and self.model.item_init != "text":
             raise ValueError("train.text_projection learns the map from item text to embedding: it needs model.item_init=text")
         if self.train.item_attributes and not self.train.text_projection:
-            raise ValueError("train.item_attributes adds learned attribute vectors to the text map: it needs train.text_projection=true")
+            raise ValueError(
+                "train.item_attributes adds learned attribute vectors to the text map: it needs train.text_projection=true"
+            )
         if self.model.random_weights and not self.model.pretrained:
             raise ValueError("model.random_weights=true re-initialises model.pretrained's architecture: set model.pretrained")
         if self.model.item_init == "lm" and not self.model.pretrained:
