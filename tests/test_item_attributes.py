@@ -94,7 +94,11 @@ def test_item_attributes_train_save_plain_and_resume(encoder, spread_text, tmp_p
         torch.testing.assert_close(resumed.model.state_dict()[key], value, rtol=0, atol=0)
     # Without the attribute vectors the same run ends elsewhere.
     plain = P5Recommender(RunConfig().update({**settings, "train.item_attributes": False}))
-    train(plain, split, progress=False)
+    train(plain, split, output_dir=tmp_path / "plain", progress=False)
     assert not torch.equal(plain.model.get_input_embeddings().weight, rec.model.get_input_embeddings().weight)
+    # A checkpoint trained without them is refused, not resumed with vectors it never had.
+    longer = P5Recommender(RunConfig().update({**settings, "train.epochs": 3}))
+    with pytest.raises(ValueError, match="trained without train.item_attributes"):
+        train(longer, split, output_dir=tmp_path / "plain", resume=True, progress=False)
     with pytest.raises(ValueError, match="needs train.text_projection=true"):
         RunConfig().update({**settings, "train.text_projection": False})
