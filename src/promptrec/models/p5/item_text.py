@@ -38,17 +38,16 @@ def attribute_table(items: pd.DataFrame, catalogue: Sequence[str], min_items: in
     with -1: its categories and its brand (kept apart from a category of the same name), each
     counted only where at least ``min_items`` catalogue items have it (one item's own attribute
     would only duplicate its row). Item metadata only, no interactions."""
+    rows = items.reindex(list(catalogue))  # an item missing from the table has no attributes
+    categories = rows["categories"] if "categories" in rows else pd.Series(None, index=rows.index, dtype=object)
+    brands = rows["brand"] if "brand" in rows else pd.Series(None, index=rows.index, dtype=object)
     names: list[set[str]] = []
-    for item in catalogue:
-        row = items.loc[item] if item in items.index else None
+    for item_categories, brand in zip(categories, brands):
         found: set[str] = set()
-        if row is not None:
-            categories = row.get("categories")
-            if isinstance(categories, (list, tuple)):
-                found.update(f"category:{c}" for c in categories if isinstance(c, str) and c)
-            brand = row.get("brand")
-            if isinstance(brand, str) and brand.strip():
-                found.add(f"brand:{brand.strip()}")
+        if isinstance(item_categories, (list, tuple)):
+            found.update(f"category:{c}" for c in item_categories if isinstance(c, str) and c)
+        if isinstance(brand, str) and brand.strip():
+            found.add(f"brand:{brand.strip()}")
         names.append(found)
     counts = Counter(name for found in names for name in found)
     vocabulary = {name: i for i, name in enumerate(sorted(n for n, c in counts.items() if c >= min_items))}

@@ -38,7 +38,7 @@ from ...indexing import ItemIndexer, build_indexer
 from ...prompts.tasks import TASKS, TaskContext, rating_text
 from ...prompts.templates import TemplateSet
 from .config import RunConfig
-from .item_text import plain_state_dict
+from .item_text import attribute_table, plain_state_dict
 from .lm import LMKind, lm_kind
 from .generation import ItemTrie, TrieConstraint, collect_beams, fixed_length_beam_search, supports_fixed_length_search, top_items
 
@@ -168,8 +168,6 @@ class P5Recommender(Recommender):
             projection[:, :k] = basis * scale
             self.item_text = (text, projection)
             if self.config.train.item_attributes:
-                from .item_text import attribute_table
-
                 self.item_attributes = attribute_table(split.data.items, catalogue)
 
     def _one_token_codes(self, setting: str) -> dict[str, str]:
