@@ -146,14 +146,6 @@ class TrainConfig(_Strict):
     history_loss: bool = Field(
         False, description="causal LMs: also learn each history item of a next-item prompt from the items before it"
     )
-    # Evaluation ranks every item but the user's history; a softmax over all items also spends
-    # each step pushing down the items the user has just read, which with text-started item
-    # vectors are the nearest ones to a good answer (bench/README.md, "History out of the softmax").
-    exclude_history: bool = Field(
-        False,
-        description="causal LMs, one token per item: leave the items a prompt shows before each target out of that "
-        "target's training softmax (the target itself stays), as ranking leaves the history out",
-    )
     # Sorting cuts padding (a batch costs its longest prompt) but puts long histories together in
     # a few batches of their own; a window of 1 mixes every batch at random, as SASRec's are. On
     # Beauty and Sports random batches lifted validation and the long histories most, at about

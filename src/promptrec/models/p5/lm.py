@@ -48,15 +48,13 @@ class LMKind(ABC):
 
     def loss(
         self, model: Any, batch: dict[str, torch.Tensor], targets: torch.Tensor, loss_fn: Callable,
-        vocabulary: torch.Tensor | None = None, seen_items: torch.Tensor | None = None,
+        vocabulary: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``loss_fn`` (a cross-entropy; its reduction is the caller's) of the targets (-100 =
         none) aligned with the last logits positions.
 
         vocabulary: sorted token ids the softmax covers (default: the whole vocabulary); every
         target must be one of them.
-        seen_items: a (vocab,) bool mask of the item tokens; where given, the items a row shows
-        before a target (its history so far) leave that target's softmax (causal LMs only).
         """
         # The last positions line up with the targets (soft prompts add positions in front).
         logits = model(**batch).logits[:, -targets.size(1) :]
@@ -64,35 +62,7 @@ class LMKind(ABC):
         logits, wanted = logits[real], targets[real]
         if vocabulary is not None:
             logits, wanted = logits[:, vocabulary], _positions_in(vocabulary, wanted)
-        return loss_fn(_without_seen(logits, batch, targets, seen_items, vocabulary), wanted)
-
-
-def _without_seen(
-    logits: torch.Tensor, batch: dict[str, torch.Tensor], targets: torch.Tensor, seen_items: torch.Tensor | None,
-    vocabulary: torch.Tensor | None,
-) -> torch.Tensor:
-    """The target positions' ``logits`` (over ``vocabulary`` where given) in float, with the items
-    each target's row read before it at -inf where ``seen_items`` is given."""
-    if seen_items is None:
-        return logits.float()
-    seen = seen_before(batch["input_ids"], targets, seen_items)
-    return logits.float().masked_fill(seen if vocabulary is None else seen[:, vocabulary], float("-inf"))
-
-
-def seen_before(input_ids: torch.Tensor, targets: torch.Tensor, item_tokens: torch.Tensor) -> torch.Tensor:
-    """(n_targets, vocab) bool: for each target (row-major order of ``targets != -100``), the item
-    tokens its row reads up to the target's position (position t predicts token t + 1), the target
-    itself left out, so a repeated item is still learned."""
-    if input_ids.shape != targets.shape:
-        raise ValueError("seen_before: targets must line up with input_ids (a causal LM's batch)")
-    rows, cols = (targets != -100).nonzero(as_tuple=True)
-    read = input_ids[rows]  # (n, T)
-    before = torch.arange(read.size(1), device=read.device)[None, :] <= cols[:, None]
-    hit = before & item_tokens[read] & (read != targets[rows, cols][:, None])
-    vocab = item_tokens.numel()
-    # Tokens not hit write to a spare column, so every write is True and duplicates cannot clash.
-    seen = torch.zeros(len(rows), vocab + 1, dtype=torch.bool, device=read.device)
-    return seen.scatter_(1, torch.where(hit, read, vocab), True)[:, :vocab]
+        return loss_fn(logits.float(), wanted)
 
 
 def _positions_in(vocabulary: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -234,10 +204,10 @@ class DecoderOnly(LMKind):
     def answer_start(self, enc):
         return enc["input_ids"].shape[1]  # right after the prompt
 
-    def loss(self, model, batch, targets, loss_fn, vocabulary=None, seen_items=None):
+    def loss(self, model, batch, targets, loss_fn, vocabulary=None):
         body = _body(model)
         if body is None:
-            return super().loss(model, batch, targets, loss_fn, vocabulary, seen_items)
+            return super().loss(model, batch, targets, loss_fn, vocabulary)
         # The output layer over the whole vocabulary is most of a step when items are single
         # tokens (and nearly all of it with a pretrained LM's 262k-word vocabulary); only the
         # target positions need it, so the body's hidden states are gathered there first (prompt
@@ -255,7 +225,7 @@ class DecoderOnly(LMKind):
         cap = getattr(unwrap(model).config, "final_logit_softcapping", None)
         if cap:  # Gemma 2's soft cap, which the model's forward applies after the output layer
             logits = torch.tanh(logits / cap) * cap
-        return loss_fn(_without_seen(logits, batch, targets, seen_items, vocabulary), wanted)
+        return loss_fn(logits.float(), wanted)
 
 
 ENCODER_DECODER, DECODER_ONLY = EncoderDecoder(), DecoderOnly()

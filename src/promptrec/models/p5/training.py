@@ -134,12 +134,6 @@ def train(
             "train.history_loss needs a causal backbone (gpt2, llama, qwen2): an encoder-decoder "
             "reads the whole history at once, so its history items cannot be targets"
         )
-    if cfg.exclude_history and (not rec.causal or rec.search != "one_token"):
-        raise ValueError(
-            "train.exclude_history needs a causal backbone (gpt2, llama, qwen2) with one token per item "
-            f"(index levels: 1, eval.search auto); this model is {'causal' if rec.causal else 'encoder-decoder'} "
-            f"and ranks with {rec.search!r}"
-        )
     base = families["sequential"].size() if "sequential" in families else max(f.size() for f in families.values())
     per_epoch = cfg.examples_per_epoch or base
     steps_per_epoch = math.ceil(per_epoch / cfg.batch_size)
@@ -190,10 +184,6 @@ def train(
     # Summed, not averaged: a step divides by the target tokens of the whole global batch.
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=-100, label_smoothing=cfg.label_smoothing, reduction="sum")
     vocabulary = rec.item_vocabulary().to(trainer.device) if cfg.softmax == "items" else None
-    seen_items = None
-    if cfg.exclude_history:  # a (vocab,) mask of the item tokens, which the loss reads histories by
-        seen_items = torch.zeros(unwrap(raw).config.vocab_size, dtype=torch.bool, device=trainer.device)
-        seen_items[list(rec.item_token_ids)] = True
     templates = {name: rec.templates.family(f.template_family or name, seen=True) for name, f in families.items()}
 
     def collate(batch: list[tuple[int, str, int]]) -> dict[str, torch.Tensor]:
@@ -229,7 +219,7 @@ def train(
         mine, batch = item
         batch = {k: v.to(trainer.device) for k, v in batch.items()}
         targets = batch.pop("targets")
-        summed = kind.loss(model, batch, targets, loss_fn, vocabulary, seen_items)
+        summed = kind.loss(model, batch, targets, loss_fn, vocabulary)
         if not mine:
             return summed * 0.0, 0.0
         return summed, float((targets != -100).sum())
