@@ -28,6 +28,9 @@ def test_attribute_table_keeps_shared_categories_and_brands_apart() -> None:
     # Shared by two or more: brand Acme (0), category Beauty (1), category Face (2); 'Nails' and
     # the brand 'Face' are one item's each. Ids in sorted name order, -1 pads.
     assert table.tolist() == [[1, 2, -1], [0, 1, -1], [0, 1, 2], [-1, -1, -1], [-1, -1, -1]]
+    # A table with one of the two columns: the other counts as empty.
+    assert attribute_table(items[["categories"]], ["a", "b", "c"]).tolist() == [[0, 1], [0, -1], [0, 1]]
+    assert attribute_table(items[["brand"]], ["a", "b", "c"]).tolist() == [[-1], [0], [0]]
     with pytest.raises(ValueError, match="no category or brand that two items share"):
         attribute_table(items.iloc[:1], ["a"])
 

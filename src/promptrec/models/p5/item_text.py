@@ -39,8 +39,8 @@ def attribute_table(items: pd.DataFrame, catalogue: Sequence[str], min_items: in
     counted only where at least ``min_items`` catalogue items have it (one item's own attribute
     would only duplicate its row). Item metadata only, no interactions."""
     rows = items.reindex(list(catalogue))  # an item missing from the table has no attributes
-    categories = rows["categories"] if "categories" in rows else pd.Series(None, index=rows.index, dtype=object)
-    brands = rows["brand"] if "brand" in rows else pd.Series(None, index=rows.index, dtype=object)
+    empty = pd.Series(None, index=rows.index, dtype=object)  # a column the table lacks
+    categories, brands = rows.get("categories", empty), rows.get("brand", empty)
     names: list[set[str]] = []
     for item_categories, brand in zip(categories, brands):
         found: set[str] = set()
